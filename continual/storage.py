@@ -1,0 +1,192 @@
+"""A pool on disk: a JSON manifest and one safetensors file per task, written so a crash loses nothing.
+
+Layout::
+
+    POOL/manifest.json                 format, backbone fingerprint, settings, tasks + sha256
+    POOL/tasks/task-<sha256>.safetensors  one task's prompt, head and selector state
+    POOL/.lock                         held by a process that changes the pool
+
+Task files are named by their content hash and never rewritten, so an earlier task's file stays
+bit-identical. The manifest is replaced atomically and is the single commit point: a crash
+before it leaves the previous manifest, which names only complete files. Loading reads JSON and
+safetensors only; nothing is ever unpickled.
+"""
+from __future__ import annotations
+
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from .errors import PoolFormatError, PoolLockedError
+
+FORMAT = "continual-pool"
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+TASKS_DIR = "tasks"
+LOCK = ".lock"
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and an atomic rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(handle, "wb") as file:
+            file.write(data)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    _sync_directory(path.parent)
+
+
+def _sync_directory(directory: Path) -> None:
+    # The rename is durable only once the directory entry is on disk.
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def write_task_file(pool_dir: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
+    """Store one task's tensors; returns (relative file name, sha256). Existing files are kept."""
+    data = save_safetensors({key: value.contiguous() for key, value in tensors.items()})
+    digest = hashlib.sha256(data).hexdigest()
+    relative = f"{TASKS_DIR}/task-{digest[:32]}.safetensors"
+    target = pool_dir / relative
+    if not (target.exists() and _sha256(target) == digest):
+        atomic_write_bytes(target, data)
+    return relative, digest
+
+
+def write_manifest(pool_dir: Path, manifest: dict) -> None:
+    """Atomically replace the manifest: the moment a save becomes visible."""
+    text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
+    atomic_write_bytes(pool_dir / MANIFEST, text.encode("utf-8"))
+
+
+def remove_unreferenced(pool_dir: Path, referenced: set[str]) -> None:
+    """Delete task files and temporaries the manifest does not name (left by interrupted saves)."""
+    tasks = pool_dir / TASKS_DIR
+    if not tasks.is_dir():
+        return
+    for path in tasks.iterdir():
+        if f"{TASKS_DIR}/{path.name}" not in referenced and (
+            path.name.startswith("task-") or path.name.endswith(".tmp")
+        ):
+            path.unlink(missing_ok=True)
+    for path in pool_dir.glob(f".{MANIFEST}.*.tmp"):
+        path.unlink(missing_ok=True)
+
+
+def read_manifest(pool_dir: Path) -> dict:
+    """The manifest of a pool directory, checked for format and version."""
+    path = pool_dir / MANIFEST
+    if not pool_dir.exists():
+        raise PoolFormatError(f"{pool_dir}: no such pool directory")
+    if not path.is_file():
+        raise PoolFormatError(
+            f"{pool_dir}: not a pool (no {MANIFEST}); give a folder made by PromptPool.save "
+            "or 'continual learn'"
+        )
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise PoolFormatError(f"{path}: not valid JSON ({error}); the manifest is corrupt") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise PoolFormatError(f"{path}: not a continual pool manifest (field 'format')")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise PoolFormatError(
+            f"{path}: format_version {version!r} is not supported (this version reads "
+            f"{FORMAT_VERSION}); use the continual release that wrote it"
+        )
+    for field, kind in (("backbone", dict), ("tasks", list), ("prompt_length", int),
+                        ("hidden_size", int), ("selector", dict)):
+        if not isinstance(manifest.get(field), kind):
+            raise PoolFormatError(f"{path}: field {field!r} is missing or not a {kind.__name__}")
+    return manifest
+
+
+def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torch.Tensor]:
+    """One task's tensors, after checking the file's sha256 against the manifest."""
+    if not isinstance(relative, str) or not relative.startswith(f"{TASKS_DIR}/") or ".." in relative:
+        raise PoolFormatError(f"{pool_dir / MANIFEST}: bad task file name {relative!r}")
+    path = pool_dir / relative
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise PoolFormatError(f"{path}: task file missing; the pool is incomplete") from None
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != sha256:
+        raise PoolFormatError(
+            f"{path}: checksum mismatch (manifest {str(sha256)[:12]}…, file {actual[:12]}…): "
+            "the file is corrupt or was replaced; restore it from a backup"
+        )
+    try:
+        # safetensors holds raw tensors only: loading it cannot run code.
+        return load_safetensors(data)
+    except (SafetensorError, ValueError, RuntimeError) as error:
+        raise PoolFormatError(f"{path}: not a valid safetensors file ({error})") from None
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+class PoolLock:
+    """An exclusive lock on a pool directory, so two processes never change one pool at once.
+
+    Args:
+        pool_dir: the pool's folder (created if missing).
+        timeout: seconds to wait for another holder; 0 fails at once.
+    """
+
+    def __init__(self, pool_dir: str | os.PathLike, timeout: float = 0.0) -> None:
+        self.path = Path(pool_dir) / LOCK
+        self.timeout = timeout
+        self._file = None
+
+    def __enter__(self) -> "PoolLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = open(self.path, "a+")
+        deadline = time.monotonic() + self.timeout
+        while True:
+            try:
+                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as error:
+                if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    raise
+                if time.monotonic() >= deadline:
+                    self._file.close()
+                    self._file = None
+                    raise PoolLockedError(
+                        f"{self.path.parent}: another process is changing this pool; "
+                        "wait for it to finish (or pass a longer --wait)"
+                    ) from None
+                time.sleep(0.1)
+        self._file.seek(0)
+        self._file.truncate()
+        self._file.write(f"{os.getpid()}\n")
+        self._file.flush()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None

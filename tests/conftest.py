@@ -1,0 +1,107 @@
+"""Shared fixtures: a tiny random BERT (fast), two separable synthetic tasks, and the real MiniLM.
+
+The tiny backbone uses the packaged MiniLM tokenizer, so everything here runs offline.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import continual  # noqa: E402
+from continual import Backbone, PromptPool, Task, TrainingConfig  # noqa: E402
+
+COLOURS = {
+    "warm": ["red", "orange", "yellow", "gold", "pink", "amber", "crimson"],
+    "cool": ["blue", "green", "purple", "cyan", "teal", "navy", "violet"],
+}
+ANIMALS = {
+    "pet": ["dog", "cat", "hamster", "rabbit", "parrot", "puppy", "kitten"],
+    "wild": ["lion", "tiger", "wolf", "bear", "eagle", "shark", "leopard"],
+}
+ENDINGS = ["here", "there", "today", "again", "now", "outside", "at night", "in town"]
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(continual.backbone.default_model_path())
+
+
+def tiny_bert(tokenizer, seed: int = 0):
+    """A 2-layer, 32-wide random BERT with the MiniLM vocabulary, built with ``seed``."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(seed)
+    return BertModel(config)
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(tokenizer) -> Backbone:
+    return Backbone(tiny_bert(tokenizer, 0), tokenizer, "tiny-bert", max_length=32)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_model(tokenizer):
+    """Builds another tiny random BERT: ``make_tiny_model(seed)``."""
+    return lambda seed=0: tiny_bert(tokenizer, seed)
+
+
+def synthetic_pairs(
+    groups: dict[str, list[str]], per_label: int, seed: int
+) -> list[tuple[str, str]]:
+    """``per_label`` short sentences per label, each using two words of that label's list."""
+    rng = random.Random(seed)
+    pairs = []
+    for label, words in groups.items():
+        seen = set()
+        while len([1 for _, gold in pairs if gold == label]) < per_label:
+            first, second = rng.sample(words, 2)
+            text = f"the {first} and the {second} {rng.choice(ENDINGS)}"
+            if text not in seen:
+                seen.add(text)
+                pairs.append((text, label))
+    return pairs
+
+
+@pytest.fixture(scope="session")
+def synthetic_tasks() -> tuple[Task, Task]:
+    """Two clearly separable tasks: colour words (warm/cool) and animal words (pet/wild)."""
+    colours = Task.from_pairs("colours", synthetic_pairs(COLOURS, 40, seed=1), seed=0)
+    animals = Task.from_pairs("animals", synthetic_pairs(ANIMALS, 40, seed=2), seed=0)
+    return colours, animals
+
+
+@pytest.fixture
+def tiny_pool_factory(tiny_backbone):
+    """Fresh tiny pools: short prompts, one or two epochs, so a task learns in about a second."""
+
+    def make(selector="prototypes", epochs: int = 1, prompt_length: int = 4) -> PromptPool:
+        return PromptPool(
+            tiny_backbone,
+            prompt_length=prompt_length,
+            selector=selector,
+            training=TrainingConfig(epochs=epochs, batch_size=32),
+        )
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def minilm() -> Backbone:
+    """The real packaged all-MiniLM-L6-v2, truncating inputs to 64 tokens."""
+    return Backbone.load(max_length=64)
