@@ -32,13 +32,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
     parser.add_argument("--log", type=Path, default=None,
                         help="Avalanche TextLogger file (default: --out with .log)")
-    parser.add_argument("--train-per-label", type=int, default=150)
-    parser.add_argument("--test-per-label", type=int, default=100)
-    parser.add_argument("--validation-per-label", type=int, default=20)
-    parser.add_argument("--epochs", type=int, default=6, help="pool training epochs per task")
+    # Defaults match `continual run`'s, so the numbers sit next to results/text4.
+    parser.add_argument("--train-per-label", type=int, default=64)
+    parser.add_argument("--test-per-label", type=int, default=50)
+    parser.add_argument("--validation-per-label", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=4, help="pool training epochs per task")
     parser.add_argument("--prompt-length", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--selector", default="prototypes", choices=["prototypes", "keys"])
+    parser.add_argument("--max-length", type=int, default=64)
+    parser.add_argument("--selector", default="gaussian",
+                        choices=["gaussian", "prototypes", "keys"])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--progress", action="store_true", help="show training progress bars")
     return parser.parse_args(argv)

@@ -86,7 +86,7 @@ class ClassIncremental:
             SoftPrompt.initialise(backbone, prompt_length, "vocab", generator=self.generator)
             if prompt_length else None
         )
-        self.head = nn.Linear(backbone.hidden_size, 0)
+        self.head: nn.Linear | None = None  # created by the first task
         self.classes: list[tuple[str, str]] = []  # (task, label) per output
         self._frozen: dict[str, torch.Tensor] = {}  # text → features, frozen backbone only
 
@@ -118,8 +118,9 @@ class ClassIncremental:
         with torch.no_grad():
             self.head.weight.normal_(0.0, 0.02, generator=self.generator)
             self.head.bias.zero_()
-            self.head.weight[: old.out_features] = old.weight
-            self.head.bias[: old.out_features] = old.bias
+            if old is not None:
+                self.head.weight[: old.out_features] = old.weight
+                self.head.bias[: old.out_features] = old.bias
 
     def _trainable(self) -> list[dict]:
         groups = [{"params": self.head.parameters(), "lr": self.head_lr}]

@@ -12,6 +12,7 @@ task, so ``--resume`` continues an interrupted run.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import math
 import platform
@@ -86,14 +87,21 @@ class MethodRun:
 
 
 class PeakMemory:
-    """Peak resident memory above the level at entry, sampled every 20 ms (Linux /proc)."""
+    """Peak resident memory a method needs above what was live when it started.
+
+    Freed memory is first handed back to the system (glibc ``malloc_trim``) so memory that an
+    earlier method freed is not counted as this one's; then the resident size is sampled every
+    20 ms. Linux only (elsewhere it reports 0).
+    """
 
     def __init__(self) -> None:
+        self.base = 0
         self.peak = 0
         self._stop = threading.Event()
 
     @staticmethod
-    def _rss() -> int:
+    def resident() -> int:
+        """Resident bytes of this process now (0 where /proc is missing)."""
         try:
             with open("/proc/self/statm") as file:
                 return int(file.read().split()[1]) * 4096
@@ -101,23 +109,27 @@ class PeakMemory:
             return 0
 
     def __enter__(self) -> "PeakMemory":
-        self._base = self._rss()
+        try:
+            ctypes.CDLL("libc.so.6").malloc_trim(0)
+        except (OSError, AttributeError):
+            pass
+        self.base = self.peak = self.resident()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
         return self
 
     def _watch(self) -> None:
         while not self._stop.wait(0.02):
-            self.peak = max(self.peak, self._rss() - self._base)
+            self.peak = max(self.peak, self.resident())
 
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
-        self.peak = max(self.peak, self._rss() - self._base)
+        self.peak = max(self.peak, self.resident())
 
     @property
     def megabytes(self) -> float:
-        return round(self.peak / 1e6, 1)
+        return round((self.peak - self.base) / 1e6, 1)
 
 
 def task_orders(tasks: Sequence[Task], count: int, seed: int) -> list[list[Task]]:
@@ -182,26 +194,34 @@ class PoolFamily:
         matrix = _empty(size)
         routing = None if selector == "oracle" else _empty(size)
         seconds = 0.0
+        confusion = {task.name: {} for task in order}  # own task → routed task → count
         with PeakMemory() as memory:
             for i, task in enumerate(order):
                 trained = self.train(task)
                 seconds += trained.stats["train_seconds"]
                 pool.add_trained(task, trained, seed=self.config.seed)
                 for j in range(i + 1):
-                    accuracy, routed = self.evaluate(pool, order[j], oracle=routing is None)
+                    accuracy, routed, names = self.evaluate(pool, order[j],
+                                                            oracle=routing is None)
                     matrix[i][j] = accuracy
                     if routing is not None:
                         routing[i][j] = routed
+                    if i == size - 1:
+                        for name in names:
+                            key = name or "refused"
+                            confusion[order[j].name][key] = confusion[order[j].name].get(key, 0) + 1
         sizes = pool.bytes_per_task()
         return MethodRun(
             method=method, order=[task.name for task in order], matrix=matrix, routing=routing,
             train_seconds=round(seconds, 2), peak_memory_mb=memory.megabytes,
-            trainable_parameters=max(entry.parameters for entry in pool.entries),
+            trainable_parameters=max(entry.trainable_parameters for entry in pool.entries),
             bytes_per_task=float(np.mean(sizes)),
+            extra={} if routing is None else {"routing_confusion": confusion},
         )
 
-    def evaluate(self, pool: PromptPool, task: Task, oracle: bool) -> tuple[float, float]:
-        """Accuracy and routing accuracy of ``pool`` on ``task``'s test split.
+    def evaluate(self, pool: PromptPool, task: Task,
+                 oracle: bool) -> tuple[float, float, list[str | None]]:
+        """Accuracy, routing accuracy and routed task names of ``pool`` on ``task``'s test split.
 
         A prompt's answer for a text does not depend on the other entries, so answers are
         cached per (task, text) and routing alone is recomputed as the pool grows.
@@ -222,7 +242,7 @@ class PoolFamily:
         correct = sum(name == task.name and self.predictions[(name, text)] == gold
                       for name, (text, gold) in zip(names, task.test))
         routed = sum(name == task.name for name in names)
-        return 100.0 * correct / len(texts), 100.0 * routed / len(texts)
+        return 100.0 * correct / len(texts), 100.0 * routed / len(texts), names
 
 
 def _placeholder(name: str, trained: TrainedTask) -> Task:
@@ -342,8 +362,8 @@ def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
             elif method == "joint":
                 result = run_joint(backbone, config, order, progress)
             else:
-                result = run_sequential(method, baseline_builder(method, backbone, config,
-                                                                 progress), order)
+                build = baseline_builder(method, backbone, config, progress)
+                result = run_sequential(method, build, order)
             runs.append(result.__dict__)
             _write_json(results_path, _assemble(config, tasks, runs, command, partial=True))
     summary = _assemble(config, tasks, runs, command, partial=False)
@@ -469,11 +489,32 @@ def render_report(summary: dict) -> str:
         "R[T][j] − R[j][j]. FWT is not reported: in this task-agnostic setting no method can "
         "name a task's labels before learning it, so R[j−1][j] is 0 for all.",
         "Routing %: share of the final test inputs sent to their own task's prompt.",
-        "Stored per task: bytes a new task adds (prompt + head + key for the pool; a whole "
-        "model copy for full fine-tuning). The three prompt-pool rows share the same trained "
-        "prompts (a task's prompt does not depend on earlier tasks); they differ in routing, "
-        "so their train seconds are the same training counted once per row.",
+        "Stored per task: bytes a new task adds (the pool: prompt, head and the selector's "
+        "statistics, of which the Gaussian selector's covariance is most; full fine-tuning: a "
+        "whole model copy). Trainable params: prompt and head for the pool. The prompt-pool "
+        "rows share the same trained prompts (a task's prompt does not depend on earlier "
+        "tasks); they differ only in routing, so their train seconds are one training, shown "
+        "once per row.",
+        "Peak MB: the process's peak resident memory while the method ran, above what was "
+        "live when it started (Python, torch, the frozen backbone and the data not counted).",
         "Timings on a shared machine: compare ratios within this run, not absolute seconds.",
+        "",
+    ]
+    pool = summary["methods"].get("prompt-pool")
+    confusion = pool and pool["runs"][0].get("extra", {}).get("routing_confusion")
+    if confusion:
+        names = list(confusion)
+        lines += [
+            "",
+            "Where `prompt-pool` sent each task's final test inputs (rows: true task; columns: "
+            "routed task; first order):",
+            "",
+            "| task | " + " | ".join(names) + " |",
+            "|---|" + "---|" * len(names),
+        ]
+        lines += [f"| {row} | " + " | ".join(str(confusion[row].get(col, 0)) for col in names)
+                  + " |" for row in names]
+    lines += [
         "",
         f"Versions: {json.dumps(summary.get('versions', {}))}. "
         f"Wall time: {summary.get('wall_seconds', '?')} s.",

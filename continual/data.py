@@ -8,7 +8,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -18,6 +20,9 @@ from .errors import TaskDataError
 Example = tuple[str, str]  # (text, label)
 
 SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".json", ".txt")
+# Line breaks of JSONL and plain text files. Not str.splitlines: it also breaks at U+2028,
+# U+0085 and form feeds, which json.dumps(..., ensure_ascii=False) leaves inside strings.
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # csv's default field limit (128 KiB) is smaller than some real documents.
 csv.field_size_limit(1 << 30)
 
@@ -140,11 +145,18 @@ def _decode(path: Path) -> str:
         raise TaskDataError(f"{path}: cannot read ({error.strerror})") from None
     try:
         # utf-8-sig drops a byte-order mark that spreadsheet programs write.
-        return raw.decode("utf-8-sig")
+        content = raw.decode("utf-8-sig")
     except UnicodeDecodeError as error:
         raise TaskDataError(
             f"{path}: not valid UTF-8 at byte {error.start}; re-save the file as UTF-8"
         ) from None
+    if "\x00" in content:
+        # Valid UTF-8, but no text file holds NUL: typically UTF-16 without a byte-order mark.
+        raise TaskDataError(
+            f"{path}: contains NUL bytes (at byte {raw.index(0)}); not a UTF-8 text file "
+            "(UTF-16?); re-save the file as UTF-8"
+        )
+    return content
 
 
 def read_rows(path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
@@ -173,6 +185,11 @@ def read_rows(path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
                 raise TaskDataError(
                     f"{path}, row {number}, field {column!r}: expected text or a number, "
                     f"got {type(value).__name__}"
+                )
+            if isinstance(value, float) and not math.isfinite(value):
+                raise TaskDataError(
+                    f"{path}, row {number}, field {column!r}: expected text or a finite number, "
+                    f"got {value}"
                 )
             value = str(value) if not isinstance(value, str) else value
             if column == "text" and not value.strip():
@@ -209,7 +226,7 @@ def _csv_records(path: Path, content: str) -> list[tuple[int, dict]]:
 def _jsonl_records(path: Path, content: str) -> list[tuple[int, dict]]:
     records = []
     number = 0
-    for line in content.splitlines():
+    for line in _LINE_BREAK.split(content):
         if not line.strip():
             continue
         number += 1
@@ -217,6 +234,9 @@ def _jsonl_records(path: Path, content: str) -> list[tuple[int, dict]]:
             record = json.loads(line)
         except json.JSONDecodeError as error:
             raise TaskDataError(f"{path}, row {number}: invalid JSON ({error.msg})") from None
+        except (ValueError, RecursionError) as error:
+            # Numbers too long to convert, or arrays/objects nested too deep to parse.
+            raise TaskDataError(f"{path}, row {number}: invalid JSON ({error})") from None
         if not isinstance(record, dict):
             raise TaskDataError(f"{path}, row {number}: expected a JSON object per line")
         records.append((number, record))
@@ -233,7 +253,7 @@ def read_texts(path: str | Path) -> list[str]:
     path = Path(path)
     if path.suffix.lower() in (".csv", ".jsonl", ".json"):
         return [row["text"] for row in read_rows(path, ("text",))]
-    texts = [line for line in _decode(path).splitlines() if line.strip()]
+    texts = [line for line in _LINE_BREAK.split(_decode(path)) if line.strip()]
     if not texts:
         raise TaskDataError(f"{path}: no non-empty lines")
     return texts

@@ -57,9 +57,9 @@ class TaskEntry:
         return flat
 
     @property
-    def parameters(self) -> int:
-        """Trainable numbers this task added (prompt + head + selector state)."""
-        return sum(tensor.numel() for tensor in self.tensors().values())
+    def trainable_parameters(self) -> int:
+        """Numbers trained for this task: prompt and head (selector statistics not counted)."""
+        return self.prompt.numel() + self.head_weight.numel() + self.head_bias.numel()
 
 
 @dataclass

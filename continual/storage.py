@@ -103,8 +103,13 @@ def read_manifest(pool_dir: Path) -> dict:
             "or 'continual learn'"
         )
     try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raw = path.read_bytes()
+    except OSError as error:
+        raise PoolFormatError(f"{path}: cannot read the manifest ({error.strerror})") from None
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        # ValueError covers JSONDecodeError and over-long numbers; RecursionError, deep nesting.
         raise PoolFormatError(f"{path}: not valid JSON ({error}); the manifest is corrupt") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PoolFormatError(f"{path}: not a continual pool manifest (field 'format')")
@@ -123,13 +128,19 @@ def read_manifest(pool_dir: Path) -> dict:
 
 def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torch.Tensor]:
     """One task's tensors, after checking the file's sha256 against the manifest."""
-    if not isinstance(relative, str) or not relative.startswith(f"{TASKS_DIR}/") or ".." in relative:
-        raise PoolFormatError(f"{pool_dir / MANIFEST}: bad task file name {relative!r}")
+    if (not isinstance(relative, str) or not relative.startswith(f"{TASKS_DIR}/")
+            or ".." in relative or "\x00" in relative):
+        raise PoolFormatError(
+            f"{pool_dir / MANIFEST}: bad task file name {relative!r}; task files lie in the "
+            f"pool's {TASKS_DIR}/ folder (the manifest was edited or is not trusted)"
+        )
     path = pool_dir / relative
     try:
         data = path.read_bytes()
     except FileNotFoundError:
         raise PoolFormatError(f"{path}: task file missing; the pool is incomplete") from None
+    except OSError as error:
+        raise PoolFormatError(f"{path}: cannot read the task file ({error.strerror})") from None
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise PoolFormatError(
@@ -138,9 +149,17 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
         )
     try:
         # safetensors holds raw tensors only: loading it cannot run code.
-        return load_safetensors(data)
+        tensors = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise PoolFormatError(f"{path}: not a valid safetensors file ({error})") from None
+    for name, tensor in tensors.items():
+        # Every tensor a pool writes is float32; another dtype would fail only at prediction.
+        if tensor.dtype != torch.float32:
+            raise PoolFormatError(
+                f"{path}: tensor {name!r} is {tensor.dtype}, expected torch.float32; "
+                "the file was not written by PromptPool.save"
+            )
+    return tensors
 
 
 def _sha256(path: Path) -> str:
