@@ -14,7 +14,6 @@ from __future__ import annotations
 import io
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
 from .metrics import format_bytes
+from .storage import atomic_write_bytes
 
 DPI = 120
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
@@ -41,21 +41,11 @@ PathLike = str | os.PathLike
 def _save(figure: Figure, path: PathLike) -> Path:
     """Render ``figure`` to PNG and move it into place atomically; returns the final path."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
     buffer = io.BytesIO()
     # bbox_inches="tight" keeps legends placed outside the axes inside the image.
     figure.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-    handle, temporary = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(handle, "wb") as file:
-            file.write(buffer.getvalue())
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, target)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(target, buffer.getvalue())
     return target
 
 

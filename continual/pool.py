@@ -18,7 +18,7 @@ import torch
 
 from .backbone import Backbone
 from .data import Example, Task
-from .errors import PoolFormatError, TaskDataError
+from .errors import ContinualError, PoolFormatError, TaskDataError
 from .learner import TrainedTask, TrainingConfig, train_task
 from .prompt import prompted_features
 from .selector import UNKNOWN_TASK, Selector, State, build_selector
@@ -107,9 +107,12 @@ class PromptPool:
         self.training = training or TrainingConfig()
         self.entries: list[TaskEntry] = []
         self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) \
+                or prompt_length < 1:
+            raise ContinualError(f"prompt_length must be a positive integer, got {prompt_length!r}")
         limit = getattr(backbone.model.config, "max_position_embeddings", None)
         if limit is not None and prompt_length + backbone.max_length > limit:
-            raise TaskDataError(
+            raise ContinualError(
                 f"prompt_length {prompt_length} + max_length {backbone.max_length} exceeds the "
                 f"model's {limit} positions"
             )
@@ -172,12 +175,11 @@ class PromptPool:
                 f"task {entry.name!r}: head shape {tuple(entry.head_weight.shape)} does not fit "
                 f"{len(entry.labels)} labels of width {hidden}"
             )
-        for key, value in entry.selector_state.items():
-            if value.dim() == 0 or value.shape[-1] != hidden:
-                raise PoolFormatError(
-                    f"task {entry.name!r}: selector state {key!r} has shape "
-                    f"{tuple(value.shape)}, expected width {hidden}"
-                )
+        problem = self.selector.check_state(entry.selector_state, hidden)
+        if problem:
+            raise PoolFormatError(f"task {entry.name!r}: {problem}")
+        if len(set(entry.labels)) != len(entry.labels):
+            raise PoolFormatError(f"task {entry.name!r}: duplicate labels {entry.labels}")
         self.entries.append(entry)
         self._stacked = None
 
@@ -373,10 +375,15 @@ class PromptPool:
             selector = build_selector(manifest["selector"])
         except Exception as error:  # noqa: BLE001 - any bad selector config is a format error
             raise PoolFormatError(f"{where}: bad field 'selector' ({error})") from None
-        pool = cls(backbone, prompt_length=manifest["prompt_length"], selector=selector,
-                   training=training)
-        for number, record in enumerate(manifest["tasks"]):
-            pool.add(_entry_from_record(pool_dir, record, number))
+        try:
+            pool = cls(backbone, prompt_length=manifest["prompt_length"], selector=selector,
+                       training=training)
+            for number, record in enumerate(manifest["tasks"]):
+                pool.add(_entry_from_record(pool_dir, record, number))
+        except ContinualError as error:
+            message = str(error)
+            prefix = "" if message.startswith(str(pool_dir)) else f"{where}: "
+            raise PoolFormatError(f"{prefix}{message}") from None
         return pool
 
 
@@ -387,6 +394,8 @@ def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry
     for key, kind in (("name", str), ("labels", list), ("file", str), ("sha256", str)):
         if not isinstance(record.get(key), kind):
             raise PoolFormatError(f"{where}: field {key!r} is missing or not a {kind.__name__}")
+    if not record["name"].strip():
+        raise PoolFormatError(f"{where}: field 'name' is empty")
     labels = record["labels"]
     if len(labels) < 2 or not all(isinstance(label, str) for label in labels):
         raise PoolFormatError(f"{where}: field 'labels' must list at least 2 strings")

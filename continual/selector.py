@@ -48,6 +48,32 @@ class Selector:
         """JSON-serialisable settings, written to a saved pool's manifest."""
         return {"name": self.name}
 
+    def state_shapes(self, hidden: int) -> dict[str, tuple[int, ...]]:
+        """The tensors a task's state holds and their shapes (-1: any size)."""
+        return {}
+
+    def check_state(self, state: State, hidden: int) -> str | None:
+        """Why ``state`` cannot serve this selector, or None when it fits."""
+        expected = self.state_shapes(hidden)
+        if set(state) != set(expected):
+            return f"selector state holds {sorted(state)}, the {self.name} selector needs " \
+                   f"{sorted(expected)}"
+        for key, shape in expected.items():
+            actual = tuple(state[key].shape)
+            if len(actual) != len(shape) or any(e not in (-1, a) for e, a in zip(shape, actual)):
+                return f"selector state {key!r} has shape {actual}, expected {shape}"
+            if shape and shape[0] == -1 and actual[0] == 0:
+                return f"selector state {key!r} is empty"
+        return None
+
+
+def _check_min_score(min_score: object) -> float | None:
+    if min_score is None:
+        return None
+    if isinstance(min_score, bool) or not isinstance(min_score, (int, float)):
+        raise ContinualError(f"min_score must be a number or None, got {min_score!r}")
+    return float(min_score)
+
 
 class PrototypeSelector(Selector):
     """Nearest prototype by cosine similarity (S-Prompts): k-means centroids of each task's queries.
@@ -60,10 +86,11 @@ class PrototypeSelector(Selector):
     name = "prototypes"
 
     def __init__(self, prototypes_per_task: int = 8, min_score: float | None = None) -> None:
-        if prototypes_per_task < 1:
-            raise ContinualError("prototypes_per_task must be at least 1")
+        if isinstance(prototypes_per_task, bool) or not isinstance(prototypes_per_task, int) \
+                or prototypes_per_task < 1:
+            raise ContinualError("prototypes_per_task must be an integer of at least 1")
         self.prototypes_per_task = prototypes_per_task
-        self.min_score = min_score
+        self.min_score = _check_min_score(min_score)
 
     def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
         from sklearn.cluster import KMeans
@@ -77,6 +104,9 @@ class PrototypeSelector(Selector):
             centroids = kmeans.cluster_centers_
         prototypes = F.normalize(torch.from_numpy(centroids).float(), dim=1)
         return {"prototypes": prototypes.contiguous()}
+
+    def state_shapes(self, hidden: int) -> dict[str, tuple[int, ...]]:
+        return {"prototypes": (-1, hidden)}
 
     def task_scores(self, queries: torch.Tensor, states: list[State]) -> torch.Tensor:
         normed = F.normalize(queries.float(), dim=1)
@@ -114,7 +144,7 @@ class KeySelector(Selector):
         self.lr = lr
         self.margin = margin
         self.push_weight = push_weight
-        self.min_score = min_score
+        self.min_score = _check_min_score(min_score)
 
     def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
         generator = torch.Generator().manual_seed(seed)
@@ -137,6 +167,9 @@ class KeySelector(Selector):
                 loss.backward()
                 optimizer.step()
         return {"key": F.normalize(key.detach(), dim=0).contiguous()}
+
+    def state_shapes(self, hidden: int) -> dict[str, tuple[int, ...]]:
+        return {"key": (hidden,)}
 
     def task_scores(self, queries: torch.Tensor, states: list[State]) -> torch.Tensor:
         keys = torch.stack([state["key"] for state in states])  # (T, H)
@@ -174,10 +207,11 @@ class GaussianSelector(Selector):
     name = "gaussian"
 
     def __init__(self, shrinkage: float = 0.1, min_score: float | None = None) -> None:
-        if not 0.0 <= shrinkage <= 1.0:
-            raise ContinualError(f"shrinkage must be in [0, 1], got {shrinkage}")
-        self.shrinkage = shrinkage
-        self.min_score = min_score
+        if isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) \
+                or not 0.0 <= shrinkage <= 1.0:
+            raise ContinualError(f"shrinkage must be a number in [0, 1], got {shrinkage!r}")
+        self.shrinkage = float(shrinkage)
+        self.min_score = _check_min_score(min_score)
 
     def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
         points = F.normalize(queries.double(), dim=1)
@@ -185,6 +219,9 @@ class GaussianSelector(Selector):
         centred = points - mean
         covariance = centred.T @ centred / max(len(points), 1)
         return {"mean": mean.float().contiguous(), "covariance": covariance.float().contiguous()}
+
+    def state_shapes(self, hidden: int) -> dict[str, tuple[int, ...]]:
+        return {"mean": (hidden,), "covariance": (hidden, hidden)}
 
     def task_scores(self, queries: torch.Tensor, states: list[State]) -> torch.Tensor:
         shared = torch.stack([state["covariance"].double() for state in states]).mean(0)

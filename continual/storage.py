@@ -114,7 +114,7 @@ def read_manifest(pool_dir: Path) -> dict:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PoolFormatError(f"{path}: not a continual pool manifest (field 'format')")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise PoolFormatError(
             f"{path}: format_version {version!r} is not supported (this version reads "
             f"{FORMAT_VERSION}); use the continual release that wrote it"

@@ -13,14 +13,13 @@ import csv
 import functools
 import io
 import json
-import math
 import random
 import re
 from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from continual.data import Task, read_labelled, read_texts
@@ -58,15 +57,18 @@ def prop(max_examples: int, *strategies, **named):
 # break naive parsers: quotes, commas, line breaks, U+2028, NEL, form feed, BOM, tabs.
 TRICKY = "\",'\r\n\t\x0b\x0c\x1c\x85\u2028\u2029\ufeff;|\\{}[]: "
 characters = st.one_of(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
+    st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
     st.sampled_from(TRICKY),
 )
-field = st.text(characters, min_size=1, max_size=40).filter(lambda s: s.strip())
+# Non-blank (blank texts are refused on purpose) and not starting with U+FEFF, which at the very
+# start of a file is a byte-order mark and dropped.
+field = st.text(characters, min_size=1, max_size=40).filter(
+    lambda s: s.strip() and not s.startswith("\ufeff"))
 label = st.text(characters, min_size=1, max_size=12).filter(lambda s: s.strip())
 line_text = st.text(  # one plain-text line: no CR or LF inside
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r\n"),
+    st.characters(exclude_categories=("Cs",), exclude_characters="\x00\r\n"),
     min_size=1, max_size=40,
-).filter(lambda s: s.strip())
+).filter(lambda s: s.strip() and not s.startswith("\ufeff"))
 rows = st.lists(st.tuples(field, label), min_size=1, max_size=12)
 number = st.one_of(st.integers(-10**30, 10**30),
                    st.floats(allow_nan=False, allow_infinity=False))
@@ -183,7 +185,7 @@ def _valid_file(draw_rows, fmt: str) -> bytes:
     return "\n".join(t.replace("\r", " ").replace("\n", " ") for t, _ in draw_rows).encode()
 
 
-@prop(400, rows=rows, fmt=st.sampled_from(["csv", "jsonl", "txt"]),
+@prop(300, rows=rows, fmt=st.sampled_from(["csv", "jsonl", "txt"]),
       suffix=st.sampled_from(SUFFIXES), cuts=st.lists(
           st.tuples(st.floats(0, 1), st.integers(0, 8), st.binary(max_size=6)), max_size=4))
 def test_damaged_valid_files_give_a_result_or_a_task_data_error(tmp_path, rows, fmt, suffix,
@@ -206,10 +208,8 @@ def test_files_in_other_encodings_are_refused_never_misread(tmp_path, rows, fmt,
     """UTF-8 (with or without BOM) reads back exactly; UTF-16/32 are always refused; a
     latin-1/cp1252 file is refused unless its bytes are valid UTF-8, pointing at the bad byte."""
     text = _valid_file(rows, fmt).decode("utf-8")
-    try:
-        raw = text.encode(encoding)
-    except UnicodeEncodeError:
-        assume(False)
+    # latin-1 and cp1252 cannot hold every character: those become "?".
+    raw = text.encode(encoding, errors="strict" if encoding.startswith("utf") else "replace")
     path = write(tmp_path, "." + fmt, raw)
     reader = read_texts if fmt == "txt" else read_labelled
     result, message = outcome(reader, path)
@@ -295,8 +295,7 @@ def test_jsonl_row_with_a_bad_value_is_named(tmp_path, rows, bad_row, column, ba
     else:
         objects[bad_row][column] = bad
     path = write(tmp_path, ".jsonl", jsonl_bytes(objects))
-    reader = read_labelled if column == "label" or True else read_texts
-    _, message = outcome(reader, path)
+    _, message = outcome(read_labelled, path)
     assert message is not None, f"accepted {bad!r} as a {column}"
     assert f"row {bad_row + 1}" in message and repr(column) in message, message
     every_loader(path)
@@ -373,7 +372,7 @@ def test_task_from_files_keeps_every_row_or_names_the_file(tmp_path, train, test
 @pytest.mark.parametrize("fmt", ["csv", "jsonl", "txt"])
 def test_huge_rows_and_many_rows_read_back(tmp_path, fmt):
     huge = "word " * 1_000_000 + "end"  # 5 MB in one field (over csv's default 128 KiB limit)
-    pairs = [(huge, "big")] + [(f"row {i}", "small") for i in range(50_000)]
+    pairs = [(huge, "big")] + [(f"row {i}", "small") for i in range(30_000)]
     path = write(tmp_path, "." + fmt, _valid_file(pairs, fmt))
     if fmt == "txt":
         assert read_texts(path) == [t for t, _ in pairs]
@@ -419,7 +418,7 @@ def test_jsonl_with_unicode_line_separators_inside_strings(tmp_path):
 # -- counts ----------------------------------------------------------------------------------------
 
 
-def test_zz_every_property_ran_its_examples():
+def test_zz_every_property_ran_its_examples(capsys):
     """Runs last in this module: every property that ran reached its max_examples."""
     ran = {name: RUNS[name] for name in EXPECTED if RUNS[name]}
     if not ran:
@@ -427,5 +426,6 @@ def test_zz_every_property_ran_its_examples():
     short = {name: (count, EXPECTED[name]) for name, count in ran.items()
              if count < EXPECTED[name]}
     assert not short, f"properties that ran fewer examples than asked: {short}"
-    print(f"\nreliability_data: {sum(ran.values())} generated inputs "
-          + json.dumps(ran, sort_keys=True))
+    with capsys.disabled():
+        print(f"\nreliability_data: {sum(ran.values())} generated inputs "
+              + json.dumps(ran, sort_keys=True))
