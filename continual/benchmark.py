@@ -15,9 +15,11 @@ import argparse
 import ctypes
 import json
 import math
+import os
 import platform
 import random
 import shlex
+import shutil
 import sys
 import threading
 import time
@@ -32,7 +34,7 @@ from .backbone import Backbone
 from .data import Task
 from .errors import ContinualError
 from .learner import TrainedTask, TrainingConfig, train_task
-from .pool import PromptPool
+from .pool import PromptPool, TaskEntry
 from .storage import atomic_write_bytes
 
 POOL_METHODS = ("prompt-pool", "prompt-pool-oracle", "prompt-pool-prototypes",
@@ -104,7 +106,7 @@ class PeakMemory:
         """Resident bytes of this process now (0 where /proc is missing)."""
         try:
             with open("/proc/self/statm") as file:
-                return int(file.read().split()[1]) * 4096
+                return int(file.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
         except OSError:
             return 0
 
@@ -134,6 +136,8 @@ class PeakMemory:
 
 def task_orders(tasks: Sequence[Task], count: int, seed: int) -> list[list[Task]]:
     """The given order first, then distinct seeded permutations."""
+    if count < 1:
+        raise ContinualError(f"--orders must be at least 1, got {count}")
     orders = [list(tasks)]
     rng = random.Random(seed)
     seen = {tuple(task.name for task in tasks)}
@@ -152,23 +156,28 @@ class PoolFamily:
     """Trains each task's prompt once and replays it under any selector and order."""
 
     def __init__(self, backbone: Backbone, config: BenchmarkConfig, cache: Path,
-                 progress: bool) -> None:
+                 progress: bool, resume: bool) -> None:
         self.backbone = backbone
         self.config = config
         self.training = TrainingConfig(epochs=config.epochs, batch_size=config.batch_size)
         self.cache = cache
         self.progress = progress
         self.trained: dict[str, TrainedTask] = {}
+        self.labels: dict[str, list[str]] = {}
         self.predictions: dict[tuple[str, str], str] = {}  # (task, text) → label
-        self._load_cache()
-
-    def _load_cache(self) -> None:
-        if not (self.cache / "manifest.json").exists():
-            return
-        saved = PromptPool.load(self.cache, self.backbone)
-        for entry in saved.entries:
-            self.trained[entry.name] = TrainedTask(entry.prompt, entry.head_weight,
-                                                   entry.head_bias, entry.stats)
+        key = json.dumps(_without_methods(config.to_dict()), sort_keys=True)
+        stamp = cache / "config.json"
+        # Reuse trained prompts only when resuming the very same configuration.
+        if resume and stamp.exists() and stamp.read_text() == key:
+            saved = PromptPool.load(cache, backbone)
+            for entry in saved.entries:
+                self.trained[entry.name] = TrainedTask(entry.prompt, entry.head_weight,
+                                                       entry.head_bias, entry.stats)
+                self.labels[entry.name] = entry.labels
+        else:
+            shutil.rmtree(cache, ignore_errors=True)
+            cache.mkdir(parents=True)
+            atomic_write_bytes(stamp, key.encode())
 
     def train(self, task: Task) -> TrainedTask:
         if task.name not in self.trained:
@@ -176,6 +185,7 @@ class PoolFamily:
                 self.backbone, task, self.config.prompt_length, self.training,
                 seed=self.config.seed, progress=self.progress,
             )
+            self.labels[task.name] = list(task.labels)
             self._save_cache()
         return self.trained[task.name]
 
@@ -183,7 +193,8 @@ class PoolFamily:
         pool = PromptPool(self.backbone, prompt_length=self.config.prompt_length,
                           selector="oracle", training=self.training)
         for name, trained in self.trained.items():
-            pool.add_trained(_placeholder(name, trained), trained)
+            pool.add(TaskEntry(name, self.labels[name], trained.prompt, trained.head_weight,
+                               trained.head_bias, stats=trained.stats))
         pool.save(self.cache)
 
     def run(self, method: str, order: list[Task]) -> MethodRun:
@@ -243,13 +254,6 @@ class PoolFamily:
                       for name, (text, gold) in zip(names, task.test))
         routed = sum(name == task.name for name in names)
         return 100.0 * correct / len(texts), 100.0 * routed / len(texts), names
-
-
-def _placeholder(name: str, trained: TrainedTask) -> Task:
-    # add_trained needs a Task for its name, labels and routing queries; the cache pool uses
-    # the oracle selector, which reads no queries, so one dummy example per label is enough.
-    labels = [f"label-{i}" for i in range(trained.head_weight.shape[0])]
-    return Task(name=name, train=[(f"{name} {label}", label) for label in labels], labels=labels)
 
 
 def _empty(size: int) -> list[list[float | None]]:
@@ -334,19 +338,25 @@ def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
                           train_per_label=config.train_per_label,
                           test_per_label=config.test_per_label,
                           validation_per_label=config.validation_per_label)
+    for task in tasks:
+        if not task.test:
+            raise ContinualError(f"task {task.name!r} has no test examples to score")
     backbone = Backbone.load(max_length=config.max_length, query_layer=config.query_layer)
     runs: list[dict] = []
     results_path = out / "results.json"
+    history = {"command": command, "resumed_with": [], "wall_seconds": 0.0}
     if resume and results_path.exists():
         previous = json.loads(results_path.read_text())
         if _without_methods(previous.get("config")) != _without_methods(config.to_dict()):
             raise ContinualError(f"{results_path}: was made with another configuration; "
                                  "rerun without --resume or with the same options")
         runs = previous.get("runs", [])
+        # The first command made the results; later ones only continued them.
+        history = {"command": previous.get("command", command),
+                   "resumed_with": previous.get("resumed_with", []) + [command],
+                   "wall_seconds": previous.get("wall_seconds") or 0.0}
     done = {(run["method"], tuple(run["order"])) for run in runs}
-    family = PoolFamily(backbone, config, out / "cache" / "pool-entries", progress)
-    if not resume:
-        family.trained.clear()
+    family = PoolFamily(backbone, config, out / "cache" / "pool-entries", progress, resume)
     orders = task_orders(tasks, config.orders, config.seed)
     started = time.perf_counter()
     for number, order in enumerate(orders):
@@ -365,11 +375,10 @@ def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
                 build = baseline_builder(method, backbone, config, progress)
                 result = run_sequential(method, build, order)
             runs.append(result.__dict__)
-            _write_json(results_path, _assemble(config, tasks, runs, command, partial=True))
-    summary = _assemble(config, tasks, runs, command, partial=False)
-    summary["wall_seconds"] = round(time.perf_counter() - started, 1)
+            _write_json(results_path, _assemble(config, tasks, runs, history, started, False))
+    summary = _assemble(config, tasks, runs, history, started, True)
     _write_json(results_path, summary)
-    (out / "report.md").write_text(render_report(summary))
+    atomic_write_bytes(out / "report.md", render_report(summary).encode("utf-8"))
     draw_plots(out)
     return summary
 
@@ -379,8 +388,8 @@ def _without_methods(config: dict | None) -> dict | None:
     return None if config is None else {k: v for k, v in config.items() if k != "methods"}
 
 
-def _assemble(config: BenchmarkConfig, tasks: Sequence[Task], runs: list[dict], command: str,
-              partial: bool) -> dict:
+def _assemble(config: BenchmarkConfig, tasks: Sequence[Task], runs: list[dict], history: dict,
+              started: float, complete: bool) -> dict:
     methods: dict[str, dict] = {}
     for method in ALL_METHODS:
         mine = [run for run in runs if run["method"] == method]
@@ -396,12 +405,15 @@ def _assemble(config: BenchmarkConfig, tasks: Sequence[Task], runs: list[dict], 
             "trainable_parameters": mine[0]["trainable_parameters"],
             "bytes_per_task": mine[0]["bytes_per_task"],
             "train_seconds": metrics.mean_std([run["train_seconds"] for run in mine]),
-            "peak_memory_mb": metrics.mean_std([run["peak_memory_mb"] for run in mine]),
+            # A peak: the largest over orders (the pool trains its prompts in the first one).
+            "peak_memory_mb": max(run["peak_memory_mb"] for run in mine),
         }
     return {
-        "command": command,
+        "command": history["command"],
+        "resumed_with": history["resumed_with"],
+        "wall_seconds": round(history["wall_seconds"] + time.perf_counter() - started, 1),
         "config": config.to_dict(),
-        "complete": not partial,
+        "complete": complete,
         "tasks": [{"name": task.name, "labels": task.labels, "train": len(task.train),
                    "validation": len(task.validation), "test": len(task.test)} for task in tasks],
         "versions": _versions(),
@@ -462,7 +474,8 @@ def render_report(summary: dict) -> str:
     lines = [
         f"# Benchmark `{config['sequence']}`",
         "",
-        f"Made by: `{summary['command']}`",
+        f"Made by: `{summary['command']}`"
+        + "".join(f", continued by `{c}`" for c in summary.get("resumed_with", [])),
         "",
         f"{config['orders']} task order(s), seed {config['seed']}; tasks: "
         + ", ".join(f"{t['name']} ({len(t['labels'])} labels, {t['train']} train / "
@@ -479,7 +492,7 @@ def render_report(summary: dict) -> str:
             f"| {name} | {_cell(entry['average_accuracy'])} | {_cell(entry['forgetting'])} | "
             f"{_cell(entry['bwt'])} | {_cell(entry['routing_accuracy'])} | "
             f"{entry['trainable_parameters']:,} | {metrics.format_bytes(entry['bytes_per_task'])}"
-            f" | {_cell(entry['train_seconds'], 0)} | {_cell(entry['peak_memory_mb'], 0)} |"
+            f" | {_cell(entry['train_seconds'], 0)} | {entry['peak_memory_mb']:.0f} |"
         )
     lines += [
         "",
@@ -488,7 +501,8 @@ def render_report(summary: dict) -> str:
         "max_{l<T} R[l][j] − R[T][j] (positive = forgotten); BWT = mean over j<T of "
         "R[T][j] − R[j][j]. FWT is not reported: in this task-agnostic setting no method can "
         "name a task's labels before learning it, so R[j−1][j] is 0 for all.",
-        "Routing %: share of the final test inputs sent to their own task's prompt.",
+        "Routing %: for each task, the share of its final test inputs sent to its own "
+        "prompt; averaged over tasks.",
         "Stored per task: bytes a new task adds (the pool: prompt, head and the selector's "
         "statistics, of which the Gaussian selector's covariance is most; full fine-tuning: a "
         "whole model copy). Trainable params: prompt and head for the pool. The prompt-pool "
@@ -496,7 +510,8 @@ def render_report(summary: dict) -> str:
         "tasks); they differ only in routing, so their train seconds are one training, shown "
         "once per row.",
         "Peak MB: the process's peak resident memory while the method ran, above what was "
-        "live when it started (Python, torch, the frozen backbone and the data not counted).",
+        "live when it started (Python, torch, the frozen backbone and the data not counted); "
+        "the largest over orders.",
         "Timings on a shared machine: compare ratios within this run, not absolute seconds.",
         "",
     ]

@@ -5,6 +5,7 @@ Errors in the user's input print one line naming the file, row or field, and exi
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -21,11 +22,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.handler(args) or 0
     except ContinualError as error:
-        print(f"error: {error}", file=sys.stderr)
+        print(f"error: {_one_line(str(error))}", file=sys.stderr)
+        return EXIT_USAGE
+    except OSError as error:
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; the pool on disk is as it was last saved", file=sys.stderr)
         return 130
+
+
+def _one_line(message: str) -> str:
+    return " ".join(message.split())
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -41,7 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("--train", required=True, type=Path, help="CSV/JSONL with text,label")
     learn.add_argument("--test", type=Path, help="held-out CSV/JSONL (default: 20%% of --train)")
     learn.add_argument("--validation", type=Path, help="CSV/JSONL for early stopping")
-    learn.add_argument("--epochs", type=int, help="training epochs at most (default 6)")
+    learn.add_argument("--epochs", type=int, help="training epochs at most for this task "
+                       "(default: the pool's, 6 for a new pool)")
     learn.add_argument("--seed", type=int, default=0)
     learn.add_argument("--prompt-length", type=int, default=16, help="for a new pool")
     learn.add_argument("--selector", default="gaussian", choices=["gaussian", "prototypes", "keys"],
@@ -121,9 +131,13 @@ def _learn(args: argparse.Namespace) -> int:
                 selector=args.selector,
                 training=TrainingConfig(),
             )
+        training = None
         if args.epochs is not None:
-            pool.training.epochs = args.epochs
-        entry = pool.learn(task, seed=args.seed, progress=not args.no_progress)
+            if args.epochs < 1:
+                raise ContinualError(f"--epochs must be at least 1, got {args.epochs}")
+            training = dataclasses.replace(pool.training, epochs=args.epochs)
+        entry = pool.learn(task, seed=args.seed, progress=not args.no_progress,
+                           training=training)
         pool.save(args.pool)
         result = pool.evaluate(task) if task.test else None
     print(json.dumps({"pool": str(args.pool), "task": entry.name, "labels": entry.labels,
@@ -138,6 +152,9 @@ def _predict(args: argparse.Namespace) -> int:
     from .pool import PromptPool
 
     texts = list(args.texts)
+    for number, text in enumerate(texts, start=1):
+        if not text.strip():
+            raise ContinualError(f"text argument {number} is empty")
     if args.file is not None:
         texts += read_texts(args.file)
     if not texts:
@@ -165,9 +182,11 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 
 def _info(args: argparse.Namespace) -> int:
+    from .pool import read_entries
     from .storage import read_manifest
 
     manifest = read_manifest(args.pool)
+    read_entries(args.pool, manifest)  # every record, file and checksum, before printing
     hidden, length = manifest["hidden_size"], manifest["prompt_length"]
     tasks = []
     for record in manifest["tasks"]:
@@ -200,6 +219,9 @@ def _info(args: argparse.Namespace) -> int:
 def _explain(args: argparse.Namespace) -> int:
     from .explain import explain_routing, nearest_tokens, prompt_similarity
     from .pool import PromptPool
+
+    if args.tokens < 0:
+        raise ContinualError(f"--tokens must be 0 or more, got {args.tokens}")
 
     pool = PromptPool.load(args.pool)
     similarity = prompt_similarity(pool)

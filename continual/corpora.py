@@ -446,7 +446,7 @@ def split_records(
     """
     for value in (train_per_label, test_per_label, validation_per_label):
         if value is not None and value < 0:
-            raise ValueError("per-label sizes must be >= 0")
+            raise TaskDataError(f"per-label sizes must be >= 0, got {value}")
     rng = random.Random(seed)
     by_label: dict[str, dict[str, list[Record]]] = {}
     for record in records:

@@ -19,7 +19,6 @@ from .errors import TaskDataError
 
 Example = tuple[str, str]  # (text, label)
 
-SUPPORTED_SUFFIXES = (".csv", ".jsonl", ".json", ".txt")
 # Line breaks of JSONL and plain text files. Not str.splitlines: it also breaks at U+2028,
 # U+0085 and form feeds, which json.dumps(..., ensure_ascii=False) leaves inside strings.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
@@ -204,8 +203,6 @@ def read_rows(path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
 
 
 def _csv_records(path: Path, content: str) -> list[tuple[int, dict]]:
-    if "\x00" in content:
-        raise TaskDataError(f"{path}: contains NUL bytes; not a text CSV file")
     try:
         reader = csv.DictReader(io.StringIO(content, newline=""))
         header = reader.fieldnames

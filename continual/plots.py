@@ -275,7 +275,7 @@ def plot_accuracy_vs_forgetting(summary: Mapping[str, Any], path: PathLike) -> P
         _say(axes, "no method has both average accuracy and forgetting")
     axes.set_xlabel("forgetting $F_T$ (lower is better)")
     axes.set_ylabel("average accuracy $A_T$ (higher is better)")
-    axes.set_title("Average accuracy vs forgetting (mean ± std over seeds)")
+    axes.set_title("Average accuracy vs forgetting (mean ± std over task orders)")
     if skipped:
         # supxlabel gets its own space from the constrained layout, below the axis labels.
         figure.supxlabel("not shown (missing values): " + ", ".join(skipped), fontsize=8, color="grey")

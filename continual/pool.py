@@ -123,18 +123,19 @@ class PromptPool:
         """Names of the learned tasks, in the order they were learned."""
         return [entry.name for entry in self.entries]
 
-    def learn(self, task: Task, *, seed: int = 0, progress: bool = True) -> TaskEntry:
+    def learn(self, task: Task, *, seed: int = 0, progress: bool = True,
+              training: TrainingConfig | None = None) -> TaskEntry:
         """Train a new prompt, head and selector state for ``task`` and add them to the pool.
 
-        Earlier entries are not touched. Raises `TaskDataError` for a name already in the pool.
+        Earlier entries are not touched. ``training`` overrides the pool's `TrainingConfig`
+        for this task only. Raises `TaskDataError` for a name already in the pool.
         """
         if task.name in self.tasks:
             raise TaskDataError(
                 f"task {task.name!r} is already in the pool; choose another name"
             )
-        trained = train_task(
-            self.backbone, task, self.prompt_length, self.training, seed=seed, progress=progress
-        )
+        trained = train_task(self.backbone, task, self.prompt_length, training or self.training,
+                             seed=seed, progress=progress)
         return self.add_trained(task, trained, seed=seed)
 
     def add_trained(self, task: Task, trained: TrainedTask, *, seed: int = 0) -> TaskEntry:
@@ -290,6 +291,11 @@ class PromptPool:
             raise TaskDataError(f"task {name!r}: no examples to evaluate on")
         if name not in self.tasks:
             raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
+        labels = set(self.entries[self.tasks.index(name)].labels)
+        for row, (_, gold) in enumerate(examples, start=1):
+            if gold not in labels:
+                raise TaskDataError(f"task {name!r}, example {row}: label {gold!r} is not one of "
+                                    f"the task's labels {sorted(labels)}")
         texts = [text for text, _ in examples]
         predictions = self.predict(texts, tasks=name if oracle else None)
         routed = sum(p.task == name for p in predictions)
@@ -378,13 +384,21 @@ class PromptPool:
         try:
             pool = cls(backbone, prompt_length=manifest["prompt_length"], selector=selector,
                        training=training)
-            for number, record in enumerate(manifest["tasks"]):
-                pool.add(_entry_from_record(pool_dir, record, number))
+            for entry in read_entries(pool_dir, manifest):
+                pool.add(entry)
         except ContinualError as error:
             message = str(error)
             prefix = "" if message.startswith(str(pool_dir)) else f"{where}: "
             raise PoolFormatError(f"{prefix}{message}") from None
         return pool
+
+
+def read_entries(pool_dir: str | os.PathLike, manifest: dict | None = None) -> list[TaskEntry]:
+    """Every task entry of a saved pool, checked against the manifest; no backbone needed."""
+    pool_dir = Path(pool_dir)
+    manifest = manifest if manifest is not None else read_manifest(pool_dir)
+    return [_entry_from_record(pool_dir, record, number)
+            for number, record in enumerate(manifest["tasks"])]
 
 
 def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry:
@@ -419,8 +433,6 @@ def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry
 
 
 def _backbone_for(fingerprint: dict, where: Path) -> Backbone:
-    from .errors import ContinualError
-
     name = fingerprint.get("name")
     default = name == "sentence-transformers/all-MiniLM-L6-v2"
     try:

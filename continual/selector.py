@@ -199,8 +199,8 @@ class GaussianSelector(Selector):
     against 91-93% for nearest k-means prototype.
 
     Args:
-        shrinkage: weight of the identity in the shared covariance (0..1); guards against
-            the few-examples-many-dimensions case.
+        shrinkage: weight of the identity in the shared covariance, in (0, 1]; keeps it
+            invertible when a task has fewer examples than dimensions.
         min_score: refuse inputs whose best score (minus the squared distance) is below this.
     """
 
@@ -208,8 +208,9 @@ class GaussianSelector(Selector):
 
     def __init__(self, shrinkage: float = 0.1, min_score: float | None = None) -> None:
         if isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) \
-                or not 0.0 <= shrinkage <= 1.0:
-            raise ContinualError(f"shrinkage must be a number in [0, 1], got {shrinkage!r}")
+                or not 0.0 < shrinkage <= 1.0:
+            # Without shrinkage the covariance of fewer examples than dimensions is singular.
+            raise ContinualError(f"shrinkage must be a number in (0, 1], got {shrinkage!r}")
         self.shrinkage = float(shrinkage)
         self.min_score = _check_min_score(min_score)
 

@@ -209,7 +209,9 @@ def test_prompt_pool_strategy_refusals_and_oracle(tiny_backbone: Backbone) -> No
     assert pool.tasks == ["a", "b"] and pool.entries[1].labels == ["x", "y", "z"]
     results = strategy.eval(benchmark.test_stream)
     assert all(value == 0.0 for name, value in results.items() if name.startswith("Top1_Acc_Exp"))
-    assert pool.evaluate("a", tasks[0].test)["accuracy"] == 0.0
+    renamed = [(text, pool.entries[0].labels[tasks[0].labels.index(label)])
+               for text, label in tasks[0].test]  # labels as the benchmark named them
+    assert pool.evaluate("a", renamed)["accuracy"] == 0.0
     ids, _ = experience_tensors(benchmark.test_stream[0])
     logits = strategy.model(ids)
     assert logits.shape == (len(ids), 5 + 1)

@@ -104,7 +104,9 @@ def test_learn_creates_a_pool_and_prints_json(built):
     assert [task["name"] for task in first["tasks"]] == ["colours"]
     assert first["backbone"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert first["prompt_length"] == 4
-    assert first["training"]["epochs"] == 1
+    # --epochs applies to the task being learned; the pool keeps its default for later tasks.
+    assert first["tasks"][0]["stats"]["epochs_run"] == 1
+    assert first["training"]["epochs"] == 6
 
 
 def test_second_learn_adds_a_task_and_keeps_the_first_file(built):

@@ -395,10 +395,10 @@ def test_a_pickle_planted_as_a_task_file_is_refused_and_never_runs(pool_dir, tin
     plant(pool_dir, 0, container(gadget(marker)), name)  # checksum updated: it passes
     refused(pool_dir, tiny_backbone, "not a valid safetensors file")
     assert not marker.exists(), "loading the pool ran the pickle's payload"
-    # Nor does the command line's info/predict path unpickle anything on the way.
+    # The command line's info refuses it too (exit 2), without unpickling anything.
     from continual.cli import main
 
-    assert main(["info", str(pool_dir)]) == 0
+    assert main(["info", str(pool_dir)]) == 2
     assert not marker.exists()
 
 
