@@ -138,7 +138,7 @@ def _learn(args: argparse.Namespace) -> int:
             training = dataclasses.replace(pool.training, epochs=args.epochs)
         entry = pool.learn(task, seed=args.seed, progress=not args.no_progress,
                            training=training)
-        pool.save(args.pool)
+        pool.save(args.pool, lock=False)  # this process holds the lock already
         result = pool.evaluate(task) if task.test else None
     print(json.dumps({"pool": str(args.pool), "task": entry.name, "labels": entry.labels,
                       "accuracy": result and round(result["accuracy"], 2),

@@ -9,6 +9,7 @@ forward pass of the backbone serves the whole mixed batch.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from .storage import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    PoolLock,
     read_manifest,
     read_task_file,
     remove_unreferenced,
@@ -331,16 +333,19 @@ class PromptPool:
             ],
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
+    def save(self, path: str | os.PathLike, *, lock: bool = True, wait: float = 0.0) -> Path:
         """Save atomically: task files first, then the manifest in one rename.
 
-        A crash at any point leaves the previously saved pool loadable.
+        A crash at any point leaves the previously saved pool loadable. The pool's lock is held
+        while saving (`PoolLockedError` if another process holds it longer than ``wait``
+        seconds); pass ``lock=False`` when the caller already holds it.
         """
         pool_dir = Path(path)
         pool_dir.mkdir(parents=True, exist_ok=True)
-        files = [write_task_file(pool_dir, entry.tensors()) for entry in self.entries]
-        write_manifest(pool_dir, self.manifest(files))
-        remove_unreferenced(pool_dir, {file for file, _ in files})
+        with PoolLock(pool_dir, timeout=wait) if lock else contextlib.nullcontext():
+            files = [write_task_file(pool_dir, entry.tensors()) for entry in self.entries]
+            write_manifest(pool_dir, self.manifest(files))
+            remove_unreferenced(pool_dir, {file for file, _ in files})
         return pool_dir
 
     @classmethod

@@ -425,3 +425,18 @@ def test_real_minilm_save_load_round_trip(real_pool, real_tasks, minilm, tmp_pat
     manifest = json.loads((tmp_path / "pool" / MANIFEST).read_text())
     assert manifest["backbone"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert manifest["backbone"]["max_length"] == 64
+
+
+def test_save_is_refused_while_another_writer_holds_the_lock(grown, tmp_path):
+    from continual import PoolLockedError
+    from continual.storage import PoolLock
+
+    target = tmp_path / "pool"
+    shutil.copytree(grown.dir, target)
+    manifest = (target / MANIFEST).read_bytes()
+    with PoolLock(target):  # another writer (a separate open file: flock conflicts)
+        with pytest.raises(PoolLockedError, match="another process"):
+            grown.pool.save(target)
+        grown.pool.save(target, lock=False)  # the holder itself may save
+    assert (target / MANIFEST).read_bytes() == manifest
+    grown.pool.save(target)  # free again

@@ -582,7 +582,7 @@ _REISSUED: dict = {}
 
 @contextmanager
 def _without_avalanche_deprecations() -> Iterator[None]:
-    """Drop the DeprecationWarnings Avalanche 0.6.0 raises about its own internal calls.
+    """Drop the deprecation warnings Avalanche 0.6.0 raises about its own internal calls.
 
     (Replay's plugin calls a deprecated storage-policy method.) Avalanche's decorator resets the
     warning filters itself, so filtering does not work: warnings are recorded and every other
@@ -591,7 +591,8 @@ def _without_avalanche_deprecations() -> Iterator[None]:
     with warnings.catch_warnings(record=True) as caught:
         yield
     for warning in caught:
-        internal = issubclass(warning.category, DeprecationWarning) and (
+        # Also torch's indexing deprecation, raised from EWC's own parameter bookkeeping.
+        internal = issubclass(warning.category, (DeprecationWarning, UserWarning)) and (
             "/avalanche/" in warning.filename.replace("\\", "/")
         )
         if not internal:
