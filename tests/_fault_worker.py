@@ -121,7 +121,7 @@ def learn(pool_dir: str, count: int, saves: int, predict: bool = False) -> int:
             pool.learn(task, seed=0, progress=False)
             for attempt in range(saves):
                 say("saving", task.name, attempt)
-                pool.save(pool_dir)
+                pool.save(pool_dir, lock=False)  # this process holds the lock already
                 say("saved", task.name, attempt)
         say("done")
         if predict:
