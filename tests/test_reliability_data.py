@@ -10,23 +10,19 @@ property that ran reached its ``max_examples`` and prints the counts (visible wi
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import random
 import re
-from collections import Counter
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from _counted import CountedProperties
+from hypothesis import HealthCheck
 from hypothesis import strategies as st
 
 from continual.data import Task, read_labelled, read_texts
 from continual.errors import TaskDataError
-
-RUNS: Counter = Counter()  # property name -> examples run
-EXPECTED: dict[str, int] = {}  # property name -> max_examples
 
 SETTINGS = dict(
     deadline=None,
@@ -34,21 +30,8 @@ SETTINGS = dict(
     suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
                            HealthCheck.data_too_large, HealthCheck.filter_too_much],
 )
-
-
-def prop(max_examples: int, *strategies, **named):
-    """``@settings(...) @given(...)`` that also counts the examples run into `RUNS`."""
-
-    def decorate(test):
-        @functools.wraps(test)
-        def counted(*args, **kwargs):
-            RUNS[test.__name__] += 1
-            return test(*args, **kwargs)
-
-        EXPECTED[test.__name__] = max_examples
-        return settings(max_examples=max_examples, **SETTINGS)(given(*strategies, **named)(counted))
-
-    return decorate
+prop = CountedProperties(**SETTINGS)
+RUNS, EXPECTED = prop.runs, prop.expected
 
 
 # -- strategies --------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ pickle planted as a task file is refused by the format check and its payload nev
 from __future__ import annotations
 
 import copy
-import functools
 import hashlib
 import io
 import json
@@ -16,13 +15,13 @@ import os
 import pickle
 import re
 import shutil
-from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from _counted import CountedProperties
+from hypothesis import HealthCheck
 from hypothesis import strategies as st
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
@@ -31,25 +30,10 @@ import continual
 from continual import Backbone, PoolFormatError, PromptPool, TrainingConfig
 from continual.storage import MANIFEST
 
-RUNS: Counter = Counter()
-EXPECTED: dict[str, int] = {}
 SETTINGS = dict(deadline=None, database=None,
                 suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-def prop(max_examples: int, *strategies, **named):
-    """``@settings(...) @given(...)`` that also counts the examples run into `RUNS`."""
-
-    def decorate(test):
-        @functools.wraps(test)
-        def counted(*args, **kwargs):
-            RUNS[test.__name__] += 1
-            return test(*args, **kwargs)
-
-        EXPECTED[test.__name__] = max_examples
-        return settings(max_examples=max_examples, **SETTINGS)(given(*strategies, **named)(counted))
-
-    return decorate
+prop = CountedProperties(**SETTINGS)
+RUNS, EXPECTED = prop.runs, prop.expected
 
 
 # -- a saved pool and ways to damage it ---------------------------------------------------------
