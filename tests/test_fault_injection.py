@@ -36,6 +36,7 @@ WORKER = Path(__file__).with_name("_fault_worker.py")
 TASKS = worker.TASK_NAMES  # six tasks
 SAVES = 8  # saves per learned task, to widen the window a kill can land inside save()
 MIN_KILLS, MAX_KILLS, KILL_SECONDS = 40, 100, 20.0
+MIN_SAVE_KILLS = 10
 
 
 def _env() -> dict:
@@ -214,9 +215,17 @@ def test_sigkill_at_random_times_loses_no_saved_task(server, reference, tiny_bac
     durable: set[str] = set()
     on_disk: list[str] = []
     deadline = time.monotonic() + KILL_SECONDS
-    while stats["kills"] < MAX_KILLS and (time.monotonic() < deadline
-                                          or stats["kills"] < MIN_KILLS):
-        assert stats["runs"] < 10 * MAX_KILLS, stats
+
+    def enough() -> bool:
+        # Kills inside save() are the point; how many land there depends on the machine's
+        # speed, so keep killing until there are enough of them rather than hoping.
+        if stats["killed while saving"] < MIN_SAVE_KILLS:
+            return False
+        return stats["kills"] >= MAX_KILLS or (time.monotonic() >= deadline
+                                               and stats["kills"] >= MIN_KILLS)
+
+    while not enough():
+        assert stats["runs"] < 10 * MAX_KILLS, f"too few kills landed (in save) {stats}"
         log = tmp_path / f"run-{stats['runs']}.log"
         pid = server.spawn(log, kind="learn", pool=str(round_dir), tasks=len(TASKS), saves=SAVES)
         stats["runs"] += 1
@@ -257,8 +266,6 @@ def test_sigkill_at_random_times_loses_no_saved_task(server, reference, tiny_bac
     stats["tasks lost"] = 0  # check_pool asserted it after every run
     with capsys.disabled():
         print(f"\nfault injection: {json.dumps(dict(sorted(stats.items())))}")
-    assert stats["kills"] >= MIN_KILLS
-    assert stats["killed while saving"] >= 10, stats
 
 
 def test_kill_during_save_keeps_the_previous_pool_loadable(server, reference, tiny_backbone,
