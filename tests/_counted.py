@@ -6,8 +6,10 @@ the README quotes (how many generated inputs a run checks) are measured, not ass
 from __future__ import annotations
 
 import functools
+import json
 from collections import Counter
 
+import pytest
 from hypothesis import given, settings
 
 
@@ -31,3 +33,17 @@ class CountedProperties:
                 given(*strategies, **named)(counted))
 
         return decorate
+
+    def check_every_property_ran(self, capsys, module: str, counted: str) -> None:
+        """Assert every property that ran reached its max_examples; print how many ``counted`` ran.
+
+        Call it from a module's last test; skips when no property of the module ran.
+        """
+        ran = {name: self.runs[name] for name in self.expected if self.runs[name]}
+        if not ran:
+            pytest.skip("no property ran in this session")
+        short = {name: (count, self.expected[name]) for name, count in ran.items()
+                 if count < self.expected[name]}
+        assert not short, f"properties that ran fewer examples than asked: {short}"
+        with capsys.disabled():
+            print(f"\n{module}: {sum(ran.values())} {counted} " + json.dumps(ran, sort_keys=True))

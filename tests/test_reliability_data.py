@@ -403,12 +403,4 @@ def test_jsonl_with_unicode_line_separators_inside_strings(tmp_path):
 
 def test_zz_every_property_ran_its_examples(capsys):
     """Runs last in this module: every property that ran reached its max_examples."""
-    ran = {name: RUNS[name] for name in EXPECTED if RUNS[name]}
-    if not ran:
-        pytest.skip("no property ran in this session")
-    short = {name: (count, EXPECTED[name]) for name, count in ran.items()
-             if count < EXPECTED[name]}
-    assert not short, f"properties that ran fewer examples than asked: {short}"
-    with capsys.disabled():
-        print(f"\nreliability_data: {sum(ran.values())} generated inputs "
-              + json.dumps(ran, sort_keys=True))
+    prop.check_every_property_ran(capsys, "reliability_data", "generated inputs")

@@ -480,12 +480,5 @@ def test_manifest_parts_that_do_not_fit_are_refused(pool_dir, tiny_backbone, edi
 
 
 def test_zz_every_property_ran_its_examples(capsys):
-    ran = {name: RUNS[name] for name in EXPECTED if RUNS[name]}
-    if not ran:
-        pytest.skip("no property ran in this session")
-    short = {name: (count, EXPECTED[name]) for name, count in ran.items()
-             if count < EXPECTED[name]}
-    assert not short, f"properties that ran fewer examples than asked: {short}"
-    with capsys.disabled():
-        print(f"\nreliability_pool: {sum(ran.values())} generated damaged pools "
-              + json.dumps(ran, sort_keys=True))
+    """Runs last in this module: every property that ran reached its max_examples."""
+    prop.check_every_property_ran(capsys, "reliability_pool", "generated damaged pools")
