@@ -23,6 +23,7 @@ import shutil
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -221,9 +222,8 @@ class PoolFamily:
                     if routing is not None:
                         routing[i][j] = routed
                     if i == size - 1:
-                        for name in names:
-                            key = name or "refused"
-                            confusion[order[j].name][key] = confusion[order[j].name].get(key, 0) + 1
+                        confusion[order[j].name] = dict(Counter(name or "refused"
+                                                                for name in names))
         sizes = pool.bytes_per_task()
         return MethodRun(
             method=method, order=[task.name for task in order], matrix=matrix, routing=routing,
