@@ -57,9 +57,8 @@ def main(argv: list[str] | None = None) -> int:
     from avalanche.logging import TextLogger
     from avalanche.training.plugins import EvaluationPlugin
 
-    from continual import Backbone, PromptPool, TrainingConfig
-    from continual import metrics
-    from continual.corpora import load_sequence
+    from continual import Backbone, PromptPool, TrainingConfig, metrics
+    from continual.bench.sequences import load_sequence
     from continual.integrations.avalanche import PromptPoolStrategy, tasks_to_benchmark
 
     backbone = Backbone.load(max_length=args.max_length)
@@ -93,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
             strategy.train(experience)
             strategy.eval(benchmark.test_stream)
             for j in range(i + 1):
-                R[i, j] = pool.evaluate(tasks[j])["accuracy"] / 100
+                R[i, j] = pool.evaluate(tasks[j]).accuracy / 100
             print(f"after {tasks[i].name:12s} " + "  ".join(
                 f"{tasks[j].name}={R[i, j]:.3f}" for j in range(i + 1)), flush=True)
     seconds = time.perf_counter() - started

@@ -15,10 +15,11 @@ import sys
 import time
 from pathlib import Path
 
-from continual import metrics, plots
+from continual import metrics
 from continual.backbone import Backbone
-from continual.baselines import ClassIncremental
-from continual.corpora import load_corpus
+from continual.bench import plots
+from continual.bench.baselines import ClassIncremental
+from continual.bench.corpora import load_corpus
 from continual.data import Task
 from continual.learner import TrainingConfig
 from continual.pool import PromptPool
@@ -45,12 +46,12 @@ def score(method: str, backbone: Backbone, task: Task, args: argparse.Namespace,
         pool = PromptPool(backbone, prompt_length=args.prompt_length, selector="oracle",
                           training=TrainingConfig(epochs=args.epochs))
         pool.learn(task, seed=seed, progress=False)
-        return pool.evaluate(task, oracle=True)["accuracy"]
+        return pool.evaluate(task, oracle=True).accuracy
     learner = ClassIncremental(method, backbone, finetune=method == "fine-tuning",
                                epochs=args.finetune_epochs if method == "fine-tuning"
                                else args.epochs * 4, seed=seed, progress=False)
     learner.learn(task)
-    return learner.evaluate(task)[0]
+    return learner.evaluate(task).accuracy
 
 
 def main() -> int:
@@ -70,7 +71,7 @@ def main() -> int:
     backbone = Backbone.load(max_length=args.max_length)
     largest = max(args.shots)
     table: dict[str, dict[str, dict[int, list[float]]]] = {}
-    seconds: dict[str, float] = {method: 0.0 for method in args.methods}
+    seconds: dict[str, float] = dict.fromkeys(args.methods, 0.0)
     for name in args.tasks:
         full = load_corpus(name, train_per_label=largest, test_per_label=args.test_per_label,
                            validation_per_label=16)

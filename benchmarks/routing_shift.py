@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from continual.backbone import Backbone
-from continual.corpora import load_sequence
+from continual.bench.sequences import load_sequence
 from continual.selector import build_selector
 from continual.storage import atomic_write_bytes
 

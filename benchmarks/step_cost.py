@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from continual.backbone import Backbone
-from continual.corpora import load_corpus
+from continual.bench.corpora import load_corpus
 from continual.prompt import SoftPrompt, prompted_features
 from continual.storage import atomic_write_bytes
 

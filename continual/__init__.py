@@ -5,11 +5,19 @@ pool; a selector routes every input to its task's prompt with no task id given.
 """
 from .backbone import Backbone
 from .data import Task
+from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, PoolLockedError, TaskDataError
 from .learner import TrainingConfig
-from .pool import Prediction, PromptPool, TaskEntry
+from .metrics import Score
+from .pool import Prediction, PromptPool
 from .prompt import SoftPrompt
-from .selector import GaussianSelector, KeySelector, OracleSelector, PrototypeSelector, Selector
+from .selector import (
+    GaussianSelector,
+    KeySelector,
+    OracleSelector,
+    PrototypeSelector,
+    Selector,
+)
 
 __version__ = "0.1.0"
 
@@ -24,6 +32,7 @@ __all__ = [
     "Prediction",
     "PromptPool",
     "PrototypeSelector",
+    "Score",
     "Selector",
     "SoftPrompt",
     "Task",

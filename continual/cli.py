@@ -8,8 +8,8 @@ import argparse
 import dataclasses
 import json
 import sys
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from .errors import ContinualError
 
@@ -93,7 +93,7 @@ def _parser() -> argparse.ArgumentParser:
                          help="also show the N vocabulary tokens nearest each prompt vector")
     explain.set_defaults(handler=_explain)
 
-    from .benchmark import add_run_arguments
+    from .bench.cli import add_run_arguments
 
     run = commands.add_parser("run", help="run a benchmark: methods over a task sequence")
     add_run_arguments(run)
@@ -140,9 +140,10 @@ def _learn(args: argparse.Namespace) -> int:
                            training=training)
         pool.save(args.pool, lock=False)  # this process holds the lock already
         result = pool.evaluate(task) if task.test else None
+    routing = result.routing_accuracy if result else None
     print(json.dumps({"pool": str(args.pool), "task": entry.name, "labels": entry.labels,
-                      "accuracy": result and round(result["accuracy"], 2),
-                      "routing_accuracy": result and round(result["routing_accuracy"], 2),
+                      "accuracy": None if result is None else round(result.accuracy, 2),
+                      "routing_accuracy": None if routing is None else round(routing, 2),
                       "train_seconds": entry.stats["train_seconds"]}))
     return 0
 
@@ -172,18 +173,17 @@ def _evaluate(args: argparse.Namespace) -> int:
     pool = PromptPool.load(args.pool)
     result = pool.evaluate(args.task, read_labelled(args.test), oracle=args.oracle)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result.to_dict()))
     else:
-        line = f"{result['task']}: accuracy {result['accuracy']:.2f}% on {result['examples']}"
-        if result["routing_accuracy"] is not None:
-            line += f", routing accuracy {result['routing_accuracy']:.2f}%"
+        line = f"{result.task}: accuracy {result.accuracy:.2f}% on {result.examples}"
+        if result.routing_accuracy is not None:
+            line += f", routing accuracy {result.routing_accuracy:.2f}%"
         print(line)
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
-    from .pool import read_entries
-    from .storage import read_manifest
+    from .storage import read_entries, read_manifest
 
     manifest = read_manifest(args.pool)
     read_entries(args.pool, manifest)  # every record, file and checksum, before printing
@@ -239,17 +239,15 @@ def _explain(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .benchmark import run_from_args
+    from .bench.cli import run_from_args
 
     return run_from_args(args)
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from .benchmark import draw_plots
+    from .bench.cli import plot_from_args
 
-    for path in draw_plots(args.dir):
-        print(path)
-    return 0
+    return plot_from_args(args)
 
 
 if __name__ == "__main__":

@@ -11,9 +11,9 @@ import json
 import math
 import random
 import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from .errors import TaskDataError
 
@@ -23,7 +23,7 @@ Example = tuple[str, str]  # (text, label)
 # U+0085 and form feeds, which json.dumps(..., ensure_ascii=False) leaves inside strings.
 _LINE_BREAK = re.compile(r"\r\n|\r|\n")
 # csv's default field limit (128 KiB) is smaller than some real documents.
-csv.field_size_limit(1 << 30)
+_CSV_FIELD_LIMIT = 1 << 30
 
 
 @dataclass
@@ -69,7 +69,7 @@ class Task:
         test_fraction: float = 0.2,
         validation_fraction: float = 0.1,
         seed: int = 0,
-    ) -> "Task":
+    ) -> Task:
         """Build a task from in-memory ``(text, label)`` pairs with a seeded, stratified split."""
         examples = [(text, str(label)) for text, label in pairs]
         train, validation, test = split_examples(examples, test_fraction, validation_fraction, seed)
@@ -84,7 +84,7 @@ class Task:
         validation: str | Path | None = None,
         *,
         seed: int = 0,
-    ) -> "Task":
+    ) -> Task:
         """Load a task from files. Without ``test``, a seeded 20% test split is held out.
 
         Without ``validation``, 10% of the training examples are held out for early stopping.
@@ -120,8 +120,8 @@ def split_examples(
     for label in sorted(by_label):
         group = by_label[label][:]
         rng.shuffle(group)
-        n_test = int(round(len(group) * test_fraction))
-        n_valid = int(round(len(group) * validation_fraction))
+        n_test = round(len(group) * test_fraction)
+        n_valid = round(len(group) * validation_fraction)
         n_test = min(n_test, max(len(group) - 1, 0))
         n_valid = min(n_valid, max(len(group) - 1 - n_test, 0))
         test += group[:n_test]
@@ -203,6 +203,15 @@ def read_rows(path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
 
 
 def _csv_records(path: Path, content: str) -> list[tuple[int, dict]]:
+    # The field limit is process-wide: raise it for this read only, then put it back.
+    previous = csv.field_size_limit(_CSV_FIELD_LIMIT)
+    try:
+        return _csv_rows(path, content)
+    finally:
+        csv.field_size_limit(previous)
+
+
+def _csv_rows(path: Path, content: str) -> list[tuple[int, dict]]:
     try:
         reader = csv.DictReader(io.StringIO(content, newline=""))
         header = reader.fieldnames

@@ -6,7 +6,7 @@ input, how well it matched every task and why it went where it went.
 """
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -37,9 +37,7 @@ def prompt_similarity(pool: PromptPool) -> torch.Tensor:
 def explain_routing(pool: PromptPool, texts: Sequence[str]) -> list[dict]:
     """Per text: each task's match score, the chosen task, its margin over the runner-up,
     and the final label and its probability."""
-    queries = pool.backbone.query(list(texts))
-    states = [entry.selector_state for entry in pool.entries]
-    scores = pool.selector.task_scores(queries, states)  # (B, T)
+    scores = pool.task_scores(texts)  # (B, T)
     predictions = pool.predict(list(texts))
     explained = []
     for text, row, prediction in zip(texts, scores, predictions):

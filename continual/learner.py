@@ -2,22 +2,24 @@
 
 Only the new prompt and head receive gradients; the backbone and every earlier task are out of
 reach of the optimizer. Training is seeded and deterministic, shows a progress bar, and stops
-early on the validation split (keeping the best epoch).
+early on the validation split (keeping the best epoch). Randomness comes from one seeded
+``torch.Generator``; the process's global random state is neither read nor changed.
 """
 from __future__ import annotations
 
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
 from .backbone import Backbone
 from .data import Task
+from .entry import TaskEntry
+from .progress import Progress
 from .prompt import PromptInit, SoftPrompt, prompted_features
 
 
@@ -47,16 +49,6 @@ class TrainingConfig:
         return asdict(self)
 
 
-@dataclass
-class TrainedTask:
-    """What training one task produced: tensors for the pool entry and a few statistics."""
-
-    prompt: torch.Tensor  # (L, H)
-    head_weight: torch.Tensor  # (C, H)
-    head_bias: torch.Tensor  # (C,)
-    stats: dict
-
-
 def train_task(
     backbone: Backbone,
     task: Task,
@@ -65,17 +57,17 @@ def train_task(
     *,
     seed: int = 0,
     progress: bool = True,
-) -> TrainedTask:
-    """Train a soft prompt and a linear head for ``task``; returns detached tensors."""
+) -> TaskEntry:
+    """Train a soft prompt and a linear head for ``task``.
+
+    Returns a `TaskEntry` with detached tensors and an empty selector state (the pool fits
+    that when it adds the entry).
+    """
     generator = torch.Generator().manual_seed(seed)
-    torch.manual_seed(seed)
     prompt = SoftPrompt.initialise(
         backbone, prompt_length, config.prompt_init, text=config.prompt_text, generator=generator
     )
-    head = nn.Linear(backbone.hidden_size, len(task.labels))
-    with torch.no_grad():
-        head.weight.normal_(0.0, 0.02, generator=generator)
-        head.bias.zero_()
+    head = _new_head(backbone.hidden_size, len(task.labels), generator).to(backbone.device)
     optimizer = torch.optim.Adam(
         [
             {"params": prompt.parameters(), "lr": config.prompt_lr},
@@ -83,18 +75,14 @@ def train_task(
         ]
     )
     texts = [text for text, _ in task.train]
-    targets = torch.tensor([task.label_index(label) for _, label in task.train])
+    targets = torch.tensor([task.label_index(label) for _, label in task.train],
+                           device=backbone.device)
     steps_per_epoch = math.ceil(len(texts) / config.batch_size)
-    best = (-1.0, None, 0)  # (validation accuracy, state, epoch)
+    # (validation accuracy, (prompt, head weight, head bias), epoch)
+    best: tuple[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, int] = (-1.0, None, 0)
     stale = 0
     start = time.perf_counter()
-    bar = tqdm(
-        total=config.epochs * steps_per_epoch,
-        desc=f"learn {task.name}",
-        unit="step",
-        disable=not progress,
-        leave=False,
-    )
+    bar = Progress(config.epochs * steps_per_epoch, f"learn {task.name}", enabled=progress)
     epochs_run = 0
     for epoch in range(config.epochs):
         epochs_run = epoch + 1
@@ -111,12 +99,12 @@ def train_task(
             loss.backward()
             optimizer.step()
             total_loss += loss.item()
-            bar.update(1)
-            bar.set_postfix(loss=f"{total_loss / (step + 1):.3f}")
+            bar.update(1, loss=f"{total_loss / (step + 1):.3f}")
         if not task.validation:
+            bar.checkpoint(f"epoch {epoch + 1}/{config.epochs}")
             continue
         accuracy = _accuracy(backbone, prompt, head, task, task.validation, config.batch_size)
-        bar.set_postfix(loss=f"{total_loss / steps_per_epoch:.3f}", val=f"{accuracy:.1%}")
+        bar.checkpoint(f"epoch {epoch + 1}/{config.epochs}", val=f"{accuracy:.1%}")
         if accuracy > best[0]:
             state = (prompt.vectors.detach().clone(), head.weight.detach().clone(),
                      head.bias.detach().clone())
@@ -140,7 +128,19 @@ def train_task(
         "trainable_parameters": prompt.vectors.numel() + weight.numel() + bias.numel(),
         "seed": seed,
     }
-    return TrainedTask(vectors.clone(), weight.clone(), bias.clone(), stats)
+    # Entries live on the CPU: that is how they are stored, and the pool moves them as needed.
+    return TaskEntry(name=task.name, labels=list(task.labels), prompt=vectors.cpu().clone(),
+                     head_weight=weight.cpu().clone(), head_bias=bias.cpu().clone(), stats=stats)
+
+
+def _new_head(hidden: int, classes: int, generator: torch.Generator) -> nn.Linear:
+    # Built on the meta device so that nn.Linear's own initialisation does not draw from the
+    # global random state; the weights then come from the task's generator.
+    head = nn.Linear(hidden, classes, device="meta").to_empty(device="cpu")
+    with torch.no_grad():
+        head.weight.normal_(0.0, 0.02, generator=generator)
+        head.bias.zero_()
+    return head
 
 
 @torch.no_grad()
@@ -160,6 +160,6 @@ def _accuracy(
             backbone, prompt(len(chunk)), batch["input_ids"], batch["attention_mask"]
         )
         predicted = head(features).argmax(1)
-        gold = torch.tensor([task.label_index(label) for _, label in chunk])
+        gold = torch.tensor([task.label_index(label) for _, label in chunk], device=head.weight.device)
         correct += int((predicted == gold).sum())
     return correct / max(len(examples), 1)

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -184,3 +185,28 @@ def format_bytes(n: float) -> str:
         value /= 1000
         unit += 1
     return f"{value:.1f} {_BYTE_UNITS[unit]}"
+
+
+@dataclass(frozen=True)
+class Score:
+    """One method's result on one task's examples.
+
+    Attributes:
+        task: the task scored.
+        examples: how many inputs.
+        accuracy: % of inputs labelled right (for a routed pool: routed to ``task`` *and*
+            labelled right).
+        routing_accuracy: % routed to ``task``; None where nothing is routed (an oracle, a
+            single network).
+        routed_to: how many inputs went to each task (None: refused); empty where not routed.
+    """
+
+    task: str
+    examples: int
+    accuracy: float
+    routing_accuracy: float | None = None
+    routed_to: dict[str | None, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"task": self.task, "examples": self.examples, "accuracy": self.accuracy,
+                "routing_accuracy": self.routing_accuracy}

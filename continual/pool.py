@@ -10,58 +10,39 @@ forward pass of the backbone serves the whole mixed batch.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-from dataclasses import dataclass, field
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Any
 
 import torch
 
-from .backbone import Backbone
+from .backbone import DEFAULT_MODEL_NAME, Backbone
 from .data import Example, Task
+from .entry import State, TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
-from .learner import TrainedTask, TrainingConfig, train_task
+from .learner import TrainingConfig, train_task
+from .metrics import Score
 from .prompt import prompted_features
-from .selector import UNKNOWN_TASK, Selector, State, build_selector
+from .selector import DEFAULT_SELECTOR, UNKNOWN_TASK, Selector, build_selector
 from .storage import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
     PoolLock,
+    read_entries,
     read_manifest,
-    read_task_file,
     remove_unreferenced,
+    write_entries,
     write_manifest,
-    write_task_file,
 )
 
 # Fingerprint fields that identify the backbone's weights and the features the selector used.
 _IDENTITY = ("model_type", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
 _FEATURES = ("max_length", "query_layer")
-
-
-@dataclass
-class TaskEntry:
-    """One learned task. Its tensors are frozen once the entry is in a pool."""
-
-    name: str
-    labels: list[str]
-    prompt: torch.Tensor  # (L, H)
-    head_weight: torch.Tensor  # (C, H)
-    head_bias: torch.Tensor  # (C,)
-    selector_state: State = field(default_factory=dict)
-    stats: dict = field(default_factory=dict)
-
-    def tensors(self) -> dict[str, torch.Tensor]:
-        """Flat name → tensor map, as stored in the task's safetensors file."""
-        flat = {"prompt": self.prompt, "head.weight": self.head_weight, "head.bias": self.head_bias}
-        flat.update({f"selector.{key}": value for key, value in self.selector_state.items()})
-        return flat
-
-    @property
-    def trainable_parameters(self) -> int:
-        """Numbers trained for this task: prompt and head (selector statistics not counted)."""
-        return self.prompt.numel() + self.head_weight.numel() + self.head_bias.numel()
 
 
 @dataclass
@@ -74,7 +55,7 @@ class Prediction:
     score: float  # probability of ``label`` under the task's head
     routing_score: float  # the selector's match score for ``task``
 
-    def to_dict(self) -> dict:
+    def to_dict(self) -> dict[str, Any]:
         return {"text": self.text, "task": self.task, "label": self.label,
                 "score": round(self.score, 6)}
 
@@ -100,7 +81,7 @@ class PromptPool:
         backbone: Backbone,
         *,
         prompt_length: int = 16,
-        selector: str | dict | Selector = "gaussian",
+        selector: str | dict[str, Any] | Selector = DEFAULT_SELECTOR,
         training: TrainingConfig | None = None,
     ) -> None:
         self.backbone = backbone
@@ -140,24 +121,15 @@ class PromptPool:
                              seed=seed, progress=progress)
         return self.add_trained(task, trained, seed=seed)
 
-    def add_trained(self, task: Task, trained: TrainedTask, *, seed: int = 0) -> TaskEntry:
-        """Add a task whose prompt and head are already trained; fits its selector state.
+    def add_trained(self, task: Task, trained: TaskEntry, *, seed: int = 0) -> TaskEntry:
+        """Add an entry whose prompt and head are trained, fitting its selector state on ``task``.
 
         `learn` is `train_task` followed by this; benchmarks reuse one trained prompt under
         several selectors and task orders (training a task never depends on the others).
         """
         queries = self.backbone.query([text for text, _ in task.train])
-        previous = [entry.selector_state for entry in self.entries]
-        state = self.selector.fit_task(queries, previous, seed=seed)
-        entry = TaskEntry(
-            name=task.name,
-            labels=list(task.labels),
-            prompt=trained.prompt,
-            head_weight=trained.head_weight,
-            head_bias=trained.head_bias,
-            selector_state=state,
-            stats=dict(trained.stats),
-        )
+        state = self.selector.fit_task(queries, self._states(), seed=seed)
+        entry = dataclasses.replace(trained, selector_state=state)
         self.add(entry)
         return entry
 
@@ -187,10 +159,29 @@ class PromptPool:
         self._stacked = None
 
     # -- predicting -----------------------------------------------------------------------------
+    def _states(self) -> list[State]:
+        return [entry.selector_state for entry in self.entries]
+
+    def task_scores(self, texts: Sequence[str]) -> torch.Tensor:
+        """How well each text matches each task, (B, T), higher is better (the selector's view)."""
+        if not self.entries:
+            raise TaskDataError("the pool has no task yet: learn one before predicting")
+        return self.selector.task_scores(self.backbone.query(list(texts)), self._states())
+
     def route(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Task index (B,) and routing score (B,) per text; `UNKNOWN_TASK` where refused."""
-        queries = self.backbone.query(texts)
-        return self.selector.route(queries, [entry.selector_state for entry in self.entries])
+        if not self.entries:
+            raise TaskDataError("the pool has no task yet: learn one before predicting")
+        return self.selector.route(self.backbone.query(list(texts)), self._states())
+
+    def route_tokens(self, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`route` for token ids (B, n) that are already tokenized (not cached)."""
+        if not self.entries:
+            raise TaskDataError("the pool has no task yet: learn one before predicting")
+        device = self.backbone.device
+        queries = self.backbone.query_ids(input_ids.to(device), attention_mask.to(device))
+        return self.selector.route(queries.cpu(), self._states())
 
     @torch.no_grad()
     def predict(
@@ -228,7 +219,7 @@ class PromptPool:
                 if routed[i] != UNKNOWN_TASK]
         for start in range(0, len(kept), batch_size):
             rows = kept[start : start + batch_size]
-            index = routed[rows]  # (B,)
+            index = routed[rows].to(self.backbone.device)  # (B,)
             batch = self.backbone.tokenize([texts[i] for i in rows])
             logits = self.task_logits(index, batch["input_ids"], batch["attention_mask"])
             probabilities = logits.softmax(dim=1)  # padded classes have bias -inf: probability 0
@@ -268,17 +259,18 @@ class PromptPool:
             classes = max(len(entry.labels) for entry in self.entries)
             hidden = self.backbone.hidden_size
             count = len(self.entries)
-            weights = torch.zeros(count, classes, hidden)
-            biases = torch.full((count, classes), float("-inf"))
+            device = self.backbone.device
+            weights = torch.zeros(count, classes, hidden, device=device)
+            biases = torch.full((count, classes), float("-inf"), device=device)
             for t, entry in enumerate(self.entries):
                 weights[t, : len(entry.labels)] = entry.head_weight
                 biases[t, : len(entry.labels)] = entry.head_bias
-            prompts = torch.stack([entry.prompt for entry in self.entries])
+            prompts = torch.stack([entry.prompt for entry in self.entries]).to(device)
             self._stacked = (prompts, weights, biases)
         return self._stacked
 
     def evaluate(self, task: Task | str, examples: Sequence[Example] | None = None, *,
-                 oracle: bool = False) -> dict:
+                 oracle: bool = False) -> Score:
         """Accuracy (%) on ``examples`` (default: the task's test split) and routing accuracy.
 
         An input counts as correct only if it was routed to ``task`` and labelled right.
@@ -303,21 +295,22 @@ class PromptPool:
         routed = sum(p.task == name for p in predictions)
         correct = sum(p.task == name and p.label == gold
                       for p, (_, gold) in zip(predictions, examples))
-        return {
-            "task": name,
-            "examples": len(examples),
-            "accuracy": 100.0 * correct / len(examples),
-            "routing_accuracy": None if oracle else 100.0 * routed / len(examples),
-        }
+        return Score(
+            task=name,
+            examples=len(examples),
+            accuracy=100.0 * correct / len(examples),
+            routing_accuracy=None if oracle else 100.0 * routed / len(examples),
+            routed_to={} if oracle else dict(Counter(p.task for p in predictions)),
+        )
 
     # -- size -------------------------------------------------------------------------------------
     def bytes_per_task(self) -> list[int]:
         """Bytes each task's tensors take (float32), as stored."""
-        return [sum(t.numel() * t.element_size() for t in e.tensors().values())
-                for e in self.entries]
+        return [entry.bytes for entry in self.entries]
 
     # -- persistence ------------------------------------------------------------------------------
-    def manifest(self, files: list[tuple[str, str]]) -> dict:
+    def manifest(self, records: list[dict[str, Any]]) -> dict[str, Any]:
+        """The manifest that names ``records`` (one per entry, from `storage.write_entries`)."""
         return {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
@@ -326,11 +319,7 @@ class PromptPool:
             "prompt_length": self.prompt_length,
             "selector": self.selector.config(),
             "training": self.training.to_dict(),
-            "tasks": [
-                {"name": entry.name, "labels": entry.labels, "file": file, "sha256": digest,
-                 "stats": entry.stats}
-                for entry, (file, digest) in zip(self.entries, files)
-            ],
+            "tasks": records,
         }
 
     def save(self, path: str | os.PathLike, *, lock: bool = True, wait: float = 0.0) -> Path:
@@ -343,13 +332,13 @@ class PromptPool:
         pool_dir = Path(path)
         pool_dir.mkdir(parents=True, exist_ok=True)
         with PoolLock(pool_dir, timeout=wait) if lock else contextlib.nullcontext():
-            files = [write_task_file(pool_dir, entry.tensors()) for entry in self.entries]
-            write_manifest(pool_dir, self.manifest(files))
-            remove_unreferenced(pool_dir, {file for file, _ in files})
+            records = write_entries(pool_dir, self.entries)
+            write_manifest(pool_dir, self.manifest(records))
+            remove_unreferenced(pool_dir, {record["file"] for record in records})
         return pool_dir
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backbone: Backbone | None = None) -> "PromptPool":
+    def load(cls, path: str | os.PathLike, backbone: Backbone | None = None) -> PromptPool:
         """Load a saved pool, verifying checksums and that ``backbone`` is the one it was built on.
 
         Without ``backbone``, the one named in the manifest is loaded (offline for the default).
@@ -384,7 +373,7 @@ class PromptPool:
             raise PoolFormatError(f"{where}: bad field 'training' ({error})") from None
         try:
             selector = build_selector(manifest["selector"])
-        except Exception as error:  # noqa: BLE001 - any bad selector config is a format error
+        except Exception as error:
             raise PoolFormatError(f"{where}: bad field 'selector' ({error})") from None
         try:
             pool = cls(backbone, prompt_length=manifest["prompt_length"], selector=selector,
@@ -398,48 +387,9 @@ class PromptPool:
         return pool
 
 
-def read_entries(pool_dir: str | os.PathLike, manifest: dict | None = None) -> list[TaskEntry]:
-    """Every task entry of a saved pool, checked against the manifest; no backbone needed."""
-    pool_dir = Path(pool_dir)
-    manifest = manifest if manifest is not None else read_manifest(pool_dir)
-    return [_entry_from_record(pool_dir, record, number)
-            for number, record in enumerate(manifest["tasks"])]
-
-
-def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry:
-    where = f"{pool_dir / MANIFEST}, task {number}"
-    if not isinstance(record, dict):
-        raise PoolFormatError(f"{where}: expected an object")
-    for key, kind in (("name", str), ("labels", list), ("file", str), ("sha256", str)):
-        if not isinstance(record.get(key), kind):
-            raise PoolFormatError(f"{where}: field {key!r} is missing or not a {kind.__name__}")
-    if not record["name"].strip():
-        raise PoolFormatError(f"{where}: field 'name' is empty")
-    labels = record["labels"]
-    if len(labels) < 2 or not all(isinstance(label, str) for label in labels):
-        raise PoolFormatError(f"{where}: field 'labels' must list at least 2 strings")
-    tensors = read_task_file(pool_dir, record["file"], record["sha256"])
-    missing = {"prompt", "head.weight", "head.bias"} - set(tensors)
-    if missing:
-        raise PoolFormatError(f"{pool_dir / record['file']}: missing tensors {sorted(missing)}")
-    try:
-        return TaskEntry(
-            name=record["name"],
-            labels=list(labels),
-            prompt=tensors["prompt"],
-            head_weight=tensors["head.weight"],
-            head_bias=tensors["head.bias"],
-            selector_state={key.removeprefix("selector."): value for key, value in tensors.items()
-                            if key.startswith("selector.")},
-            stats=dict(record.get("stats") or {}),
-        )
-    except (TypeError, ValueError) as error:
-        raise PoolFormatError(f"{where}: {error}") from None
-
-
 def _backbone_for(fingerprint: dict, where: Path) -> Backbone:
     name = fingerprint.get("name")
-    default = name == "sentence-transformers/all-MiniLM-L6-v2"
+    default = name == DEFAULT_MODEL_NAME
     try:
         return Backbone.load(
             None if default else name,

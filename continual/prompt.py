@@ -46,7 +46,7 @@ class SoftPrompt(nn.Module):
         *,
         text: str | None = None,
         generator: torch.Generator | None = None,
-    ) -> "SoftPrompt":
+    ) -> SoftPrompt:
         """A new prompt for ``backbone``.
 
         ``random``: normal vectors scaled to the embedding matrix's spread. ``vocab``: embeddings
@@ -57,11 +57,12 @@ class SoftPrompt(nn.Module):
             raise ContinualError(f"prompt length must be at least 1, got {length}")
         table = backbone.embedding_matrix.detach()  # (V, H)
         if init == "random":
-            vectors = torch.randn(length, table.shape[1], generator=generator) * table.std()
+            noise = torch.randn(length, table.shape[1], generator=generator)
+            vectors = noise.to(table.device) * table.std()
         elif init == "vocab":
             # Skip the first 1000 ids: in BERT vocabularies they are special and unused tokens.
             low = 1000 if table.shape[0] > 2000 else 0
-            ids = torch.randint(low, table.shape[0], (length,), generator=generator)
+            ids = torch.randint(low, table.shape[0], (length,), generator=generator).to(table.device)
             vectors = table[ids]
         elif init == "text":
             if not text or not text.strip():
@@ -93,7 +94,8 @@ def prompted_features(
     """
     batch, length, _ = prompts.shape
     embeds = torch.cat([prompts, backbone.embed(input_ids)], dim=1)  # (B, L + n, H)
-    prompt_mask = torch.ones(batch, length, dtype=attention_mask.dtype)
+    prompt_mask = torch.ones(batch, length, dtype=attention_mask.dtype,
+                             device=attention_mask.device)
     mask = torch.cat([prompt_mask, attention_mask], dim=1)
     pool_mask = torch.cat([torch.zeros_like(prompt_mask), attention_mask], dim=1)
     return backbone.encode(embeds, mask, pool_mask)

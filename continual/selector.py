@@ -13,9 +13,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from .entry import State
 from .errors import ContinualError
-
-State = dict[str, torch.Tensor]
 
 UNKNOWN_TASK = -1  # route() answer for an input that matches no task well enough
 
@@ -260,6 +259,8 @@ class OracleSelector(Selector):
             "predict(texts, tasks=[...])"
         )
 
+
+DEFAULT_SELECTOR = "gaussian"
 
 SELECTORS: dict[str, type[Selector]] = {
     cls.name: cls for cls in (GaussianSelector, PrototypeSelector, KeySelector, OracleSelector)

@@ -21,12 +21,14 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import IO
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from .entry import TaskEntry
 from .errors import PoolFormatError, PoolLockedError
 
 FORMAT = "continual-pool"
@@ -96,8 +98,9 @@ def remove_unreferenced(pool_dir: Path, referenced: set[str]) -> None:
         path.unlink(missing_ok=True)
 
 
-def read_manifest(pool_dir: Path) -> dict:
+def read_manifest(pool_dir: str | os.PathLike) -> dict:
     """The manifest of a pool directory, checked for format and version."""
+    pool_dir = Path(pool_dir)
     path = pool_dir / MANIFEST
     if not pool_dir.exists():
         raise PoolFormatError(f"{pool_dir}: no such pool directory")
@@ -166,6 +169,47 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
     return tensors
 
 
+def task_record(entry: TaskEntry, file: str, sha256: str) -> dict:
+    """The manifest's record of one task saved as ``file``."""
+    return {"name": entry.name, "labels": entry.labels, "file": file, "sha256": sha256,
+            "stats": entry.stats}
+
+
+def write_entries(pool_dir: Path, entries: list[TaskEntry]) -> list[dict]:
+    """Write each entry's task file (existing identical files are kept); their records."""
+    return [task_record(entry, *write_task_file(pool_dir, entry.tensors())) for entry in entries]
+
+
+def read_entries(pool_dir: str | os.PathLike, manifest: dict | None = None) -> list[TaskEntry]:
+    """Every task entry of a saved pool, checked against the manifest; no backbone needed."""
+    pool_dir = Path(pool_dir)
+    manifest = manifest if manifest is not None else read_manifest(pool_dir)
+    return [_entry_from_record(pool_dir, record, number)
+            for number, record in enumerate(manifest["tasks"])]
+
+
+def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry:
+    where = f"{pool_dir / MANIFEST}, task {number}"
+    if not isinstance(record, dict):
+        raise PoolFormatError(f"{where}: expected an object")
+    for key, kind in (("name", str), ("labels", list), ("file", str), ("sha256", str)):
+        if not isinstance(record.get(key), kind):
+            raise PoolFormatError(f"{where}: field {key!r} is missing or not a {kind.__name__}")
+    if not record["name"].strip():
+        raise PoolFormatError(f"{where}: field 'name' is empty")
+    labels = record["labels"]
+    if len(labels) < 2 or not all(isinstance(label, str) for label in labels):
+        raise PoolFormatError(f"{where}: field 'labels' must list at least 2 strings")
+    stats = record.get("stats") or {}
+    if not isinstance(stats, dict):
+        raise PoolFormatError(f"{where}: field 'stats' must be an object")
+    tensors = read_task_file(pool_dir, record["file"], record["sha256"])
+    missing = {"prompt", "head.weight", "head.bias"} - set(tensors)
+    if missing:
+        raise PoolFormatError(f"{pool_dir / record['file']}: missing tensors {sorted(missing)}")
+    return TaskEntry.from_tensors(record["name"], labels, tensors, stats)
+
+
 def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -181,31 +225,31 @@ class PoolLock:
     def __init__(self, pool_dir: str | os.PathLike, timeout: float = 0.0) -> None:
         self.path = Path(pool_dir) / LOCK
         self.timeout = timeout
-        self._file = None
+        self._file: IO[str] | None = None
 
-    def __enter__(self) -> "PoolLock":
+    def __enter__(self) -> PoolLock:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a+")
+        handle = self._file = open(self.path, "a+")
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                fcntl.flock(self._file.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except OSError as error:
                 if error.errno not in (errno.EAGAIN, errno.EACCES):
                     raise
                 if time.monotonic() >= deadline:
-                    self._file.close()
+                    handle.close()
                     self._file = None
                     raise PoolLockedError(
                         f"{self.path.parent}: another process is changing this pool; "
                         "wait for it to finish (or pass a longer --wait)"
                     ) from None
                 time.sleep(0.1)
-        self._file.seek(0)
-        self._file.truncate()
-        self._file.write(f"{os.getpid()}\n")
-        self._file.flush()
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
         return self
 
     def __exit__(self, *exc) -> None:

@@ -10,11 +10,11 @@ import random
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-import continual  # noqa: E402
-from continual import Backbone, PromptPool, Task, TrainingConfig  # noqa: E402
+import continual
+from continual import Backbone, PromptPool, Task, TrainingConfig
 
 COLOURS = {
     "warm": ["red", "orange", "yellow", "gold", "pink", "amber", "crimson"],
@@ -25,6 +25,17 @@ ANIMALS = {
     "wild": ["lion", "tiger", "wolf", "bear", "eagle", "shark", "leopard"],
 }
 ENDINGS = ["here", "there", "today", "again", "now", "outside", "at night", "in town"]
+
+
+# Fixtures that load the real packaged MiniLM (directly or through `continual learn`).
+REAL_MODEL_FIXTURES = {"minilm", "built", "pool_copy"}
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that loads the real MiniLM is ``slow``, whether or not it says so."""
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")
@@ -105,3 +116,38 @@ def tiny_pool_factory(tiny_backbone):
 def minilm() -> Backbone:
     """The real packaged all-MiniLM-L6-v2, truncating inputs to 64 tokens."""
     return Backbone.load(max_length=64)
+
+
+# -- Avalanche: token-id benchmarks padded to 16 ----------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def avalanche_backbone() -> Backbone:
+    """A 2-layer, 32-wide BERT with random weights and the packaged (uncased) tokenizer."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(continual.backbone.default_model_path())
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                        num_attention_heads=2, intermediate_size=64,
+                        max_position_embeddings=64)
+    return Backbone(BertModel(config), tokenizer, "tiny-bert", max_length=16)
+
+
+@pytest.fixture
+def avalanche_tasks() -> list[Task]:
+    """Two tiny tasks: sport (win/loss) and food (yum/yuck/meh), with validation splits."""
+    sport = Task(
+        "sport",
+        train=[("The Match was WON", "win"), ("They lost the game", "loss"),
+               ("A late goal won it", "win"), ("It's a heavy defeat.", "loss")] * 3,
+        test=[("A great win", "win"), ("A bad loss", "loss")],
+        validation=[("Won again", "win"), ("Lost again", "loss")],
+    )
+    food = Task(
+        "food",
+        train=[("Tasty soup", "yum"), ("Awful bread", "yuck"), ("It's fine.", "meh")] * 3,
+        test=[("Tasty cake", "yum"), ("Awful fish", "yuck"), ("It is ok", "meh")],
+        validation=[("Tasty", "yum"), ("Awful", "yuck"), ("Fine", "meh")],
+    )
+    return [sport, food]

@@ -207,9 +207,9 @@ def labelled(counts: dict[str, int]) -> list[tuple[str, str]]:
 def test_split_is_stratified_and_a_partition():
     examples = labelled({"a": 50, "b": 30})
     train, validation, test = split_examples(examples, 0.2, 0.1, seed=0)
-    assert Counter(l for _, l in test) == {"a": 10, "b": 6}
-    assert Counter(l for _, l in validation) == {"a": 5, "b": 3}
-    assert Counter(l for _, l in train) == {"a": 35, "b": 21}
+    assert Counter(label for _, label in test) == {"a": 10, "b": 6}
+    assert Counter(label for _, label in validation) == {"a": 5, "b": 3}
+    assert Counter(label for _, label in train) == {"a": 35, "b": 21}
     assert sorted(train + validation + test) == sorted(examples)
 
 

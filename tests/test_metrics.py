@@ -8,13 +8,13 @@ import pytest
 
 from continual.metrics import (
     as_accuracy_matrix,
+    avalanche_forgetting,
     average_accuracy,
     average_accuracy_curve,
-    avalanche_forgetting,
     backward_transfer,
-    format_bytes,
     forgetting,
     forgetting_per_task,
+    format_bytes,
     forward_transfer,
     mean_std,
     summarize,

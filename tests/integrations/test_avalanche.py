@@ -1,4 +1,4 @@
-"""The Avalanche integration: converters, PromptPoolStrategy inside Avalanche, AvalancheMethod."""
+"""The Avalanche integration: converters and PromptPoolStrategy inside Avalanche."""
 from __future__ import annotations
 
 import numpy as np
@@ -6,14 +6,11 @@ import pytest
 import torch
 from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
 from avalanche.training.plugins import EvaluationPlugin
-from transformers import AutoTokenizer, BertConfig, BertModel
 
 import continual
-from continual import Backbone, PromptPool, Task, TrainingConfig
-from continual.backbone import default_model_path
+from continual import Backbone, PromptPool, TrainingConfig
 from continual.integrations.avalanche import (
     INFO_ATTRIBUTE,
-    AvalancheMethod,
     PromptPoolStrategy,
     attention_mask,
     benchmark_to_tasks,
@@ -25,38 +22,10 @@ from continual.integrations.avalanche import (
 from continual.metrics import avalanche_forgetting, backward_transfer
 
 
-@pytest.fixture(scope="module")
-def tiny_backbone() -> Backbone:
-    """A 2-layer, 32-wide BERT with random weights and the packaged (uncased) tokenizer."""
-    tokenizer = AutoTokenizer.from_pretrained(default_model_path())
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=64)
-    return Backbone(BertModel(config), tokenizer, "tiny-bert", max_length=16)
-
-
-def tiny_tasks() -> list[Task]:
-    sport = Task(
-        "sport",
-        train=[("The Match was WON", "win"), ("They lost the game", "loss"),
-               ("A late goal won it", "win"), ("It's a heavy defeat.", "loss")] * 3,
-        test=[("A great win", "win"), ("A bad loss", "loss")],
-        validation=[("Won again", "win"), ("Lost again", "loss")],
-    )
-    food = Task(
-        "food",
-        train=[("Tasty soup", "yum"), ("Awful bread", "yuck"), ("It's fine.", "meh")] * 3,
-        test=[("Tasty cake", "yum"), ("Awful fish", "yuck"), ("It is ok", "meh")],
-        validation=[("Tasty", "yum"), ("Awful", "yuck"), ("Fine", "meh")],
-    )
-    return [sport, food]
-
-
-def test_converters_round_trip(tiny_backbone: Backbone) -> None:
-    tasks = tiny_tasks()
-    benchmark = tasks_to_benchmark(tasks, tiny_backbone)
-    tokenizer = tiny_backbone.tokenizer
+def test_converters_round_trip(avalanche_backbone: Backbone, avalanche_tasks: list) -> None:
+    tasks = avalanche_tasks
+    benchmark = tasks_to_benchmark(tasks, avalanche_backbone)
+    tokenizer = avalanche_backbone.tokenizer
     # One experience per task, task label i, global class ids in sequence order.
     assert len(benchmark.train_stream) == len(benchmark.test_stream) == 2
     assert len(benchmark.valid_stream) == 2
@@ -65,11 +34,11 @@ def test_converters_round_trip(tiny_backbone: Backbone) -> None:
     assert sorted(first.classes_in_this_experience) == [0, 1]
     assert sorted(second.classes_in_this_experience) == [2, 3, 4]
     ids, targets = experience_tensors(second)
-    assert ids.shape == (len(tasks[1].train), tiny_backbone.max_length)
+    assert ids.shape == (len(tasks[1].train), avalanche_backbone.max_length)
     assert ids.dtype == torch.long
     # The mask is derivable from the ids; the padding is the tokenizer's pad id.
     expected = tokenizer([t for t, _ in tasks[1].train], padding="max_length", truncation=True,
-                         max_length=tiny_backbone.max_length, return_tensors="pt")
+                         max_length=avalanche_backbone.max_length, return_tensors="pt")
     assert torch.equal(ids, expected["input_ids"])
     assert torch.equal(attention_mask(ids, tokenizer.pad_token_id), expected["attention_mask"])
     labels = tasks[1].labels  # ['meh', 'yuck', 'yum'] -> 2, 3, 4
@@ -96,34 +65,9 @@ def test_converters_round_trip(tiny_backbone: Backbone) -> None:
     assert sorted({label for _, label in plain[0].train}) == ["0", "1"]
 
 
-@pytest.mark.parametrize("strategy", ["naive", "ewc"])
-def test_avalanche_method_learns_two_tasks(tiny_backbone: Backbone, strategy: str) -> None:
-    tasks = tiny_tasks()
-    method = AvalancheMethod(strategy, tiny_backbone, epochs=2, batch_size=4, progress=False)
-    frozen = {k: v.clone() for k, v in tiny_backbone.model.state_dict().items()}
-    assert method.evaluate(tasks[1]) == (0.0, None)  # not learned yet: no outputs for it
-    method.learn(tasks[0])
-    method.learn(tasks[1])
-    for task in tasks:
-        accuracy, routing = method.evaluate(task)
-        assert 0.0 <= accuracy <= 100.0 and routing is None
-    # One output per class of both tasks; the encoder was trained, the backbone left alone.
-    assert method.model.classifier.classifier.out_features == 5
-    assert method.classes[2:] == [("food", "meh"), ("food", "yuck"), ("food", "yum")]
-    changed = [not torch.equal(p, frozen[k]) for k, p in method.model.encoder.state_dict().items()
-               if k in frozen and p.is_floating_point()]
-    assert any(changed)
-    assert all(torch.equal(v, frozen[k]) for k, v in tiny_backbone.model.state_dict().items())
-    cost = method.cost()
-    assert cost["trainable_parameters"] == sum(p.numel() for p in method.model.parameters())
-    assert cost["bytes_per_task"] >= 4 * cost["trainable_parameters"]
-    with pytest.raises(continual.TaskDataError):
-        method.learn(tasks[0])
-
-
 @pytest.mark.slow
 def test_prompt_pool_strategy_matches_avalanche_metrics() -> None:
-    from continual.corpora import load_corpus
+    from continual.bench.corpora import load_corpus
 
     backbone = Backbone.load(max_length=48)
     tasks = [load_corpus(name, train_per_label=16, test_per_label=16, validation_per_label=4)
@@ -146,7 +90,7 @@ def test_prompt_pool_strategy_matches_avalanche_metrics() -> None:
         strategy.eval(benchmark.test_stream)
         for j in range(i + 1):
             # Our own evaluation, through the pool on the original texts.
-            R[i, j] = pool.evaluate(tasks[j])["accuracy"] / 100
+            R[i, j] = pool.evaluate(tasks[j]).accuracy / 100
         snapshots.append([{k: v.clone() for k, v in entry.tensors().items()}
                           for entry in pool.entries])
     assert pool.tasks == ["bbc", "reviews"]
@@ -189,18 +133,18 @@ def test_prompt_pool_strategy_matches_avalanche_metrics() -> None:
     assert torch.equal(own.entries[0].head_weight, pool.entries[1].head_weight)
 
 
-def test_prompt_pool_strategy_refusals_and_oracle(tiny_backbone: Backbone) -> None:
+def test_prompt_pool_strategy_refusals_and_oracle(avalanche_backbone: Backbone, avalanche_tasks: list) -> None:
     from continual.selector import OracleSelector, PrototypeSelector
 
-    tasks = tiny_tasks()
-    benchmark = tasks_to_benchmark(tasks, tiny_backbone, task_labels=False)
+    tasks = avalanche_tasks
+    benchmark = tasks_to_benchmark(tasks, avalanche_backbone, task_labels=False)
     assert [e.task_labels for e in benchmark.train_stream] == [[0], [0]]
     with pytest.raises(continual.ContinualError, match="oracle"):
-        PromptPoolStrategy(pool=PromptPool(tiny_backbone, prompt_length=2,
+        PromptPoolStrategy(pool=PromptPool(avalanche_backbone, prompt_length=2,
                                            selector=OracleSelector()))
     # A cosine similarity never reaches 2: every input is refused, so nothing is right, as in
     # pool.evaluate; the refused inputs score the extra last column, which no class id uses.
-    pool = PromptPool(tiny_backbone, prompt_length=2, selector=PrototypeSelector(min_score=2.0),
+    pool = PromptPool(avalanche_backbone, prompt_length=2, selector=PrototypeSelector(min_score=2.0),
                       training=TrainingConfig(epochs=1))
     evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
     strategy = PromptPoolStrategy(pool=pool, evaluator=evaluator, progress=False,
@@ -211,7 +155,7 @@ def test_prompt_pool_strategy_refusals_and_oracle(tiny_backbone: Backbone) -> No
     assert all(value == 0.0 for name, value in results.items() if name.startswith("Top1_Acc_Exp"))
     renamed = [(text, pool.entries[0].labels[tasks[0].labels.index(label)])
                for text, label in tasks[0].test]  # labels as the benchmark named them
-    assert pool.evaluate("a", renamed)["accuracy"] == 0.0
+    assert pool.evaluate("a", renamed).accuracy == 0.0
     ids, _ = experience_tensors(benchmark.test_stream[0])
     logits = strategy.model(ids)
     assert logits.shape == (len(ids), 5 + 1)

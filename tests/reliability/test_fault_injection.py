@@ -24,10 +24,13 @@ from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
+import _fault_worker as worker
 import pytest
 import torch
+from _counted import record_counts
 
-import _fault_worker as worker
+pytestmark = pytest.mark.slow  # child processes and SIGKILLs: seconds per test
+
 from continual import PoolLockedError, PromptPool
 from continual.storage import MANIFEST, PoolLock, read_manifest, read_task_file
 
@@ -207,8 +210,7 @@ def _clean(directory: Path) -> bool:
         return False
 
 
-def test_sigkill_at_random_times_loses_no_saved_task(server, reference, tiny_backbone, tmp_path,
-                                                     capsys):
+def test_sigkill_at_random_times_loses_no_saved_task(server, reference, tiny_backbone, tmp_path):
     rng = random.Random(20240601)
     stats: Counter = Counter()
     round_dir = tmp_path / "round-0"
@@ -264,8 +266,7 @@ def test_sigkill_at_random_times_loses_no_saved_task(server, reference, tiny_bac
     assert_no_leftovers(round_dir, saved=bool(saved_tasks(lines_of(log))))
 
     stats["tasks lost"] = 0  # check_pool asserted it after every run
-    with capsys.disabled():
-        print(f"\nfault injection: {json.dumps(dict(sorted(stats.items())))}")
+    record_counts("fault injection", dict(stats))
 
 
 def test_kill_during_save_keeps_the_previous_pool_loadable(server, reference, tiny_backbone,
@@ -297,9 +298,8 @@ def test_pool_lock_refuses_a_second_process_until_the_first_releases(server, tmp
     pid = server.spawn(log, kind="lock", pool=str(directory), hold=2.0)
     wait_for(log, "locked")
     began = time.monotonic()
-    with pytest.raises(PoolLockedError) as error:
-        with PoolLock(directory, timeout=0):
-            pass
+    with pytest.raises(PoolLockedError) as error, PoolLock(directory, timeout=0):
+        pass
     assert time.monotonic() - began < 1.0  # refused at once, not after waiting
     message = str(error.value)
     assert str(directory) in message and "another process is changing this pool" in message
@@ -316,9 +316,8 @@ def test_a_lock_holder_killed_with_sigkill_leaves_no_stale_lock(server, tmp_path
     log = tmp_path / "holder.log"
     pid = server.spawn(log, kind="lock", pool=str(directory), hold=600)
     wait_for(log, "locked")
-    with pytest.raises(PoolLockedError):
-        with PoolLock(directory, timeout=0):
-            pass
+    with pytest.raises(PoolLockedError), PoolLock(directory, timeout=0):
+        pass
     server.kill(pid)
     assert server.wait(pid) == -signal.SIGKILL
     with PoolLock(directory, timeout=0):
@@ -390,7 +389,7 @@ def test_same_seed_gives_bit_identical_files_and_predictions_in_fresh_processes(
         for i in range(2)
     ]
     outputs = [process.communicate(timeout=300) for process in processes]
-    for process, (out, err) in zip(processes, outputs):
+    for process, (_out, err) in zip(processes, outputs):
         assert process.returncode == 0, err
     hashes = []
     for i in range(2):

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from test_cli import ANIMAL_ROWS, COLOUR_ROWS, invoke, write_csv
 
+pytestmark = pytest.mark.slow  # `continual run` loads the real MiniLM
+
 METHODS = ("prompt-pool", "prompt-pool-oracle", "linear-probe")
 
 
@@ -26,7 +28,7 @@ def test_run_writes_results_and_resume_continues_without_retraining(tmp_path):
     out = tmp_path / "out"
     argv = ["run", "--sequence", write_sequence(tmp_path), "--methods", *METHODS,
             "--out", out, "--epochs", "1", "--no-progress"]
-    code, stdout, stderr = invoke(*argv)
+    code, _stdout, stderr = invoke(*argv)
     assert code == 0, stderr
     summary = json.loads((out / "results.json").read_text())
     assert summary["complete"] and sorted(summary["methods"]) == sorted(METHODS)
@@ -42,7 +44,7 @@ def test_run_writes_results_and_resume_continues_without_retraining(tmp_path):
     assert summary["methods"]["prompt-pool-oracle"]["forgetting"]["mean"] == 0
     # Every final test input of each task is counted once in the routing table.
     pool = next(run for run in summary["runs"] if run["method"] == "prompt-pool")
-    confusion = pool["extra"]["routing_confusion"]
+    confusion = pool["routing_confusion"]
     assert {task: sum(row.values()) for task, row in confusion.items()} == \
         {"colours": 8, "animals": 8}
     own = [100 * confusion[task].get(task, 0) / 8 for task in ("colours", "animals")]

@@ -172,7 +172,7 @@ def child(command: dict) -> None:
             say(f"unknown kind {kind!r}")
     except SystemExit as exit:
         code = exit.code if isinstance(exit.code, int) else 1
-    except BaseException:  # noqa: BLE001 - reported in the log, seen by the test
+    except BaseException:
         traceback.print_exc()
         code = 1
     finally:
@@ -190,7 +190,7 @@ def serve() -> int:
     import transformers  # noqa: F401
     from transformers import AutoModel, AutoTokenizer, BertConfig, BertModel  # noqa: F401
 
-    import continual.cli  # noqa: F401
+    import continual.cli
     import continual.pool  # noqa: F401
 
     say("ready")

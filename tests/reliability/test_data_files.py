@@ -398,9 +398,8 @@ def test_jsonl_with_unicode_line_separators_inside_strings(tmp_path):
     assert read_labelled(path) == pairs
 
 
-# -- counts ----------------------------------------------------------------------------------------
-
-
-def test_zz_every_property_ran_its_examples(capsys):
-    """Runs last in this module: every property that ran reached its max_examples."""
-    prop.check_every_property_ran(capsys, "reliability_data", "generated inputs")
+@pytest.fixture(scope="module", autouse=True)
+def every_property_ran_its_examples():
+    """When the module is done: every property that ran reached its max_examples."""
+    yield
+    prop.check_every_property_ran("data files")

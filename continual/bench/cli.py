@@ -1,0 +1,66 @@
+"""The ``continual run`` and ``continual plot`` commands."""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from .config import QUICK_METHODS, BenchmarkConfig, quick
+from .methods import METHODS
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--sequence", default="text4", help="text4, or a TOML file of tasks")
+    parser.add_argument("--methods", nargs="+", metavar="METHOD",
+                        help=f"any of: {' '.join(METHODS)} (default: all; with --quick, "
+                             f"{' '.join(QUICK_METHODS)})")
+    parser.add_argument("--out", type=Path, help="result folder (default results/<sequence>)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--orders", type=int, help="task orders to average over (default 1)")
+    parser.add_argument("--train-per-label", type=int)
+    parser.add_argument("--test-per-label", type=int)
+    parser.add_argument("--epochs", type=int, help="prompt-tuning epochs at most")
+    parser.add_argument("--finetune-epochs", type=int, help="full fine-tuning epochs")
+    parser.add_argument("--quick", action="store_true",
+                        help="small data, one order: a few minutes on a laptop CPU")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue an interrupted run in --out with the same options")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
+    config = BenchmarkConfig(sequence=args.sequence, seed=args.seed, methods=tuple(METHODS))
+    if args.quick:
+        config = quick(config)
+    if args.methods:
+        config = replace(config, methods=tuple(args.methods))
+    for key in ("orders", "train_per_label", "test_per_label", "epochs", "finetune_epochs"):
+        value = getattr(args, key)
+        if value is not None:
+            config = replace(config, **{key: value})
+    return config
+
+
+def run_from_args(args: argparse.Namespace) -> int:
+    from .report import render_report
+    from .runner import run_benchmark
+
+    config = config_from_args(args)
+    stem = Path(config.sequence).stem if config.sequence.endswith(".toml") else config.sequence
+    out = args.out or Path("results") / (stem + ("-quick" if args.quick else ""))
+    command = "continual " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
+    summary = run_benchmark(config, out, resume=args.resume, progress=not args.no_progress,
+                            command=command.strip())
+    print(render_report(summary))
+    print(f"results in {out}/ (results.json, report.md, *.png)", file=sys.stderr)
+    return 0
+
+
+def plot_from_args(args: argparse.Namespace) -> int:
+    from .report import draw_plots
+
+    for path in draw_plots(args.dir):
+        print(path)
+    return 0

@@ -1,0 +1,92 @@
+"""Selectors on synthetic features: routing, state shapes, seeding, refusal."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from continual import (
+    ContinualError,
+    GaussianSelector,
+    KeySelector,
+    OracleSelector,
+    PrototypeSelector,
+)
+from continual.selector import UNKNOWN_TASK
+
+
+def gaussian_clusters(count: int = 3, dim: int = 16, per_cluster: int = 60, seed: int = 0):
+    """``count`` tight clusters around random directions; returns (centres, [train], [test])."""
+    generator = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(count, dim, generator=generator), dim=1) * 5.0
+    train, test = [], []
+    for centre in centres:
+        points = centre + 0.6 * torch.randn(2 * per_cluster, dim, generator=generator)
+        train.append(points[:per_cluster])
+        test.append(points[per_cluster:])
+    return centres, train, test
+
+
+@pytest.mark.parametrize(
+    "selector",
+    [PrototypeSelector(prototypes_per_task=3), PrototypeSelector(prototypes_per_task=1),
+     KeySelector(steps=100), GaussianSelector()],
+    ids=["prototypes-3", "prototypes-1", "keys", "gaussian"],
+)
+def test_selector_routes_separable_clusters(selector):
+    _, train, test = gaussian_clusters()
+    states = []
+    for queries in train:
+        states.append(selector.fit_task(queries, list(states), seed=0))
+    for task, queries in enumerate(test):
+        routed, scores = selector.route(queries, states)
+        assert routed.shape == scores.shape == (len(queries),)
+        assert (routed == task).float().mean().item() == 1.0
+        # Each row's score is its best task's score.
+        full = selector.task_scores(queries, states)
+        assert torch.allclose(scores, full.max(dim=1).values)
+
+
+def test_prototype_state_shape_and_unit_norm():
+    _, train, _ = gaussian_clusters()
+    state = PrototypeSelector(prototypes_per_task=4).fit_task(train[0], [], seed=0)
+    assert state["prototypes"].shape == (4, 16)
+    assert torch.allclose(state["prototypes"].norm(dim=1), torch.ones(4), atol=1e-5)
+
+
+def test_key_selector_fitting_is_seeded_and_leaves_earlier_keys_alone():
+    _, train, _ = gaussian_clusters()
+    selector = KeySelector(steps=50)
+    first = selector.fit_task(train[0], [], seed=0)
+    kept = first["key"].clone()
+    second = selector.fit_task(train[1], [first], seed=0)
+    assert torch.equal(first["key"], kept)
+    assert torch.equal(selector.fit_task(train[1], [first], seed=0)["key"], second["key"])
+    assert second["key"].norm().item() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_prototype_min_score_refuses_far_away_inputs():
+    _centres, train, test = gaussian_clusters()
+    selector = PrototypeSelector(prototypes_per_task=2, min_score=0.5)
+    states = [selector.fit_task(queries, [], seed=0) for queries in train]
+    # Directions orthogonal to every prototype: cosine 0 with all of them.
+    prototypes = torch.cat([state["prototypes"] for state in states])
+    far = torch.randn(10, 16, generator=torch.Generator().manual_seed(1))
+    basis, _ = torch.linalg.qr(prototypes.T)  # orthonormal basis of the prototypes' span
+    far = far - (far @ basis) @ basis.T
+    routed, scores = selector.route(far, states)
+    assert bool((scores.abs() < 1e-4).all())
+    assert routed.tolist() == [UNKNOWN_TASK] * 10
+    # Inputs near a cluster are still accepted.
+    routed, _ = selector.route(test[2], states)
+    assert routed.tolist() == [2] * len(test[2])
+
+
+def test_oracle_selector_does_not_route():
+    selector = OracleSelector()
+    state = selector.fit_task(torch.randn(5, 16), [], seed=0)
+    assert state == {}
+    with pytest.raises(ContinualError, match="tasks="):
+        selector.route(torch.randn(2, 16), [state])
+    with pytest.raises(ContinualError, match="no task"):
+        PrototypeSelector().route(torch.randn(2, 16), [])
