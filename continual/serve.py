@@ -291,6 +291,7 @@ def create_app(
     max_wait: float = 0.005,
     max_texts: int = 256,
     max_chars: int = 20_000,
+    max_body_bytes: int = 8 * 1024 * 1024,
     poll_interval: float = 1.0,
 ):
     """The FastAPI app serving the pool at ``pool_path``; starts nothing.
@@ -337,7 +338,13 @@ def create_app(
     @app.post("/predict")
     async def predict(request: Request):
         pool = holder.pool  # this request's snapshot, whatever reloads happen meanwhile
-        body = await request.body()
+        chunks, size = [], 0
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > max_body_bytes:
+                return error(413, f"request body over {max_body_bytes} bytes")
+            chunks.append(chunk)
+        body = b"".join(chunks)
         try:
             texts, task, min_score = parse_predict_request(
                 body, pool, max_texts=max_texts, max_chars=max_chars)

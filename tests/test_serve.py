@@ -63,7 +63,8 @@ def setup(tmp_path_factory, model_dir):
 @pytest.fixture(scope="module")
 def server(setup):
     pool_dir, _, _ = setup
-    app = create_app(pool_dir, max_batch=16, max_wait=0.05, max_texts=8, poll_interval=0.2)
+    app = create_app(pool_dir, max_batch=16, max_wait=0.05, max_texts=8, max_body_bytes=4096,
+                     poll_interval=0.2)
     sock = bind("127.0.0.1", 0)
     uvicorn_server = build_server(app, sock)
     thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]},
@@ -152,6 +153,7 @@ def test_concurrent_mixed_requests_share_forward_passes(server, setup):
     (b'{"texts": ["fine"], "min_score": "high"}', 422, "'min_score'"),
     (b'{"texts": ["fine"], "min_score": true}', 422, "'min_score'"),
     (b'{"texts": ["a","b","c","d","e","f","g","h","i"]}', 413, "at most 8"),
+    (b'{"texts": ["' + b"long " * 1000 + b'"]}', 413, "request body over 4096 bytes"),
 ])
 def test_bad_requests_get_a_one_line_4xx_and_the_server_keeps_serving(server, content, status,
                                                                       fragment):
