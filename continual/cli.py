@@ -268,6 +268,8 @@ def _add_manage_parsers(commands) -> None:
     serve.add_argument("--max-texts", type=int, default=256, help="texts per request at most")
     serve.add_argument("--poll", type=float, default=1.0,
                        help="seconds between checks of the pool on disk for added/removed tasks")
+    serve.add_argument("--threads", type=int,
+                       help="torch threads for the forward passes (default: torch's choice)")
     serve.set_defaults(handler=_serve)
 
     remove = commands.add_parser("remove", help="remove one task from a pool")
@@ -297,7 +299,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     run_server(args.pool, host=args.host, port=args.port, max_batch=args.max_batch,
                max_wait=args.max_wait_ms / 1000.0, max_texts=args.max_texts,
-               poll_interval=args.poll)
+               poll_interval=args.poll, threads=args.threads)
     return 0
 
 

@@ -112,7 +112,7 @@ class PoolHolder:
         while not stop.wait(interval):
             try:
                 self.check()
-            except Exception as error:  # noqa: BLE001 - the poller must outlive any surprise
+            except Exception as error:
                 self.reload_error = " ".join(str(error).split())
                 log.exception("pool poll failed")
 
@@ -148,7 +148,12 @@ class MicroBatcher:
         self._pending: deque[_Job] = deque()
         self._wakeup: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="continual-predict")
+        import torch
+
+        # The worker thread runs with the thread count set where the batcher was made.
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="continual-predict",
+                                            initializer=torch.set_num_threads,
+                                            initargs=(torch.get_num_threads(),))
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -354,7 +359,7 @@ def create_app(
             predictions = await batcher.submit(pool, texts, task, min_score)
         except ContinualError as failure:  # e.g. every task was removed from the pool
             return error(409, str(failure))
-        except Exception as failure:  # noqa: BLE001 - one line, and keep serving
+        except Exception as failure:
             log.exception("prediction failed")
             return error(500, f"prediction failed: {type(failure).__name__}: {failure}")
         return {"predictions": [prediction.to_dict() for prediction in predictions]}
@@ -400,10 +405,20 @@ def build_server(app, sock: socket.socket):
 
 
 def run_server(pool_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
-               **settings) -> None:
-    """Load the pool, bind ``host:port`` and serve until interrupted."""
+               threads: int | None = None, **settings) -> None:
+    """Load the pool, bind ``host:port`` and serve until interrupted.
+
+    ``threads`` sets torch's intra-op threads for the forward passes (default: torch's own);
+    on a machine shared with other busy processes, 1 avoids threads spinning against them.
+    """
     import sys
 
+    if threads is not None:
+        if threads < 1:
+            raise ContinualError(f"threads must be at least 1, got {threads}")
+        import torch
+
+        torch.set_num_threads(threads)
     app = create_app(pool_path, **settings)
     sock = bind(host, port)
     bound = sock.getsockname()[1]

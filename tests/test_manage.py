@@ -13,13 +13,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import ANIMALS, COLOURS, synthetic_pairs
 
 from continual import Backbone, PromptPool, Task, TrainingConfig
 from continual.cli import main
 from continual.errors import PoolFormatError, TaskDataError
 from continual.storage import MANIFEST, read_export_file, write_export_file
-
-from conftest import ANIMALS, COLOURS, synthetic_pairs
 
 TEXTS = ["the red and the blue here", "the dog and the lion now", "the cat and the wolf",
          "the teal and the gold today", "the eagle and the puppy outside"]

@@ -15,12 +15,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from conftest import ANIMALS, COLOURS, synthetic_pairs
 
 from continual import Backbone, PromptPool, Task, TrainingConfig
 from continual.manage import import_task
-from continual.serve import PoolHolder, build_server, bind, create_app
-
-from conftest import ANIMALS, COLOURS, synthetic_pairs
+from continual.serve import PoolHolder, bind, build_server, create_app
 
 SIZES = {"small": ["ant", "mouse", "pea", "seed", "bean", "pin", "crumb"],
          "big": ["whale", "mountain", "tower", "ship", "elephant", "planet", "bus"]}
