@@ -323,9 +323,12 @@ def report(results: dict) -> str:
         "shared batch changes float rounding only).",
         "",
         "One run each, back to back, on a shared machine: take the figures as this run's, not "
-        "as tight bounds. The server caches routing features per text, so repeated texts (the "
-        f"{requests['count']} requests cycle over {requests['distinct_texts']} texts) skip the "
-        "routing pass in both configs alike.",
+        "as tight bounds. The server caches routing features per text; "
+        + ("every measured text is distinct, so each routed request paid its routing pass, "
+           "but for the warm-up texts (the set's last), whose features were already cached."
+           if requests["distinct_texts"] == requests["count"] else
+           f"the {requests['count']} requests cycle over {requests['distinct_texts']} texts, so "
+           "repeated texts skip the routing pass in both configs alike."),
         "",
     ]
     return "\n".join(lines)
