@@ -70,6 +70,8 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", help="texts to label")
     predict.add_argument("--file", type=Path, help="CSV/JSONL with a text column, or plain text")
     predict.add_argument("--task", help="skip routing: send every text to this task")
+    predict.add_argument("--min-score", type=float, help="refuse (task and label null) texts "
+                         "whose routing score is below this, on the selector's scale")
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser("evaluate", help="accuracy and routing accuracy on a file")
@@ -102,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     plot = commands.add_parser("plot", help="draw the plots of a benchmark result folder")
     plot.add_argument("dir", type=Path)
     plot.set_defaults(handler=_plot)
+    _add_manage_parsers(commands)
     return parser
 
 
@@ -161,7 +164,7 @@ def _predict(args: argparse.Namespace) -> int:
     if not texts:
         raise ContinualError("nothing to predict: give texts or --file")
     pool = PromptPool.load(args.pool)
-    for prediction in pool.predict(texts, tasks=args.task):
+    for prediction in pool.predict(texts, tasks=args.task, min_score=args.min_score):
         print(json.dumps(prediction.to_dict(), ensure_ascii=False))
     return 0
 
@@ -248,6 +251,79 @@ def _plot(args: argparse.Namespace) -> int:
     from .bench.cli import plot_from_args
 
     return plot_from_args(args)
+
+
+# -- serving and task management ----------------------------------------------------------------
+def _add_manage_parsers(commands) -> None:
+    serve = commands.add_parser("serve", help="serve a pool over HTTP (POST /predict, GET /tasks)")
+    serve.add_argument("pool", type=Path)
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--max-batch", type=int, default=64,
+                       help="texts per shared forward pass at most (1: no micro-batching)")
+    serve.add_argument("--max-wait-ms", type=float, default=5.0,
+                       help="how long a request waits for others to share its forward pass")
+    serve.add_argument("--max-texts", type=int, default=256, help="texts per request at most")
+    serve.add_argument("--poll", type=float, default=1.0,
+                       help="seconds between checks of the pool on disk for added/removed tasks")
+    serve.add_argument("--threads", type=int,
+                       help="torch threads for the forward passes (default: torch's choice)")
+    serve.set_defaults(handler=_serve)
+
+    remove = commands.add_parser("remove", help="remove one task from a pool")
+    remove.add_argument("pool", type=Path)
+    remove.add_argument("--task", required=True)
+    remove.add_argument("--wait", type=float, default=0.0,
+                        help="seconds to wait for another process that holds the pool")
+    remove.set_defaults(handler=_remove)
+
+    export = commands.add_parser("export", help="write one task as a single safetensors file")
+    export.add_argument("pool", type=Path)
+    export.add_argument("--task", required=True)
+    export.add_argument("--out", required=True, type=Path)
+    export.set_defaults(handler=_export)
+
+    imp = commands.add_parser("import", help="add an exported task to a pool (created if missing)")
+    imp.add_argument("pool", type=Path)
+    imp.add_argument("file", type=Path)
+    imp.add_argument("--as", dest="name", help="import under this name")
+    imp.add_argument("--wait", type=float, default=0.0,
+                     help="seconds to wait for another process that holds the pool")
+    imp.set_defaults(handler=_import)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import run_server
+
+    run_server(args.pool, host=args.host, port=args.port, max_batch=args.max_batch,
+               max_wait=args.max_wait_ms / 1000.0, max_texts=args.max_texts,
+               poll_interval=args.poll, threads=args.threads)
+    return 0
+
+
+def _remove(args: argparse.Namespace) -> int:
+    from .manage import remove_task
+
+    record = remove_task(args.pool, args.task, wait=args.wait)
+    print(json.dumps({"pool": str(args.pool), "removed": record["name"]}))
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .manage import export_task
+
+    path = export_task(args.pool, args.task, args.out)
+    print(json.dumps({"pool": str(args.pool), "task": args.task, "file": str(path),
+                      "bytes": path.stat().st_size}))
+    return 0
+
+
+def _import(args: argparse.Namespace) -> int:
+    from .manage import import_task
+
+    entry = import_task(args.pool, args.file, name=args.name, wait=args.wait)
+    print(json.dumps({"pool": str(args.pool), "task": entry.name, "labels": entry.labels}))
+    return 0
 
 
 if __name__ == "__main__":

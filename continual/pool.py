@@ -188,12 +188,18 @@ class PromptPool:
         self,
         texts: Sequence[str],
         *,
-        tasks: Sequence[str] | str | None = None,
+        tasks: Sequence[str | None] | str | None = None,
         batch_size: int = 64,
+        min_score: float | Sequence[float | None] | None = None,
     ) -> list[Prediction]:
         """Label each text. Without ``tasks``, the selector routes each text to a task.
 
-        ``tasks`` (one name, or one per text) bypasses routing: the oracle setting.
+        ``tasks`` (one name, or one per text) bypasses routing: the oracle setting. In a
+        per-text list, None routes that text, so forced and routed rows share one forward pass.
+        ``min_score`` (one number, or one per text, None for no threshold) refuses routed texts
+        whose routing score is below it: their task and label are None. It is on the selector's
+        scale (cosine similarity for prototypes, minus a squared distance for gaussian) and does
+        not apply to texts whose task was given.
         """
         texts = list(texts)
         if not self.entries:
@@ -204,13 +210,29 @@ class PromptPool:
             names = [tasks] * len(texts) if isinstance(tasks, str) else list(tasks)
             if len(names) != len(texts):
                 raise TaskDataError(f"{len(names)} task names for {len(texts)} texts")
-            unknown = sorted(set(names) - set(self.tasks))
+            unknown = sorted({repr(name) for name in names if name is not None}
+                             - {repr(name) for name in self.tasks})
             if unknown:
-                raise TaskDataError(f"unknown task(s) {unknown}; the pool has {self.tasks}")
-            routed = torch.tensor([self.tasks.index(name) for name in names])
+                raise TaskDataError(f"unknown task(s) [{', '.join(unknown)}]; "
+                                    f"the pool has {self.tasks}")
+            positions = {name: index for index, name in enumerate(self.tasks)}
+            routed = torch.tensor([UNKNOWN_TASK if name is None else positions[name]
+                                   for name in names], dtype=torch.long)
             route_scores = torch.ones(len(texts))
+            open_rows = [i for i, name in enumerate(names) if name is None]
+            if open_rows:
+                found, found_scores = self.route([texts[i] for i in open_rows])
+                routed[open_rows] = found.to(torch.long)
+                route_scores[open_rows] = found_scores.float()
         else:
             routed, route_scores = self.route(texts)
+            open_rows = list(range(len(texts)))
+        if min_score is not None:
+            thresholds = _thresholds(min_score, len(texts))
+            for i in open_rows:
+                threshold = thresholds[i]
+                if threshold is not None and float(route_scores[i]) < threshold:
+                    routed[i] = UNKNOWN_TASK
         labels: list[str | None] = [None] * len(texts)
         scores = [0.0] * len(texts)
         # Similar lengths in one batch waste less compute on padding.
@@ -387,6 +409,52 @@ class PromptPool:
         return pool
 
 
+    # -- managing tasks -----------------------------------------------------------------------
+    def remove(self, name: str) -> TaskEntry:
+        """Take task ``name`` out of the pool (in memory; `save` makes it stick) and return it.
+
+        The other entries are untouched; they route among themselves from now on.
+        """
+        if name not in self.tasks:
+            raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
+        entry = self.entries.pop(self.tasks.index(name))
+        self._stacked = None
+        return entry
+
+    def export_task(self, name: str, path: str | os.PathLike) -> Path:
+        """Write task ``name`` as one self-describing safetensors file (see `import_task`)."""
+        from .storage import write_export_file
+
+        if name not in self.tasks:
+            raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
+        entry = self.entries[self.tasks.index(name)]
+        return write_export_file(path, entry.tensors(), name=entry.name, labels=entry.labels,
+                                 stats=entry.stats, selector=self.selector.config(),
+                                 backbone=self.backbone.fingerprint())
+
+    def import_task(self, path: str | os.PathLike, *, name: str | None = None) -> TaskEntry:
+        """Add a task from a file written by `export_task` (in memory; `save` makes it stick).
+
+        Refuses (naming the file) a task exported from another backbone, with another selector
+        or a state this selector cannot use, a prompt of another length, or a name already in
+        the pool (pass ``name`` to import it under another one).
+        """
+        from .manage import entry_from_export
+        from .storage import read_export_file
+
+        tensors, info = read_export_file(path)
+        entry = entry_from_export(
+            Path(path), tensors, info, name=name, backbone=self.backbone.fingerprint(),
+            prompt_length=self.prompt_length, selector=self.selector, tasks=self.tasks,
+        )
+        self.add(entry)
+        return entry
+
+    def reload(self, path: str | os.PathLike) -> PromptPool:
+        """A new pool read from ``path`` on this pool's backbone (loaded once, shared)."""
+        return type(self).load(path, self.backbone)
+
+
 def _backbone_for(fingerprint: dict, where: Path) -> Backbone:
     name = fingerprint.get("name")
     default = name == DEFAULT_MODEL_NAME
@@ -398,3 +466,19 @@ def _backbone_for(fingerprint: dict, where: Path) -> Backbone:
         )
     except ContinualError as error:
         raise PoolFormatError(f"{where}: cannot load the pool's backbone {name!r}: {error}") from None
+
+
+def _thresholds(min_score: object, count: int) -> list[float | None]:
+    """One routing-score threshold (or None) per text from a number or a per-text list."""
+    def check(value: object) -> float | None:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
+            raise TaskDataError(f"min_score must be a number, got {value!r}")
+        return float(value)
+
+    if isinstance(min_score, (list, tuple)):
+        if len(min_score) != count:
+            raise TaskDataError(f"{len(min_score)} min_score values for {count} texts")
+        return [check(value) for value in min_score]
+    return [check(min_score)] * count

@@ -1,0 +1,164 @@
+"""Task management on a pool directory: remove a task, export one to a file, import one.
+
+These work on the pool's files alone (manifest and task files), with no backbone loaded, under
+the same guarantees as ``continual learn``: the pool's lock is held, task files are written
+first and checksummed, and the manifest is replaced atomically last, so a crash leaves the
+previous pool. An exported task is one safetensors file (tensors plus string metadata: name,
+labels, stats, selector config and the backbone fingerprint); importing checks all of it against
+the pool before anything is written.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import torch
+
+from .entry import TaskEntry
+from .errors import ContinualError, PoolFormatError, TaskDataError
+from .pool import _FEATURES, _IDENTITY
+from .selector import Selector, build_selector
+from .storage import (
+    FORMAT,
+    FORMAT_VERSION,
+    MANIFEST,
+    PoolLock,
+    read_entries,
+    read_export_file,
+    read_manifest,
+    read_task_file,
+    remove_unreferenced,
+    write_export_file,
+    write_manifest,
+    write_task_file,
+)
+
+
+def entry_from_export(
+    path: Path,
+    tensors: dict[str, torch.Tensor],
+    info: dict,
+    *,
+    name: str | None,
+    backbone: dict,
+    prompt_length: int,
+    selector: Selector,
+    tasks: list[str],
+) -> TaskEntry:
+    """The entry an exported task makes in a pool, or an error naming ``path`` saying why not.
+
+    ``backbone`` is the pool's backbone fingerprint, ``tasks`` the names it already holds.
+    """
+    saved = info["backbone"]
+    for key in _IDENTITY + _FEATURES:
+        if saved.get(key) != backbone.get(key):
+            raise PoolFormatError(
+                f"{path}: the task was exported from backbone {saved.get('name')!r} and the pool "
+                f"is on {backbone.get('name')!r} ({key} differs: {saved.get(key)!r} vs "
+                f"{backbone.get(key)!r}); a task only works on the backbone it was trained on"
+            )
+    hidden = backbone["hidden_size"]
+    if tuple(tensors["prompt"].shape) != (prompt_length, hidden):
+        raise PoolFormatError(f"{path}: prompt shape {tuple(tensors['prompt'].shape)}, the pool "
+                              f"needs {(prompt_length, hidden)}")
+    if info["selector"] != selector.name:
+        raise PoolFormatError(f"{path}: the task's selector state is for the {info['selector']!r} "
+                              f"selector and the pool routes with {selector.name!r}")
+    state = {key.removeprefix("selector."): value for key, value in tensors.items()
+             if key.startswith("selector.")}
+    problem = selector.check_state(state, hidden)
+    if problem:
+        raise PoolFormatError(f"{path}: {problem}")
+    if name is None:
+        name = info["name"]
+    if not isinstance(name, str) or not name.strip() or name != name.strip():
+        raise TaskDataError(f"task name {name!r} must be non-empty, without surrounding spaces")
+    if name in tasks:
+        raise TaskDataError(f"{path}: task {name!r} is already in the pool; import it under "
+                            "another name (--as NAME)")
+    return TaskEntry(name=name, labels=list(info["labels"]), prompt=tensors["prompt"],
+                     head_weight=tensors["head.weight"], head_bias=tensors["head.bias"],
+                     selector_state=state, stats=dict(info["stats"]))
+
+
+def _record(manifest: dict, pool_dir: Path, name: str) -> dict:
+    names = [record.get("name") for record in manifest["tasks"] if isinstance(record, dict)]
+    for record in manifest["tasks"]:
+        if isinstance(record, dict) and record.get("name") == name:
+            return record
+    raise TaskDataError(f"{pool_dir}: no task {name!r}; the pool has {names}")
+
+
+def remove_task(pool_dir: str | os.PathLike, name: str, *, wait: float = 0.0) -> dict:
+    """Remove task ``name`` from the pool on disk; returns its manifest record.
+
+    Its file is deleted unless another task shares it (files are named by content).
+    """
+    pool_dir = Path(pool_dir)
+    read_manifest(pool_dir)  # a clear error for a missing pool before creating a lock file
+    with PoolLock(pool_dir, timeout=wait):
+        manifest = read_manifest(pool_dir)
+        record = _record(manifest, pool_dir, name)
+        read_entries(pool_dir, manifest)  # the rest must be intact before the pool is rewritten
+        manifest["tasks"] = [r for r in manifest["tasks"] if r is not record]
+        write_manifest(pool_dir, manifest)
+        remove_unreferenced(pool_dir, {r["file"] for r in manifest["tasks"]})
+    return record
+
+
+def export_task(pool_dir: str | os.PathLike, name: str, out: str | os.PathLike) -> Path:
+    """Write task ``name`` of the pool on disk as one self-describing safetensors file."""
+    pool_dir = Path(pool_dir)
+    manifest = read_manifest(pool_dir)
+    record = _record(manifest, pool_dir, name)
+    tensors = read_task_file(pool_dir, record["file"], record["sha256"])
+    labels = record.get("labels")
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise PoolFormatError(f"{pool_dir / MANIFEST}: task {name!r} has bad labels")
+    return write_export_file(out, tensors, name=name, labels=labels,
+                             stats=dict(record.get("stats") or {}),
+                             selector=manifest["selector"], backbone=manifest["backbone"])
+
+
+def import_task(pool_dir: str | os.PathLike, file: str | os.PathLike, *,
+                name: str | None = None, wait: float = 0.0) -> TaskEntry:
+    """Add an exported task to the pool on disk (created from the file's settings if missing).
+
+    Refuses, before writing anything, a task from another backbone, for another selector or
+    with a state that does not fit, a prompt of another length, or a name clash.
+    """
+    from .learner import TrainingConfig
+
+    pool_dir, file = Path(pool_dir), Path(file)
+    tensors, info = read_export_file(file)
+    with PoolLock(pool_dir, timeout=wait):
+        if (pool_dir / MANIFEST).exists():
+            manifest = read_manifest(pool_dir)
+            read_entries(pool_dir, manifest)  # the pool must be intact before it is rewritten
+        else:
+            manifest = {
+                "format": FORMAT,
+                "format_version": FORMAT_VERSION,
+                "backbone": info["backbone"],
+                "hidden_size": info["backbone"]["hidden_size"],
+                "prompt_length": int(tensors["prompt"].shape[0]),
+                "selector": info["selector_config"],
+                "training": TrainingConfig().to_dict(),
+                "tasks": [],
+            }
+        try:
+            selector = build_selector(manifest["selector"])
+        except ContinualError as error:
+            where = pool_dir / MANIFEST if manifest["tasks"] else file
+            raise PoolFormatError(f"{where}: bad selector config ({error})") from None
+        entry = entry_from_export(
+            file, tensors, info, name=name, backbone=manifest["backbone"],
+            prompt_length=manifest["prompt_length"], selector=selector,
+            tasks=[record.get("name") for record in manifest["tasks"]],
+        )
+        relative, digest = write_task_file(pool_dir, entry.tensors())
+        manifest["tasks"].append({"name": entry.name, "labels": entry.labels, "file": relative,
+                                  "sha256": digest, "stats": entry.stats})
+        write_manifest(pool_dir, manifest)
+        remove_unreferenced(pool_dir, {r["file"] for r in manifest["tasks"]})
+    return entry
