@@ -171,8 +171,8 @@ def check_pool_folder(pool_dir: str | os.PathLike) -> Path:
     """``pool_dir`` as a Path, if the pool may write there; `PoolFormatError` if not.
 
     A pool writes only into a folder that does not exist yet, an empty one, or one that holds
-    a pool (a ``manifest.json``, or only files a pool writes: an interrupted first save). Its
-    manifest, ``tasks/`` folder and lock must not be symbolic links.
+    a pool (a pool's ``manifest.json``, or only files a pool writes: an interrupted first
+    save). Its manifest, ``tasks/`` folder and lock must not be symbolic links.
     """
     if os.fspath(pool_dir) == "":
         raise PoolFormatError("the pool path is empty; give the pool's folder")
@@ -197,6 +197,7 @@ def check_pool_folder(pool_dir: str | os.PathLike) -> Path:
                                   "regular files (remove it, or use another folder)")
     tasks = _own_tasks_dir(pool_dir)
     if (pool_dir / MANIFEST).exists():
+        read_manifest(pool_dir)  # a manifest.json that is not a pool's makes no pool
         return pool_dir
     foreign = [path.name for path in sorted(pool_dir.iterdir())
                if path.name not in (LOCK, TASKS_DIR)

@@ -40,7 +40,8 @@ def test_jsonl_text_numbers_become_strings_and_label_numbers_are_refused(tmp_pat
     path = write(tmp_path / "t.jsonl", "\n".join(json.dumps(line) for line in lines) + "\n\n")
     assert read_labelled(path) == [("12", "1"), ("bad", "0"), ("2.5", "0")]
     # 1 and "1" would become one label, 1e2 would become "100.0": labels must be strings.
-    path = write(tmp_path / "n.jsonl", '{"text": "good", "label": "1"}\n{"text": "x", "label": 1}\n')
+    path = write(tmp_path / "n.jsonl",
+                 '{"text": "good", "label": "1"}\n{"text": "x", "label": 1}\n')
     raises_naming(path, "row 2", "'label'", "must be a JSON string")
 
 
