@@ -476,11 +476,17 @@ def test_fifos_devices_links_folders_and_oversized_files_are_refused_quickly(
             else jsonl_bytes([{"text": t, "label": g} for t, g in rows])
             if suffix in (".jsonl", ".json") else "\n".join(t for t, _ in rows).encode())
     path = make_special(directory, kind, suffix, good)
-    if kind == "oversized":
-        monkeypatch.setattr(files, "MAX_DATA_FILE_BYTES", min(limit, len(good) - 1))
+    with monkeypatch.context() as patch:  # the limit is this example's only
+        if kind == "oversized":
+            patch.setattr(files, "MAX_DATA_FILE_BYTES", min(limit, len(good) - 1))
+        _refused_quickly(path, kind, suffix)
+
+
+def _refused_quickly(path: Path, kind: str, suffix: str) -> None:
+    from continual import files
+
     for function in (read_labelled, read_texts):
-        if suffix != ".csv" and suffix != ".jsonl" and suffix != ".json" \
-                and function is read_labelled:
+        if suffix not in (".csv", ".jsonl", ".json") and function is read_labelled:
             continue
         try:
             finishes(function, path)
@@ -497,6 +503,8 @@ def test_fifos_devices_links_folders_and_oversized_files_are_refused_quickly(
                 assert "device" in message, message
             elif kind == "directory":
                 assert "directory" in message, message
+            else:
+                assert kind != "symlink to good", message
         else:
             assert kind == "symlink to good", f"{kind} accepted"
 
