@@ -107,14 +107,17 @@ class Backbone(nn.Module):
     ) -> Backbone:
         """Load a frozen encoder and its tokenizer; no argument gives the packaged MiniLM.
 
-        Loading never runs code from the model's repository (``trust_remote_code`` stays off),
-        and the packaged model is read from its folder alone (``local_files_only``), without
-        changing the process's environment.
+        Loading never runs code from the model's repository (``trust_remote_code`` stays off)
+        nor unpickles weights (``use_safetensors``: a model without safetensors weights is
+        refused), and the packaged model is read from its folder alone
+        (``local_files_only``), without changing the process's environment.
         """
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         options: dict[str, Any] = {}
+        # Weights are read from safetensors only: a pickled .bin is never loaded.
+        model_options: dict[str, Any] = {"use_safetensors": True}
         if name_or_path is None:
             path: str | os.PathLike = default_model_path()
             name = DEFAULT_MODEL_NAME
@@ -127,7 +130,7 @@ class Backbone(nn.Module):
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModel.from_pretrained(path, **options)
+            model = AutoModel.from_pretrained(path, **options, **model_options)
             tokenizer = AutoTokenizer.from_pretrained(path, **options)
         except (OSError, ValueError) as error:
             raise ContinualError(f"cannot load backbone {name_or_path!r}: {error}") from None

@@ -1,55 +1,138 @@
 """The ``continual`` command line: learn, predict, evaluate, info, explain, run, plot.
 
 Errors in the user's input print one line naming the file, row or field, and exit with code 2.
+Any other failure prints one line and exits with code 1; ``--debug`` shows its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import json
+import math
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any, NoReturn
 
 from .errors import ContinualError
 
 EXIT_USAGE = 2
+EXIT_FAILURE = 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     try:
+        _check_text_arguments(args)
         return args.handler(args) or 0
     except ContinualError as error:
         print(f"error: {_one_line(str(error))}", file=sys.stderr)
         return EXIT_USAGE
     except OSError as error:
         where = f"{error.filename}: " if error.filename else ""
-        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
+        print(f"error: {_one_line(where + str(error.strerror or error))}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         print("interrupted; the pool on disk is as it was last saved", file=sys.stderr)
         return 130
+    except Exception as error:  # a bug: one line, the traceback only when asked for
+        if getattr(args, "debug", False):
+            traceback.print_exc()
+        detail = _one_line(f"{type(error).__name__}: {error}")[:500]
+        print(f"error: unexpected failure ({detail}); this is a bug in continual, please "
+              "report it with the command that caused it (rerun with --debug for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _one_line(message: str) -> str:
-    return " ".join(message.split())
+    return _printable(" ".join(message.split()))
+
+
+def _printable(text: str) -> str:
+    """``text`` with control, other non-printable and undecodable characters escaped."""
+    return "".join(character if character.isprintable() else _escape(character)
+                   for character in text)
+
+
+def _escape(character: str) -> str:
+    code = ord(character)
+    if 0xDC80 <= code <= 0xDCFF:  # a byte that was not UTF-8 (surrogate escape)
+        return f"\\x{code - 0xDC00:02x}"
+    return character.encode("unicode_escape").decode("ascii")
+
+
+def _json(value: Any, **options: Any) -> str:
+    """``value`` as strict JSON: a non-finite number (NaN, infinity) is written as null."""
+    return json.dumps(_finite(value), allow_nan=False, **options)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(item) for item in value]
+    return value
+
+
+def _check_text_arguments(args: argparse.Namespace) -> None:
+    """Refuse texts and names that are not valid UTF-8 (bytes the shell passed undecoded)."""
+    named = {"task": "--task", "backbone": "--backbone"}
+    for key, option in named.items():
+        value = getattr(args, key, None)
+        if isinstance(value, str):
+            _utf8(value, option)
+    for number, text in enumerate(getattr(args, "texts", None) or [], start=1):
+        _utf8(text, f"text argument {number}")
+
+
+def _utf8(value: str, what: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as error:
+        byte = ord(value[error.start]) & 0xFF
+        raise ContinualError(f"{what} is not valid UTF-8 (byte 0x{byte:02x} at character "
+                             f"{error.start}); pass text encoded as UTF-8") from None
+
+
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (exit 2), like every other error of the command."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {_one_line(message)} (see '{self.prog} --help')\n")
+
+
+def _path(value: str) -> Path:
+    if not value:
+        raise argparse.ArgumentTypeError("empty path; give a file or folder name")
+    return Path(value)
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="continual",
         description="Continual learning with a growing pool of soft prompts over a frozen model.",
     )
+    parser.add_argument("--debug", action="store_true",
+                        help="print the traceback of an unexpected failure")
     commands = parser.add_subparsers(dest="command", required=True)
+    common = _Parser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="print the traceback of an unexpected failure")
+    backbone_help = ("the backbone to load the pool with (a model folder or hub name); needed "
+                     "when the pool names a local model, and checked against the pool's")
 
-    learn = commands.add_parser("learn", help="add one task to a pool (created if missing)")
-    learn.add_argument("pool", type=Path)
+    learn = commands.add_parser("learn", help="add one task to a pool (created if missing)",
+                                parents=[common])
+    learn.add_argument("pool", type=_path)
     learn.add_argument("--task", required=True, help="name of the new task")
-    learn.add_argument("--train", required=True, type=Path, help="CSV/JSONL with text,label")
-    learn.add_argument("--test", type=Path, help="held-out CSV/JSONL (default: 20%% of --train)")
-    learn.add_argument("--validation", type=Path, help="CSV/JSONL for early stopping")
+    learn.add_argument("--train", required=True, type=_path, help="CSV/JSONL with text,label")
+    learn.add_argument("--test", type=_path, help="held-out CSV/JSONL (default: 20%% of --train)")
+    learn.add_argument("--validation", type=_path, help="CSV/JSONL for early stopping")
     learn.add_argument("--epochs", type=int, help="training epochs at most for this task "
                        "(default: the pool's, 6 for a new pool)")
     learn.add_argument("--seed", type=int, default=0)
@@ -57,7 +140,8 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("--selector", default="gaussian", choices=["gaussian", "prototypes", "keys"],
                        help="for a new pool")
     learn.add_argument("--backbone", help="HF model name or path for a new pool "
-                       "(default: the packaged all-MiniLM-L6-v2)")
+                       "(default: the packaged all-MiniLM-L6-v2); for an existing pool, "
+                       + backbone_help)
     learn.add_argument("--resume", action="store_true",
                        help="skip, without error, a task the pool already holds")
     learn.add_argument("--wait", type=float, default=0.0,
@@ -65,60 +149,75 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("--no-progress", action="store_true")
     learn.set_defaults(handler=_learn)
 
-    predict = commands.add_parser("predict", help="label texts; one JSON object per line")
-    predict.add_argument("pool", type=Path)
+    predict = commands.add_parser("predict", help="label texts; one JSON object per line",
+                                  parents=[common])
+    predict.add_argument("pool", type=_path)
     predict.add_argument("texts", nargs="*", help="texts to label")
-    predict.add_argument("--file", type=Path, help="CSV/JSONL with a text column, or plain text")
+    predict.add_argument("--file", type=_path, help="CSV/JSONL with a text column, or plain text")
     predict.add_argument("--task", help="skip routing: send every text to this task")
     predict.add_argument("--min-score", type=float, help="refuse (task and label null) texts "
                          "whose routing score is below this, on the selector's scale")
+    predict.add_argument("--backbone", help=backbone_help)
     predict.set_defaults(handler=_predict)
 
-    evaluate = commands.add_parser("evaluate", help="accuracy and routing accuracy on a file")
-    evaluate.add_argument("pool", type=Path)
+    evaluate = commands.add_parser("evaluate", help="accuracy and routing accuracy on a file",
+                                   parents=[common])
+    evaluate.add_argument("pool", type=_path)
     evaluate.add_argument("--task", required=True)
-    evaluate.add_argument("--test", required=True, type=Path)
+    evaluate.add_argument("--test", required=True, type=_path)
+    evaluate.add_argument("--backbone", help=backbone_help)
     evaluate.add_argument("--oracle", action="store_true", help="give the task id (no routing)")
     evaluate.add_argument("--json", action="store_true")
     evaluate.set_defaults(handler=_evaluate)
 
-    info = commands.add_parser("info", help="tasks, labels and sizes of a pool")
-    info.add_argument("pool", type=Path)
+    info = commands.add_parser("info", help="tasks, labels and sizes of a pool", parents=[common])
+    info.add_argument("pool", type=_path)
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=_info)
 
     explain = commands.add_parser("explain", help="why texts went where they went, "
-                                  "and what the prompts resemble")
-    explain.add_argument("pool", type=Path)
+                                  "and what the prompts resemble", parents=[common])
+    explain.add_argument("pool", type=_path)
     explain.add_argument("texts", nargs="*")
     explain.add_argument("--tokens", type=int, default=0,
                          help="also show the N vocabulary tokens nearest each prompt vector")
+    explain.add_argument("--backbone", help=backbone_help)
     explain.set_defaults(handler=_explain)
 
     from .bench.cli import add_run_arguments
 
-    run = commands.add_parser("run", help="run a benchmark: methods over a task sequence")
+    run = commands.add_parser("run", help="run a benchmark: methods over a task sequence",
+                              parents=[common])
     add_run_arguments(run)
     run.set_defaults(handler=_run)
 
-    plot = commands.add_parser("plot", help="draw the plots of a benchmark result folder")
-    plot.add_argument("dir", type=Path)
+    plot = commands.add_parser("plot", help="draw the plots of a benchmark result folder",
+                               parents=[common])
+    plot.add_argument("dir", type=_path)
     plot.set_defaults(handler=_plot)
-    _add_manage_parsers(commands)
+    _add_manage_parsers(commands, common)
     return parser
 
 
 def _learn(args: argparse.Namespace) -> int:
     from .backbone import Backbone
     from .data import Task
-    from .learner import TrainingConfig
+    from .learner import TrainingConfig, check_seed
     from .pool import PromptPool
-    from .storage import MANIFEST, PoolLock
+    from .storage import MANIFEST, PoolLock, check_pool_folder
 
+    if not args.task.strip():
+        raise ContinualError("--task must be a non-empty name")
+    check_seed(args.seed, "--seed")
+    if args.epochs is not None and args.epochs < 1:
+        raise ContinualError(f"--epochs must be at least 1, got {args.epochs}")
+    if args.wait < 0 or not math.isfinite(args.wait):
+        raise ContinualError(f"--wait must be 0 or more seconds, got {args.wait}")
+    check_pool_folder(args.pool)  # before reading data: refuse a folder that is not a pool's
     task = Task.from_files(args.task, args.train, args.test, args.validation, seed=args.seed)
     with PoolLock(args.pool, timeout=args.wait):
         if (args.pool / MANIFEST).exists():
-            pool = PromptPool.load(args.pool)
+            pool = PromptPool.load(args.pool, args.backbone)
             if args.task in pool.tasks:
                 if args.resume:
                     print(f"task {args.task!r} is already in {args.pool}; nothing to do",
@@ -136,18 +235,16 @@ def _learn(args: argparse.Namespace) -> int:
             )
         training = None
         if args.epochs is not None:
-            if args.epochs < 1:
-                raise ContinualError(f"--epochs must be at least 1, got {args.epochs}")
             training = dataclasses.replace(pool.training, epochs=args.epochs)
         entry = pool.learn(task, seed=args.seed, progress=not args.no_progress,
                            training=training)
         pool.save(args.pool, lock=False)  # this process holds the lock already
         result = pool.evaluate(task) if task.test else None
     routing = result.routing_accuracy if result else None
-    print(json.dumps({"pool": str(args.pool), "task": entry.name, "labels": entry.labels,
-                      "accuracy": None if result is None else round(result.accuracy, 2),
-                      "routing_accuracy": None if routing is None else round(routing, 2),
-                      "train_seconds": entry.stats["train_seconds"]}))
+    print(_json({"pool": str(args.pool), "task": entry.name, "labels": entry.labels,
+                 "accuracy": None if result is None else round(result.accuracy, 2),
+                 "routing_accuracy": None if routing is None else round(routing, 2),
+                 "train_seconds": entry.stats["train_seconds"]}))
     return 0
 
 
@@ -163,9 +260,9 @@ def _predict(args: argparse.Namespace) -> int:
         texts += read_texts(args.file)
     if not texts:
         raise ContinualError("nothing to predict: give texts or --file")
-    pool = PromptPool.load(args.pool)
+    pool = PromptPool.load(args.pool, args.backbone)
     for prediction in pool.predict(texts, tasks=args.task, min_score=args.min_score):
-        print(json.dumps(prediction.to_dict(), ensure_ascii=False))
+        print(_json(prediction.to_dict(), ensure_ascii=False))
     return 0
 
 
@@ -173,10 +270,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from .data import read_labelled
     from .pool import PromptPool
 
-    pool = PromptPool.load(args.pool)
+    pool = PromptPool.load(args.pool, args.backbone)
     result = pool.evaluate(args.task, read_labelled(args.test), oracle=args.oracle)
     if args.json:
-        print(json.dumps(result.to_dict()))
+        print(_json(result.to_dict()))
     else:
         line = f"{result.task}: accuracy {result.accuracy:.2f}% on {result.examples}"
         if result.routing_accuracy is not None:
@@ -197,7 +294,7 @@ def _info(args: argparse.Namespace) -> int:
         tasks.append({
             "name": record.get("name"),
             "labels": record.get("labels"),
-            "bytes": path.stat().st_size if path.is_file() else None,
+            "bytes": path.lstat().st_size if path.is_file() and not path.is_symlink() else None,
             "stats": record.get("stats", {}),
         })
     summary = {
@@ -209,13 +306,17 @@ def _info(args: argparse.Namespace) -> int:
         "tasks": tasks,
     }
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(_json(summary, indent=2))
         return 0
-    print(f"{args.pool}: {len(tasks)} task(s) on {summary['backbone']} "
-          f"(width {hidden}, prompt length {length}, selector {manifest['selector'].get('name')})")
+    # Names come from the manifest: escaped, so a name cannot drive the terminal.
+    selector = manifest["selector"].get("name")
+    print(f"{_printable(str(args.pool))}: {len(tasks)} task(s) on "
+          f"{_printable(str(summary['backbone']))} (width {hidden}, prompt length {length}, "
+          f"selector {_printable(str(selector))})")
     for task in tasks:
         size = "?" if task["bytes"] is None else f"{task['bytes'] / 1000:.1f} KB"
-        print(f"  {task['name']}: {len(task['labels'])} labels {task['labels']}, {size}")
+        labels = "[" + ", ".join(_printable(repr(label)) for label in task["labels"]) + "]"
+        print(f"  {_printable(str(task['name']))}: {len(task['labels'])} labels {labels}, {size}")
     return 0
 
 
@@ -226,18 +327,23 @@ def _explain(args: argparse.Namespace) -> int:
     if args.tokens < 0:
         raise ContinualError(f"--tokens must be 0 or more, got {args.tokens}")
 
-    pool = PromptPool.load(args.pool)
+    pool = PromptPool.load(args.pool, args.backbone)
+    vocabulary = int(pool.backbone.embedding_matrix.shape[0])
+    if args.tokens > vocabulary:
+        raise ContinualError(f"--tokens must be at most the vocabulary size {vocabulary}, got "
+                             f"{args.tokens}")
     similarity = prompt_similarity(pool)
     print("prompt similarity (cosine):")
     for name, row in zip(pool.tasks, similarity.tolist()):
-        print(f"  {name:>16}: " + " ".join(f"{value:5.2f}" for value in row))
+        print(f"  {_printable(name):>16}: " + " ".join(f"{value:5.2f}" for value in row))
     if args.tokens:
         for name in pool.tasks:
-            print(f"nearest tokens of {name}'s prompt vectors:")
+            print(f"nearest tokens of {_printable(name)}'s prompt vectors:")
             for position, tokens in enumerate(nearest_tokens(pool, name, args.tokens)):
-                print(f"  {position:>3}: " + ", ".join(f"{t} ({s:.2f})" for t, s in tokens))
+                print(f"  {position:>3}: "
+                      + ", ".join(f"{_printable(t)} ({s:.2f})" for t, s in tokens))
     for item in explain_routing(pool, args.texts):
-        print(json.dumps(item, ensure_ascii=False))
+        print(_json(item, ensure_ascii=False))
     return 0
 
 
@@ -254,9 +360,12 @@ def _plot(args: argparse.Namespace) -> int:
 
 
 # -- serving and task management ----------------------------------------------------------------
-def _add_manage_parsers(commands) -> None:
-    serve = commands.add_parser("serve", help="serve a pool over HTTP (POST /predict, GET /tasks)")
-    serve.add_argument("pool", type=Path)
+def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
+    serve = commands.add_parser("serve", help="serve a pool over HTTP (POST /predict, GET /tasks)",
+                                 parents=[common])
+    serve.add_argument("pool", type=_path)
+    serve.add_argument("--backbone", help="the model the pool was built on, where it is not "
+                       "the packaged default or a hub name")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument("--max-batch", type=int, default=64,
@@ -270,22 +379,25 @@ def _add_manage_parsers(commands) -> None:
                        help="torch threads for the forward passes (default: torch's choice)")
     serve.set_defaults(handler=_serve)
 
-    remove = commands.add_parser("remove", help="remove one task from a pool")
-    remove.add_argument("pool", type=Path)
+    remove = commands.add_parser("remove", help="remove one task from a pool",
+                                 parents=[common])
+    remove.add_argument("pool", type=_path)
     remove.add_argument("--task", required=True)
     remove.add_argument("--wait", type=float, default=0.0,
                         help="seconds to wait for another process that holds the pool")
     remove.set_defaults(handler=_remove)
 
-    export = commands.add_parser("export", help="write one task as a single safetensors file")
-    export.add_argument("pool", type=Path)
+    export = commands.add_parser("export", help="write one task as a single safetensors file",
+                                 parents=[common])
+    export.add_argument("pool", type=_path)
     export.add_argument("--task", required=True)
-    export.add_argument("--out", required=True, type=Path)
+    export.add_argument("--out", required=True, type=_path)
     export.set_defaults(handler=_export)
 
-    imp = commands.add_parser("import", help="add an exported task to a pool (created if missing)")
-    imp.add_argument("pool", type=Path)
-    imp.add_argument("file", type=Path)
+    imp = commands.add_parser("import", help="add an exported task to a pool (created if missing)",
+                                 parents=[common])
+    imp.add_argument("pool", type=_path)
+    imp.add_argument("file", type=_path)
     imp.add_argument("--as", dest="name", help="import under this name")
     imp.add_argument("--wait", type=float, default=0.0,
                      help="seconds to wait for another process that holds the pool")
@@ -297,7 +409,7 @@ def _serve(args: argparse.Namespace) -> int:
 
     run_server(args.pool, host=args.host, port=args.port, max_batch=args.max_batch,
                max_wait=args.max_wait_ms / 1000.0, max_texts=args.max_texts,
-               poll_interval=args.poll, threads=args.threads)
+               poll_interval=args.poll, threads=args.threads, backbone=args.backbone)
     return 0
 
 
@@ -305,7 +417,7 @@ def _remove(args: argparse.Namespace) -> int:
     from .manage import remove_task
 
     record = remove_task(args.pool, args.task, wait=args.wait)
-    print(json.dumps({"pool": str(args.pool), "removed": record["name"]}))
+    print(_json({"pool": str(args.pool), "removed": record["name"]}))
     return 0
 
 
@@ -313,7 +425,7 @@ def _export(args: argparse.Namespace) -> int:
     from .manage import export_task
 
     path = export_task(args.pool, args.task, args.out)
-    print(json.dumps({"pool": str(args.pool), "task": args.task, "file": str(path),
+    print(_json({"pool": str(args.pool), "task": args.task, "file": str(path),
                       "bytes": path.stat().st_size}))
     return 0
 
@@ -322,7 +434,7 @@ def _import(args: argparse.Namespace) -> int:
     from .manage import import_task
 
     entry = import_task(args.pool, args.file, name=args.name, wait=args.wait)
-    print(json.dumps({"pool": str(args.pool), "task": entry.name, "labels": entry.labels}))
+    print(_json({"pool": str(args.pool), "task": entry.name, "labels": entry.labels}))
     return 0
 
 

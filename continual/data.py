@@ -1,7 +1,10 @@
 """Tasks: named, labelled text data with train/validation/test splits, and the file loaders.
 
 Files are CSV (header row), JSONL (one object per line) or plain text, with a ``text`` column
-and, for labelled data, a ``label`` column. Labels are kept as the strings written in the file.
+and, for labelled data, a ``label`` column. Labels are kept as the strings written in the file
+(in JSONL a label must be a JSON string: ``1`` and ``"1"`` are not silently merged). Every file
+is read through `files.read_regular_file`: regular files only, up to
+``files.MAX_DATA_FILE_BYTES``.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import files
 from .errors import TaskDataError
 
 Example = tuple[str, str]  # (text, label)
@@ -89,6 +93,9 @@ class Task:
 
         Without ``validation``, 10% of the training examples are held out for early stopping.
         """
+        if not isinstance(name, str) or not name.strip():
+            # Checked before the files are read, so the error does not blame them.
+            raise TaskDataError(f"task name must be a non-empty string, got {name!r}")
         train_rows = read_labelled(train)
         test_rows = read_labelled(test) if test is not None else None
         valid_rows = read_labelled(validation) if validation is not None else None
@@ -134,14 +141,8 @@ def split_examples(
 
 
 def _decode(path: Path) -> str:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise TaskDataError(f"{path}: file not found") from None
-    except IsADirectoryError:
-        raise TaskDataError(f"{path}: is a directory, expected a CSV, JSONL or text file") from None
-    except OSError as error:
-        raise TaskDataError(f"{path}: cannot read ({error.strerror})") from None
+    raw = files.read_regular_file(path, limit=files.MAX_DATA_FILE_BYTES, error=TaskDataError,
+                                  what="CSV, JSONL or text file")
     try:
         # utf-8-sig drops a byte-order mark that spreadsheet programs write.
         content = raw.decode("utf-8-sig")
@@ -180,6 +181,15 @@ def read_rows(path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
             if column not in record or record[column] is None:
                 raise TaskDataError(f"{path}, row {number}: missing field {column!r}")
             value = record[column]
+            if column == "label" and suffix != ".csv" and not isinstance(value, str):
+                # A number would be read as some string other than the one written (1e2 as
+                # "100.0"), and 1 and "1" would become one label: labels must be written as text.
+                hint = ("; put the label in quotes, as written, if that is the label"
+                        if isinstance(value, (int, float)) and not isinstance(value, bool) else "")
+                raise TaskDataError(
+                    f"{path}, row {number}, field 'label': a label must be a JSON string, got "
+                    f"{type(value).__name__} {json.dumps(value)[:40]}{hint}"
+                )
             if isinstance(value, bool) or not isinstance(value, (str, int, float)):
                 raise TaskDataError(
                     f"{path}, row {number}, field {column!r}: expected text or a number, "
@@ -217,6 +227,12 @@ def _csv_rows(path: Path, content: str) -> list[tuple[int, dict]]:
         header = reader.fieldnames
         if not header:
             raise TaskDataError(f"{path}: empty file, expected a header row with 'text' and 'label'")
+        duplicated = sorted({name for name in header if header.count(name) > 1})
+        if duplicated:
+            raise TaskDataError(
+                f"{path}: duplicated column name(s) {duplicated} in the header row; each column "
+                "needs its own name"
+            )
         records = []
         for number, record in enumerate(reader, start=1):
             if None in record:

@@ -19,6 +19,7 @@ from torch import nn
 from .backbone import Backbone
 from .data import Task
 from .entry import TaskEntry
+from .errors import ContinualError
 from .progress import Progress
 from .prompt import PromptInit, SoftPrompt, prompted_features
 
@@ -45,8 +46,43 @@ class TrainingConfig:
     prompt_init: PromptInit = "vocab"
     prompt_text: str | None = None
 
+    def __post_init__(self) -> None:
+        # A manifest or a caller may give any value: check each field's type and range here,
+        # naming the field, rather than failing mid-training.
+        for name, least in (("epochs", 1), ("batch_size", 1), ("patience", 0)):
+            value = getattr(self, name)
+            if type(value) is not int or value < least:
+                raise ContinualError(f"training field {name!r} must be an integer of at least "
+                                     f"{least}, got {value!r}")
+        for name in ("prompt_lr", "head_lr"):
+            value = getattr(self, name)
+            if (isinstance(value, bool) or not isinstance(value, (int, float))
+                    or not math.isfinite(value) or value <= 0):
+                raise ContinualError(f"training field {name!r} must be a positive finite "
+                                     f"number, got {value!r}")
+        if self.prompt_init not in ("vocab", "random", "text"):
+            raise ContinualError(f"training field 'prompt_init' must be 'vocab', 'random' or "
+                                 f"'text', got {self.prompt_init!r}")
+        if self.prompt_text is not None and not isinstance(self.prompt_text, str):
+            raise ContinualError(f"training field 'prompt_text' must be text or null, got "
+                                 f"{self.prompt_text!r}")
+        if self.prompt_init == "text" and not (self.prompt_text or "").strip():
+            raise ContinualError("training field 'prompt_text' must be a non-empty text when "
+                                 "'prompt_init' is 'text'")
+
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# Seeds torch.Generator.manual_seed accepts without overflow.
+MAX_SEED = 2**63 - 1
+
+
+def check_seed(seed: object, name: str = "seed") -> int:
+    """``seed`` if it is an integer in 0..2**63-1; a `ContinualError` naming ``name`` if not."""
+    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
+        raise ContinualError(f"{name} must be an integer from 0 to {MAX_SEED}, got {seed!r}")
+    return seed
 
 
 def train_task(
@@ -63,7 +99,7 @@ def train_task(
     Returns a `TaskEntry` with detached tensors and an empty selector state (the pool fits
     that when it adds the entry).
     """
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(check_seed(seed))
     prompt = SoftPrompt.initialise(
         backbone, prompt_length, config.prompt_init, text=config.prompt_text, generator=generator
     )

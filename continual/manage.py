@@ -23,6 +23,7 @@ from .storage import (
     FORMAT_VERSION,
     MANIFEST,
     PoolLock,
+    check_pool_folder,
     read_entries,
     read_export_file,
     read_manifest,
@@ -94,7 +95,7 @@ def remove_task(pool_dir: str | os.PathLike, name: str, *, wait: float = 0.0) ->
 
     Its file is deleted unless another task shares it (files are named by content).
     """
-    pool_dir = Path(pool_dir)
+    pool_dir = check_pool_folder(pool_dir)
     read_manifest(pool_dir)  # a clear error for a missing pool before creating a lock file
     with PoolLock(pool_dir, timeout=wait):
         manifest = read_manifest(pool_dir)
@@ -129,7 +130,7 @@ def import_task(pool_dir: str | os.PathLike, file: str | os.PathLike, *,
     """
     from .learner import TrainingConfig
 
-    pool_dir, file = Path(pool_dir), Path(file)
+    pool_dir, file = check_pool_folder(pool_dir), Path(file)
     tensors, info = read_export_file(file)
     with PoolLock(pool_dir, timeout=wait):
         if (pool_dir / MANIFEST).exists():

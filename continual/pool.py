@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import os
+import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -33,6 +34,7 @@ from .storage import (
     FORMAT_VERSION,
     MANIFEST,
     PoolLock,
+    check_pool_folder,
     read_entries,
     read_manifest,
     remove_unreferenced,
@@ -43,6 +45,8 @@ from .storage import (
 # Fingerprint fields that identify the backbone's weights and the features the selector used.
 _IDENTITY = ("model_type", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
 _FEATURES = ("max_length", "query_layer")
+# A hub model name a manifest may name for automatic loading: "org/name", nothing path-like.
+_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
 
 
 @dataclass
@@ -351,26 +355,32 @@ class PromptPool:
         while saving (`PoolLockedError` if another process holds it longer than ``wait``
         seconds); pass ``lock=False`` when the caller already holds it.
         """
-        pool_dir = Path(path)
+        pool_dir = check_pool_folder(path)  # never a folder that holds what the pool did not make
         pool_dir.mkdir(parents=True, exist_ok=True)
         with PoolLock(pool_dir, timeout=wait) if lock else contextlib.nullcontext():
+            check_pool_folder(pool_dir)  # again, now that no other writer can change it
             records = write_entries(pool_dir, self.entries)
             write_manifest(pool_dir, self.manifest(records))
             remove_unreferenced(pool_dir, {record["file"] for record in records})
         return pool_dir
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backbone: Backbone | None = None) -> PromptPool:
+    def load(cls, path: str | os.PathLike,
+             backbone: Backbone | str | os.PathLike | None = None) -> PromptPool:
         """Load a saved pool, verifying checksums and that ``backbone`` is the one it was built on.
 
-        Without ``backbone``, the one named in the manifest is loaded (offline for the default).
+        ``backbone`` is a loaded `Backbone`, or a model name or folder to load (with the
+        manifest's ``max_length`` and ``query_layer``). Without it, the manifest's backbone is
+        loaded only if it is the packaged default or a hub name ``org/name`` that is not a local
+        path: a manifest never makes this read an arbitrary local folder.
         """
         pool_dir = Path(path)
         manifest = read_manifest(pool_dir)
         saved = manifest["backbone"]
         where = pool_dir / MANIFEST
-        if backbone is None:
-            backbone = _backbone_for(saved, where)
+        _check_fingerprint(saved, where)
+        if backbone is None or not isinstance(backbone, Backbone):
+            backbone = _backbone_for(saved, where, backbone)
         current = backbone.fingerprint()
         for key in _IDENTITY:
             if saved.get(key) != current.get(key):
@@ -391,7 +401,7 @@ class PromptPool:
                                   f"the backbone's {backbone.hidden_size}")
         try:
             training = TrainingConfig(**manifest.get("training", {}))
-        except TypeError as error:
+        except (TypeError, ContinualError) as error:
             raise PoolFormatError(f"{where}: bad field 'training' ({error})") from None
         try:
             selector = build_selector(manifest["selector"])
@@ -455,17 +465,54 @@ class PromptPool:
         return type(self).load(path, self.backbone)
 
 
-def _backbone_for(fingerprint: dict, where: Path) -> Backbone:
+def _check_fingerprint(fingerprint: dict, where: Path) -> None:
+    """Each backbone field the manifest holds has the right type and range (a missing one is
+    reported by the comparison with the backbone)."""
+    def bad(key: str, expected: str) -> PoolFormatError:
+        return PoolFormatError(f"{where}: field 'backbone.{key}' must be {expected}, got "
+                               f"{fingerprint[key]!r}")
+
+    for key in ("name", "model_type"):
+        if key in fingerprint and (not isinstance(fingerprint[key], str)
+                                   or not fingerprint[key].strip()):
+            raise bad(key, "a non-empty string")
+    for key in ("hidden_size", "num_layers", "vocab_size", "max_length"):
+        if key in fingerprint and (type(fingerprint[key]) is not int or fingerprint[key] < 1):
+            raise bad(key, "a positive integer")
+    if "query_layer" in fingerprint and fingerprint["query_layer"] is not None and (
+            type(fingerprint["query_layer"]) is not int or fingerprint["query_layer"] < 1):
+        raise bad("query_layer", "a positive integer or null")
+    if "weights_sha256" in fingerprint and not (
+            isinstance(fingerprint["weights_sha256"], str)
+            and re.fullmatch(r"[0-9a-f]{64}", fingerprint["weights_sha256"])):
+        raise bad("weights_sha256", "64 lowercase hex digits")
+
+
+def _backbone_for(fingerprint: dict, where: Path,
+                  given: str | os.PathLike | None = None) -> Backbone:
     name = fingerprint.get("name")
-    default = name == DEFAULT_MODEL_NAME
-    try:
-        return Backbone.load(
-            None if default else name,
-            max_length=fingerprint.get("max_length", 128),
-            query_layer=fingerprint.get("query_layer"),
+    options = {"max_length": fingerprint.get("max_length", 128),
+               "query_layer": fingerprint.get("query_layer")}
+    if given is not None:
+        load: str | os.PathLike | None = given
+    elif name == DEFAULT_MODEL_NAME:
+        load = None  # the packaged copy, offline
+    elif (isinstance(name, str) and _HUB_NAME.fullmatch(name) and ".." not in name
+          and not os.path.lexists(name)):
+        load = name
+    else:
+        raise PoolFormatError(
+            f"{where}: the pool was built on backbone {name!r}, which is not the packaged "
+            "default nor a hub name 'org/name'; a pool does not load a local model by itself: "
+            "give the backbone (continual ... --backbone PATH, or PromptPool.load(path, "
+            "backbone=PATH))"
         )
+    try:
+        return Backbone.load(load, **options)
     except ContinualError as error:
-        raise PoolFormatError(f"{where}: cannot load the pool's backbone {name!r}: {error}") from None
+        shown = name if given is None else os.fspath(given)
+        raise PoolFormatError(f"{where}: cannot load the pool's backbone {shown!r}: {error}") \
+            from None
 
 
 def _thresholds(min_score: object, count: int) -> list[float | None]:

@@ -18,16 +18,18 @@ import fcntl
 import hashlib
 import json
 import os
-import tempfile
+import re
+import secrets
+import stat
 import time
 from pathlib import Path
-from typing import IO
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
+from . import files
 from .entry import TaskEntry
 from .errors import PoolFormatError, PoolLockedError
 
@@ -37,34 +39,57 @@ MANIFEST = "manifest.json"
 TASKS_DIR = "tasks"
 LOCK = ".lock"
 
+# The only names a pool writes: its task files, and the temporaries of an atomic write (from
+# this version, ``.<name>.<16 hex>.tmp``; earlier ones used mkstemp's 8 characters). Cleanup
+# deletes nothing else, and a folder holding anything else is not taken for a pool.
+TASK_FILE = re.compile(r"task-[0-9a-f]{32}\.safetensors")
+_TEMPORARY = r"\.{name}\.[A-Za-z0-9_]{{6,32}}\.tmp"
+TASK_TEMPORARY = re.compile(_TEMPORARY.format(name=r"task-[0-9a-f]{32}\.safetensors"))
+MANIFEST_TEMPORARY = re.compile(_TEMPORARY.format(name=re.escape(MANIFEST)))
+
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file and an atomic rename."""
+    """Write ``data`` to ``path`` through a synced temporary file and an atomic rename.
+
+    The temporary is created with ``O_EXCL | O_NOFOLLOW`` and the rename replaces whatever
+    ``path`` was (a symbolic link there is replaced, never followed). An error names ``path``.
+    """
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    temporary = f".{path.name}.{secrets.token_hex(8)}.tmp"
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        # mkstemp makes owner-only files; give the file the usual permissions instead.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.fchmod(handle, 0o666 & ~umask)
-        with os.fdopen(handle, "wb") as file:
-            file.write(data)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    _sync_directory(path.parent)
-
-
-def _sync_directory(directory: Path) -> None:
-    # The rename is durable only once the directory entry is on disk.
-    descriptor = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(descriptor)
+        # The usual permissions (0o666 less the umask), as open() gives.
+        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o666, dir_fd=directory)
+        try:
+            try:
+                _write_all(handle, data)
+                os.fsync(handle)
+            finally:
+                os.close(handle)
+            os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            try:
+                os.unlink(temporary, dir_fd=directory)
+            except OSError:
+                pass
+            raise
+        # The rename is durable only once the directory entry is on disk.
+        os.fsync(directory)
+    except OSError as error:
+        # os.write and fsync errors (a full disk) name no file, os.open only the temporary:
+        # name the file being written.
+        raise OSError(error.errno, f"cannot write ({error.strerror})", str(path)) from None
     finally:
-        os.close(descriptor)
+        os.close(directory)
+
+
+def _write_all(handle: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(handle, view)
+        view = view[written:]
 
 
 def write_task_file(pool_dir: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
@@ -73,9 +98,41 @@ def write_task_file(pool_dir: Path, tensors: dict[str, torch.Tensor]) -> tuple[s
     digest = hashlib.sha256(data).hexdigest()
     relative = f"{TASKS_DIR}/task-{digest[:32]}.safetensors"
     target = pool_dir / relative
-    if not (target.exists() and _sha256(target) == digest):
+    _own_tasks_dir(pool_dir, create=True)
+    if not _same_regular_file(target, digest):
         atomic_write_bytes(target, data)
     return relative, digest
+
+
+def _same_regular_file(path: Path, digest: str) -> bool:
+    """Whether ``path`` is a regular file (not a link) holding bytes with this sha256."""
+    try:
+        data = files.read_regular_file(path, limit=files.MAX_TASK_FILE_BYTES,
+                                       error=PoolFormatError, follow_symlinks=False)
+    except PoolFormatError:
+        return False
+    return hashlib.sha256(data).hexdigest() == digest
+
+
+def _own_tasks_dir(pool_dir: Path, *, create: bool = False) -> Path | None:
+    """The pool's tasks/ folder, refused if it is a link or not a folder; None if absent."""
+    tasks = pool_dir / TASKS_DIR
+    if create:
+        try:
+            tasks.mkdir()
+        except FileExistsError:
+            pass
+    try:
+        mode = tasks.lstat().st_mode
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISDIR(mode):
+        what = "a symbolic link" if stat.S_ISLNK(mode) else "not a folder"
+        raise PoolFormatError(
+            f"{tasks}: is {what}; a pool's {TASKS_DIR}/ must be a real folder inside the pool "
+            "(refusing to write, read or delete through it)"
+        )
+    return tasks
 
 
 def write_manifest(pool_dir: Path, manifest: dict) -> None:
@@ -85,17 +142,77 @@ def write_manifest(pool_dir: Path, manifest: dict) -> None:
 
 
 def remove_unreferenced(pool_dir: Path, referenced: set[str]) -> None:
-    """Delete task files and temporaries the manifest does not name (left by interrupted saves)."""
-    tasks = pool_dir / TASKS_DIR
-    if not tasks.is_dir():
-        return
-    for path in tasks.iterdir():
-        if f"{TASKS_DIR}/{path.name}" not in referenced and (
-            path.name.startswith("task-") or path.name.endswith(".tmp")
-        ):
-            path.unlink(missing_ok=True)
-    for path in pool_dir.glob(f".{MANIFEST}.*.tmp"):
-        path.unlink(missing_ok=True)
+    """Delete task files and temporaries the manifest does not name (left by interrupted saves).
+
+    Only regular files whose names are exactly those the pool writes are deleted: anything
+    else in the folder, and any symbolic link, is left alone.
+    """
+    tasks = _own_tasks_dir(pool_dir)
+    if tasks is not None:
+        for path in tasks.iterdir():
+            if f"{TASKS_DIR}/{path.name}" in referenced:
+                continue
+            if TASK_FILE.fullmatch(path.name) or TASK_TEMPORARY.fullmatch(path.name):
+                _unlink_regular(path)
+    for path in pool_dir.iterdir():
+        if MANIFEST_TEMPORARY.fullmatch(path.name):
+            _unlink_regular(path)
+
+
+def _unlink_regular(path: Path) -> None:
+    try:
+        if stat.S_ISREG(path.lstat().st_mode):
+            path.unlink()
+    except FileNotFoundError:
+        pass
+
+
+def check_pool_folder(pool_dir: str | os.PathLike) -> Path:
+    """``pool_dir`` as a Path, if the pool may write there; `PoolFormatError` if not.
+
+    A pool writes only into a folder that does not exist yet, an empty one, or one that holds
+    a pool (a pool's ``manifest.json``, or only files a pool writes: an interrupted first
+    save). Its manifest, ``tasks/`` folder and lock must not be symbolic links.
+    """
+    if os.fspath(pool_dir) == "":
+        raise PoolFormatError("the pool path is empty; give the pool's folder")
+    pool_dir = Path(pool_dir)
+    try:
+        mode = pool_dir.stat().st_mode
+    except FileNotFoundError:
+        return pool_dir
+    except OSError as error:
+        raise PoolFormatError(f"{pool_dir}: cannot use as a pool folder ({error.strerror})") \
+            from None
+    if not stat.S_ISDIR(mode):
+        raise PoolFormatError(f"{pool_dir}: not a folder; give a new folder or a pool's folder")
+    for name, wanted in ((MANIFEST, stat.S_ISREG), (LOCK, stat.S_ISREG)):
+        try:
+            mode = (pool_dir / name).lstat().st_mode
+        except FileNotFoundError:
+            continue
+        if not wanted(mode):
+            what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
+            raise PoolFormatError(f"{pool_dir / name}: is {what}; a pool writes only its own "
+                                  "regular files (remove it, or use another folder)")
+    tasks = _own_tasks_dir(pool_dir)
+    if (pool_dir / MANIFEST).exists():
+        read_manifest(pool_dir)  # a manifest.json that is not a pool's makes no pool
+        return pool_dir
+    foreign = [path.name for path in sorted(pool_dir.iterdir())
+               if path.name not in (LOCK, TASKS_DIR)
+               and not MANIFEST_TEMPORARY.fullmatch(path.name)]
+    if tasks is not None:
+        foreign += [f"{TASKS_DIR}/{path.name}" for path in sorted(tasks.iterdir())
+                    if not (TASK_FILE.fullmatch(path.name) or TASK_TEMPORARY.fullmatch(path.name))]
+    if foreign:
+        shown = ", ".join(repr(name) for name in foreign[:3])
+        shown += ", ..." if len(foreign) > 3 else ""
+        raise PoolFormatError(
+            f"{pool_dir}: not a pool (no {MANIFEST}) and not empty (holds {shown}); a pool is "
+            "written only into a new or empty folder, or into an existing pool"
+        )
+    return pool_dir
 
 
 def read_manifest(pool_dir: str | os.PathLike) -> dict:
@@ -104,15 +221,13 @@ def read_manifest(pool_dir: str | os.PathLike) -> dict:
     path = pool_dir / MANIFEST
     if not pool_dir.exists():
         raise PoolFormatError(f"{pool_dir}: no such pool directory")
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise PoolFormatError(
             f"{pool_dir}: not a pool (no {MANIFEST}); give a folder made by PromptPool.save "
             "or 'continual learn'"
         )
-    try:
-        raw = path.read_bytes()
-    except OSError as error:
-        raise PoolFormatError(f"{path}: cannot read the manifest ({error.strerror})") from None
+    raw = files.read_regular_file(path, limit=files.MAX_MANIFEST_BYTES, error=PoolFormatError,
+                                  what="manifest", follow_symlinks=False)
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
@@ -142,12 +257,24 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
             f"pool's {TASKS_DIR}/ folder (the manifest was edited or is not trusted)"
         )
     path = pool_dir / relative
+    name = relative[len(TASKS_DIR) + 1:]
+    if not name or "/" in name or name in (".", ".."):
+        raise PoolFormatError(f"{path}: cannot read the task file (not a file name inside "
+                              f"the pool's {TASKS_DIR}/ folder)")
     try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PoolFormatError(f"{path}: task file missing; the pool is incomplete") from None
-    except OSError as error:
-        raise PoolFormatError(f"{path}: cannot read the task file ({error.strerror})") from None
+        tasks = _own_tasks_dir(pool_dir)
+    except PoolFormatError as error:
+        raise PoolFormatError(f"{error}; cannot read the task file {relative!r}") from None
+    if tasks is None:
+        raise PoolFormatError(f"{path}: task file missing; the pool is incomplete")
+    try:
+        data = files.read_regular_file(path, limit=files.MAX_TASK_FILE_BYTES,
+                                       error=PoolFormatError, what="task file",
+                                       follow_symlinks=False)
+    except PoolFormatError as error:
+        if "task file not found" in str(error):
+            raise PoolFormatError(f"{path}: task file missing; the pool is incomplete") from None
+        raise
     actual = hashlib.sha256(data).hexdigest()
     if actual != sha256:
         raise PoolFormatError(
@@ -210,12 +337,11 @@ def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry
     return TaskEntry.from_tensors(record["name"], labels, tensors, stats)
 
 
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 class PoolLock:
     """An exclusive lock on a pool directory, so two processes never change one pool at once.
+
+    The folder must be one a pool may write into (`check_pool_folder`); the lock file is
+    opened with ``O_NOFOLLOW`` and must be a regular file, so a planted link is never written.
 
     Args:
         pool_dir: the pool's folder (created if missing).
@@ -223,40 +349,56 @@ class PoolLock:
     """
 
     def __init__(self, pool_dir: str | os.PathLike, timeout: float = 0.0) -> None:
+        self.pool_dir = pool_dir
         self.path = Path(pool_dir) / LOCK
         self.timeout = timeout
-        self._file: IO[str] | None = None
+        self._descriptor: int | None = None
 
     def __enter__(self) -> PoolLock:
+        check_pool_folder(self.pool_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self._file = open(self.path, "a+")
+        try:
+            handle = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
+                             | os.O_CLOEXEC, 0o666)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise PoolFormatError(f"{self.path}: is a symbolic link; a pool's lock must be "
+                                      "a regular file (remove the link)") from None
+            raise
+        if not stat.S_ISREG(os.fstat(handle).st_mode):
+            os.close(handle)
+            raise PoolFormatError(f"{self.path}: not a regular file; a pool's lock must be one "
+                                  "(remove it)")
+        self._descriptor = handle
         deadline = time.monotonic() + self.timeout
         while True:
             try:
-                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except OSError as error:
                 if error.errno not in (errno.EAGAIN, errno.EACCES):
+                    self._release()
                     raise
                 if time.monotonic() >= deadline:
-                    handle.close()
-                    self._file = None
+                    self._release()
                     raise PoolLockedError(
                         f"{self.path.parent}: another process is changing this pool; "
                         "wait for it to finish (or pass a longer --wait)"
                     ) from None
                 time.sleep(0.1)
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
         return self
 
+    def _release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None
+
     def __exit__(self, *exc) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file.fileno(), fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        if self._descriptor is not None:
+            fcntl.flock(self._descriptor, fcntl.LOCK_UN)
+            self._release()
 
 
 # -- one task as one self-describing file (continual export / import) ----------------------------
@@ -299,12 +441,8 @@ def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     Every field and tensor is validated; errors name the file. Nothing is unpickled.
     """
     path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise PoolFormatError(f"{path}: no such task file") from None
-    except OSError as error:
-        raise PoolFormatError(f"{path}: cannot read the task file ({error.strerror})") from None
+    data = files.read_regular_file(path, limit=files.MAX_TASK_FILE_BYTES, error=PoolFormatError,
+                                   what="task file")
     metadata = _safetensors_metadata(path, data)
     if metadata.get("format") != TASK_FORMAT:
         raise PoolFormatError(f"{path}: not an exported continual task (metadata 'format' is "

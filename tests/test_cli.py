@@ -48,7 +48,8 @@ def write_csv(path: Path, rows: dict) -> Path:
 
 
 def write_jsonl(path: Path, rows: dict) -> Path:
-    lines = [json.dumps({"text": text, "label": label})
+    # JSONL labels are strings: a bare number is refused, never silently turned into one.
+    lines = [json.dumps({"text": text, "label": str(label)})
              for label, texts in rows.items() for text in texts]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

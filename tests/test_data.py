@@ -34,11 +34,15 @@ def test_csv_extra_columns_in_any_order_are_ignored(tmp_path):
     assert read_labelled(path) == [("good", "pos"), ("bad", "neg")]
 
 
-def test_jsonl_numbers_become_their_string_form(tmp_path):
-    lines = [{"text": "good", "label": 1}, {"text": "bad", "label": "0"},
-             {"text": "meh", "label": 2.5, "extra": [1]}]
+def test_jsonl_text_numbers_become_strings_and_label_numbers_are_refused(tmp_path):
+    lines = [{"text": 12, "label": "1"}, {"text": "bad", "label": "0"},
+             {"text": 2.5, "label": "0", "extra": [1]}]
     path = write(tmp_path / "t.jsonl", "\n".join(json.dumps(line) for line in lines) + "\n\n")
-    assert read_labelled(path) == [("good", "1"), ("bad", "0"), ("meh", "2.5")]
+    assert read_labelled(path) == [("12", "1"), ("bad", "0"), ("2.5", "0")]
+    # 1 and "1" would become one label, 1e2 would become "100.0": labels must be strings.
+    path = write(tmp_path / "n.jsonl",
+                 '{"text": "good", "label": "1"}\n{"text": "x", "label": 1}\n')
+    raises_naming(path, "row 2", "'label'", "must be a JSON string")
 
 
 def test_bom_is_dropped(tmp_path):

@@ -180,7 +180,10 @@ def test_cli_export_import_round_trip_into_a_fresh_pool(pool_dir, backbone, tmp_
     assert code == 0, err
     assert json.loads(out) == {"pool": str(fresh_dir), "task": "animals",
                                "labels": ["pet", "wild"]}
-    fresh = PromptPool.load(fresh_dir)  # the backbone named in the file's fingerprint
+    # A pool on a local model folder loads only with that folder given, never by itself.
+    with pytest.raises(PoolFormatError, match="does not load a local model by itself"):
+        PromptPool.load(fresh_dir)
+    fresh = PromptPool.load(fresh_dir, backbone=backbone.name)
     assert fresh.tasks == ["animals"] and fresh.prompt_length == original.prompt_length
     assert same(fresh.predict(TEXTS), original.predict(TEXTS, tasks="animals"))
 
@@ -196,11 +199,12 @@ def test_cli_export_import_round_trip_into_a_fresh_pool(pool_dir, backbone, tmp_
     assert PromptPool.load(fresh_dir, backbone).tasks == ["animals-2"]
 
 
-def test_cli_predict_min_score(pool_dir):
-    code, out, err = invoke("predict", pool_dir, *TEXTS[:2])
+def test_cli_predict_min_score(pool_dir, backbone):
+    given = ("--backbone", backbone.name)  # a local model folder: named by the user
+    code, out, err = invoke("predict", pool_dir, *TEXTS[:2], *given)
     assert code == 0, err
     assert all(json.loads(line)["task"] is not None for line in out.splitlines())
-    code, out, err = invoke("predict", pool_dir, *TEXTS[:2], "--min-score", "1e9")
+    code, out, err = invoke("predict", pool_dir, *TEXTS[:2], "--min-score", "1e9", *given)
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
     assert [(r["task"], r["label"]) for r in rows] == [(None, None), (None, None)]
@@ -258,7 +262,7 @@ def test_cli_import_refusals(pool_dir, saved, backbone, make_tiny_model, tokeniz
     garbage = tmp_path / "garbage.safetensors"
     garbage.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00not json at all!")
     assert str(garbage) in refuse(pool_dir, garbage)
-    assert "no such task file" in refuse(pool_dir, tmp_path / "missing.safetensors")
+    assert "task file not found" in refuse(pool_dir, tmp_path / "missing.safetensors")
     data = exported.read_bytes()
     broken = tmp_path / "broken-labels.safetensors"
     broken.write_bytes(data.replace(b'"labels":"[', b'"labels":"{', 1))

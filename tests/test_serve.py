@@ -60,9 +60,9 @@ def setup(tmp_path_factory, model_dir):
 
 
 @pytest.fixture(scope="module")
-def server(setup):
+def server(setup, model_dir):
     pool_dir, _, _ = setup
-    app = create_app(pool_dir, max_batch=16, max_wait=0.05, max_texts=8, max_body_bytes=4096,
+    app = create_app(pool_dir, backbone=str(model_dir), max_batch=16, max_wait=0.05, max_texts=8, max_body_bytes=4096,
                      poll_interval=0.2)
     sock = bind("127.0.0.1", 0)
     uvicorn_server = build_server(app, sock)

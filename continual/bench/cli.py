@@ -31,6 +31,15 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
+    from ..errors import ContinualError
+    from ..learner import check_seed
+
+    check_seed(args.seed, "--seed")
+    for key in ("orders", "train_per_label", "test_per_label", "epochs", "finetune_epochs"):
+        value = getattr(args, key)
+        if value is not None and value < 1:
+            option = "--" + key.replace("_", "-")
+            raise ContinualError(f"{option} must be at least 1, got {value}")
     config = BenchmarkConfig(sequence=args.sequence, seed=args.seed, methods=tuple(METHODS))
     if args.quick:
         config = quick(config)

@@ -479,6 +479,99 @@ def test_manifest_parts_that_do_not_fit_are_refused(pool_dir, tiny_backbone, edi
     assert str(pool_dir) in str(error.value)
 
 
+# -- pool parts that are links, FIFOs, devices, folders or too large ------------------------------
+
+PART_KINDS = ["symlink to a copy outside", "symlink to dev/zero", "fifo", "folder", "oversized",
+              "broken symlink", "symlink loop"]
+PARTS = ["manifest", "task file", "tasks folder", "lock"]
+
+
+def _replace_part(pool: Path, part: str, kind: str, outside: Path) -> Path:
+    """Turn one part of the pool into ``kind``; returns the path changed."""
+    path = {"manifest": pool / MANIFEST, "task file": task_file(pool, 0),
+            "tasks folder": pool / "tasks", "lock": pool / ".lock"}[part]
+    copy = outside / f"copy-of-{path.name}"
+    if path.is_dir():
+        shutil.copytree(path, copy)
+        shutil.rmtree(path)
+    elif path.exists():
+        shutil.copy(path, copy)
+        path.unlink()
+    else:
+        copy.write_text("outside")
+    if kind == "symlink to a copy outside":
+        path.symlink_to(copy)
+    elif kind == "symlink to dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "folder":
+        path.mkdir()
+    elif kind == "broken symlink":
+        path.symlink_to(outside / "nowhere")
+    elif kind == "symlink loop":
+        path.symlink_to(path)
+    else:  # oversized: the same bytes, under a limit set just below their size
+        if copy.is_dir():
+            shutil.copytree(copy, path)
+        else:
+            shutil.copy(copy, path)
+    return path
+
+
+def _tree(root: Path) -> dict:
+    state = {}
+    for directory, folders, names in os.walk(root, followlinks=False):
+        for name in folders + names:
+            path = Path(directory) / name
+            state[str(path)] = (os.readlink(path) if path.is_symlink()
+                                else path.read_bytes() if path.is_file() else "other")
+    return state
+
+
+# 4 parts x 7 kinds: 28 distinct cases, each run once (hypothesis stops when all are seen).
+@prop(28, part=st.sampled_from(PARTS), kind=st.sampled_from(PART_KINDS))
+def test_pool_parts_that_are_links_fifos_devices_or_too_large_are_refused(
+        saved, tiny_backbone, tmp_path, monkeypatch, part, kind):
+    """Load and save refuse (PoolFormatError naming the part) without blocking, following a
+    link or reading past a limit; whatever lies outside the pool is left byte for byte."""
+    import tempfile
+
+    from continual import files
+
+    root = Path(tempfile.mkdtemp(dir=tmp_path))
+    pool = root / "pool"
+    shutil.copytree(saved.a, pool)
+    outside = root / "outside"
+    outside.mkdir()
+    path = _replace_part(pool, part, kind, outside)
+    with monkeypatch.context() as patch:  # each example sets its own limits
+        if kind == "oversized":
+            limit = {"manifest": "MAX_MANIFEST_BYTES", "task file": "MAX_TASK_FILE_BYTES",
+                     "tasks folder": "MAX_TASK_FILE_BYTES", "lock": None}[part]
+            if limit is None:
+                return  # a lock's size is not read
+            patch.setattr(files, limit, 100)
+        _refused_everywhere(saved, tiny_backbone, pool, path, part, kind, outside)
+
+
+def _refused_everywhere(saved, tiny_backbone, pool, path, part, kind, outside) -> None:
+    from continual.storage import check_pool_folder
+
+    before = _tree(outside)
+    if part != "lock" and not (part == "tasks folder" and kind == "oversized"):
+        with pytest.raises(PoolFormatError) as error:
+            PromptPool.load(pool, tiny_backbone)
+        assert str(path) in str(error.value) or path.name in str(error.value), str(error.value)
+    # A task file is the pool's to replace, and an empty tasks/ folder a pool's own shape.
+    if part != "task file" and kind != "oversized" and (part, kind) != ("tasks folder", "folder"):
+        with pytest.raises(PoolFormatError):
+            check_pool_folder(pool)
+        with pytest.raises(PoolFormatError):
+            saved.pool.save(pool)
+    assert _tree(outside) == before
+
+
 @pytest.fixture(scope="module", autouse=True)
 def every_property_ran_its_examples():
     """When the module is done: every property that ran reached its max_examples."""

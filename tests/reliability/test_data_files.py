@@ -233,8 +233,7 @@ def test_csv_written_by_csv_writer_reads_back_exactly(tmp_path, rows, crlf, bom,
     assert read_texts(path) == [t for t, _ in rows]
 
 
-@prop(300, pairs=st.lists(st.tuples(st.one_of(field, number), st.one_of(label, number)),
-                          min_size=1, max_size=12),
+@prop(300, pairs=st.lists(st.tuples(st.one_of(field, number), label), min_size=1, max_size=12),
       crlf=st.booleans(), bom=st.booleans(), ascii_only=st.booleans(), blank=st.booleans(),
       extra=st.dictionaries(st.sampled_from(["id", "meta", "Label"]),
                             st.one_of(st.none(), st.booleans(), st.lists(st.integers()))))
@@ -243,8 +242,7 @@ def test_jsonl_written_by_json_dumps_reads_back_as_strings(tmp_path, pairs, crlf
     objects = [{**extra, "text": t, "label": g} for t, g in pairs]
     path = write(tmp_path, ".jsonl", jsonl_bytes(objects, crlf=crlf, bom=bom,
                                                   ascii_only=ascii_only, blank_lines=blank))
-    expected = [(t if isinstance(t, str) else str(t), g if isinstance(g, str) else str(g))
-                for t, g in pairs]
+    expected = [(t if isinstance(t, str) else str(t), g) for t, g in pairs]
     assert read_labelled(path) == expected
     assert read_texts(path) == [t for t, _ in expected]
 
@@ -396,6 +394,119 @@ def test_jsonl_with_unicode_line_separators_inside_strings(tmp_path):
     path = write(tmp_path, ".jsonl", jsonl_bytes([{"text": t, "label": g} for t, g in pairs],
                                                   ascii_only=False))
     assert read_labelled(path) == pairs
+
+
+# -- what is not a plain, bounded file: symlinks, FIFOs, devices, folders, oversized files ------
+
+SPECIAL_KINDS = ["fifo", "symlink to fifo", "dev/zero", "symlink to dev/zero", "dev/null",
+                 "directory", "broken symlink", "symlink loop", "oversized", "symlink to good",
+                 "socket"]
+
+
+def make_special(directory: Path, kind: str, suffix: str, good: bytes) -> Path:
+    """A path of the given kind, named like a data file."""
+    import os
+    import socket
+
+    path = directory / f"special{suffix}"
+    target = directory / f"target{suffix}"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "symlink to fifo":
+        os.mkfifo(target)
+        path.symlink_to(target)
+    elif kind == "dev/zero":
+        path = Path("/dev/zero")
+    elif kind == "symlink to dev/zero":
+        path.symlink_to("/dev/zero")
+    elif kind == "dev/null":
+        path.symlink_to("/dev/null")
+    elif kind == "directory":
+        path.mkdir()
+    elif kind == "broken symlink":
+        path.symlink_to(directory / "nowhere")
+    elif kind == "symlink loop":
+        path.symlink_to(path)
+    elif kind == "oversized":
+        path.write_bytes(good)
+    elif kind == "symlink to good":
+        target.write_bytes(good)
+        path.symlink_to(target)
+    elif kind == "socket":
+        server = socket.socket(socket.AF_UNIX)
+        server.bind(str(path))
+        server.close()
+    return path
+
+
+def finishes(function, *args, seconds: float = 20.0):
+    """``function(*args)`` run in a thread that must finish within ``seconds`` (a read that
+    blocks on a FIFO would hang the test run otherwise); its result or exception."""
+    import threading
+
+    box: dict = {}
+
+    def run():
+        try:
+            box["result"] = function(*args)
+        except BaseException as error:  # handed back to the caller
+            box["error"] = error
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"{function} blocked for {seconds} s on {args}"
+    if "error" in box:
+        raise box["error"]
+    return box.get("result")
+
+
+@prop(120, kind=st.sampled_from(SPECIAL_KINDS), suffix=st.sampled_from(SUFFIXES),
+      rows=rows, limit=st.integers(1, 400))
+def test_fifos_devices_links_folders_and_oversized_files_are_refused_quickly(
+        tmp_path, monkeypatch, kind, suffix, rows, limit):
+    """Never a block, never a read without bound: a TaskDataError naming the file, or (for a
+    symlink to a good file, which a user may well keep) the rows."""
+    import tempfile
+
+    from continual import files
+
+    directory = Path(tempfile.mkdtemp(dir=tmp_path))
+    good = (csv_bytes(["text", "label"], [list(r) for r in rows]) if suffix == ".csv"
+            else jsonl_bytes([{"text": t, "label": g} for t, g in rows])
+            if suffix in (".jsonl", ".json") else "\n".join(t for t, _ in rows).encode())
+    path = make_special(directory, kind, suffix, good)
+    with monkeypatch.context() as patch:  # the limit is this example's only
+        if kind == "oversized":
+            patch.setattr(files, "MAX_DATA_FILE_BYTES", min(limit, len(good) - 1))
+        _refused_quickly(path, kind, suffix)
+
+
+def _refused_quickly(path: Path, kind: str, suffix: str) -> None:
+    from continual import files
+
+    for function in (read_labelled, read_texts):
+        if suffix not in (".csv", ".jsonl", ".json") and function is read_labelled:
+            continue
+        try:
+            finishes(function, path)
+        except TaskDataError as error:
+            message = str(error)
+            assert str(path) in message, message
+            if "unsupported file type" in message:
+                assert path.suffix.lower() not in (".csv", ".jsonl", ".json")
+            elif kind == "oversized":
+                assert "over the limit" in message and str(files.MAX_DATA_FILE_BYTES) in message
+            elif "fifo" in kind:
+                assert "FIFO" in message, message
+            elif "dev/" in kind:
+                assert "device" in message, message
+            elif kind == "directory":
+                assert "directory" in message, message
+            else:
+                assert kind != "symlink to good", message
+        else:
+            assert kind == "symlink to good", f"{kind} accepted"
 
 
 @pytest.fixture(scope="module", autouse=True)
