@@ -2,11 +2,14 @@
 
 Routing statistics are fitted on each task's training texts (whole articles, paragraphs or
 sentences, depending on the corpus). Users often send one line. This scores routing on every
-test input whole and on its first sentence alone, for each selector, with the statistics fitted
-on the training texts as the pool does, and with up to ``k`` of each training text's sentences
-added to them (a candidate remedy). Writes results.json and report.md to --out.
+test input in four views: whole; its first sentence; its headline (the text before the first
+". ", which for BBC articles is the headline line); and a mixed-length view (each input, seeded,
+whole, its first sentence or a window of 1-3 sentences). Each selector is fitted as the pool
+fits it (its own training views and features), optionally with up to ``k`` of each training
+text's sentences added (``--spans``). The pool's default selector is reported on its own as
+``"default"``. Writes results.json and report.md to --out.
 
-    python benchmarks/routing_shift.py --spans 0 1 3
+    python benchmarks/routing_shift.py
 """
 from __future__ import annotations
 
@@ -21,7 +24,7 @@ from pathlib import Path
 
 from continual.backbone import Backbone
 from continual.bench.sequences import load_sequence
-from continual.selector import build_selector
+from continual.selector import DEFAULT_SELECTOR, build_selector, first_sentence
 from continual.storage import atomic_write_bytes
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
@@ -31,9 +34,25 @@ def sentences(text: str, min_words: int = 4) -> list[str]:
     return [part for part in _SENTENCE_END.split(text) if len(part.split()) >= min_words]
 
 
-def first_sentence(text: str) -> str:
-    found = sentences(text)
-    return found[0] if found else text
+def headline(text: str) -> str:
+    """The text before its first ". " (a BBC article's headline line), else the whole text."""
+    return text.split(". ", 1)[0]
+
+
+def mixed(text: str, rng: random.Random) -> str:
+    """The text whole, its first sentence, or a window of 1-3 sentences, chosen by ``rng``."""
+    parts = sentences(text)
+    kind = rng.choice(("whole", "first", "window"))
+    if kind == "whole" or len(parts) < 2:
+        return text if kind != "first" else first_sentence(text)
+    if kind == "first":
+        return parts[0]
+    size = rng.randint(1, min(3, len(parts)))
+    start = rng.randrange(0, len(parts) - size + 1)
+    return " ".join(parts[start : start + size])
+
+
+VIEWS = ("whole", "first_sentence", "headline", "mixed")
 
 
 def with_spans(texts: list[str], spans: int, rng: random.Random) -> list[str]:
@@ -49,8 +68,9 @@ def with_spans(texts: list[str], spans: int, rng: random.Random) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequence", default="text4")
-    parser.add_argument("--selectors", nargs="+", default=["gaussian", "prototypes"])
-    parser.add_argument("--spans", nargs="+", type=int, default=[0, 1, 3],
+    parser.add_argument("--selectors", nargs="+",
+                        default=[DEFAULT_SELECTOR, "gaussian", "prototypes"])
+    parser.add_argument("--spans", nargs="+", type=int, default=[0],
                         help="sentences per training text added to the routing statistics")
     parser.add_argument("--train-per-label", type=int, default=64)
     parser.add_argument("--test-per-label", type=int, default=50)
@@ -72,16 +92,25 @@ def main() -> int:
             states: list = []
             for task in tasks:
                 texts = with_spans([text for text, _ in task.train], spans, rng)
-                states.append(selector.fit_task(backbone.query(texts), states, seed=args.seed))
-            row = {"selector": selector_name, "spans": spans}
-            for inputs, shorten in (("whole", lambda text: text), ("first_sentence", first_sentence)):
+                # As PromptPool.add_trained: the selector's own training views and features.
+                texts = selector.training_texts(texts)
+                queries = backbone.query(texts, with_last=selector.with_last)
+                states.append(selector.fit_task(queries, states, seed=args.seed))
+            bytes_per_task = sum(t.numel() * t.element_size() for t in states[0].values())
+            row = {"selector": selector_name, "spans": spans, "bytes_per_task": bytes_per_task}
+            for view in VIEWS:
+                shorten = {"whole": lambda text: text, "first_sentence": first_sentence,
+                           "headline": headline}.get(view)
+                view_rng = random.Random(args.seed)
                 per_task = {}
                 for index, task in enumerate(tasks):
-                    texts = [shorten(text) for text, _ in task.test]
-                    routed, _ = selector.route(backbone.query(texts), states)
+                    texts = [shorten(text) if shorten else mixed(text, view_rng)
+                             for text, _ in task.test]
+                    queries = backbone.query(texts, with_last=selector.with_last)
+                    routed, _ = selector.route(queries, states)
                     per_task[task.name] = round(100 * (routed == index).float().mean().item(), 1)
-                row[inputs] = {"per_task": per_task,
-                               "mean": round(sum(per_task.values()) / len(per_task), 1)}
+                row[view] = {"per_task": per_task,
+                             "mean": round(sum(per_task.values()) / len(per_task), 1)}
             rows.append(row)
             print(json.dumps(row), flush=True)
 
@@ -89,24 +118,31 @@ def main() -> int:
     command = "python " + " ".join(shlex.quote(part) for part in sys.argv)
     result = {"command": command, "config": {k: str(v) if isinstance(v, Path) else v
                                              for k, v in vars(args).items()},
-              "wall_seconds": round(time.perf_counter() - started, 1), "rows": rows}
+              "wall_seconds": round(time.perf_counter() - started, 1),
+              "default": next((row for row in rows if row["selector"] == DEFAULT_SELECTOR
+                               and row["spans"] == 0), None),
+              "rows": rows}
     atomic_write_bytes(args.out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
     names = [task.name for task in tasks]
     lines = [
         f"# Routing under a length shift (`{args.sequence}`)", "",
         f"Made by: `{command}`", "",
-        "Routing accuracy % per task: each test input whole, and its first sentence alone. "
-        "`spans`: sentences per training text added to the routing statistics (0 = as the pool "
-        "fits them).", "",
-        "| selector | spans | " + " | ".join(f"whole: {n}" for n in names)
-        + " | whole mean | " + " | ".join(f"first: {n}" for n in names) + " | first mean |",
-        "|---|---|" + "---|" * (2 * len(names) + 2),
+        f"Routing accuracy % (mean over tasks, then per task) in four views of each test input: "
+        "whole; first sentence; headline (text before the first '. ', a BBC article's headline "
+        "line); mixed (seeded: whole, first sentence or a 1-3 sentence window). `spans`: "
+        "sentences per training text added to the routing statistics (0 = as the pool fits "
+        f"them). The pool's default selector is `{DEFAULT_SELECTOR}`.", "",
+        "| selector | spans | bytes/task | " + " | ".join(VIEWS) + " | "
+        + " | ".join(f"{view}: {n}" for view in ("whole", "first_sentence") for n in names)
+        + " | headline: bbc |",
+        "|---|---|---|" + "---|" * (len(VIEWS) + 2 * len(names) + 1),
     ]
     for row in rows:
-        cells = [row["selector"], str(row["spans"])]
-        for inputs in ("whole", "first_sentence"):
-            cells += [f"{row[inputs]['per_task'][n]:.1f}" for n in names]
-            cells.append(f"{row[inputs]['mean']:.1f}")
+        cells = [row["selector"], str(row["spans"]), f"{row['bytes_per_task'] / 1e6:.2f} MB"]
+        cells += [f"{row[view]['mean']:.1f}" for view in VIEWS]
+        cells += [f"{row[view]['per_task'][n]:.1f}" for view in ("whole", "first_sentence")
+                  for n in names]
+        cells.append(f"{row['headline']['per_task'].get('bbc', float('nan')):.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     atomic_write_bytes(args.out / "report.md", ("\n".join(lines) + "\n").encode())
     print(f"results in {args.out}/ (results.json, report.md)")

@@ -17,6 +17,7 @@ from .selector import (
     OracleSelector,
     PrototypeSelector,
     Selector,
+    ViewGaussianSelector,
 )
 
 __version__ = "0.1.0"
@@ -39,4 +40,5 @@ __all__ = [
     "TaskDataError",
     "TaskEntry",
     "TrainingConfig",
+    "ViewGaussianSelector",
 ]

@@ -88,7 +88,7 @@ class Backbone(nn.Module):
         if query_cache_size < 0:
             raise ContinualError(f"query_cache_size must be 0 or more, got {query_cache_size}")
         self.query_cache_size = query_cache_size
-        self._query_cache: OrderedDict[str, torch.Tensor] = OrderedDict()
+        self._query_cache: OrderedDict[tuple[bool, str], torch.Tensor] = OrderedDict()
         self._fingerprint: dict[str, Any] | None = None
 
     @property
@@ -188,40 +188,49 @@ class Backbone(nn.Module):
         return _mean_pool(hidden, attention_mask if pool_mask is None else pool_mask)
 
     @torch.no_grad()
-    def query(self, texts: Sequence[str], batch_size: int = 64) -> torch.Tensor:
+    def query(self, texts: Sequence[str], batch_size: int = 64, *,
+              with_last: bool = False) -> torch.Tensor:
         """Prompt-free features (N, H) on the CPU from ``query_layer``: what selectors route on.
 
-        Up to ``query_cache_size`` texts' features are cached (least recently used dropped
-        first), so a training set's queries are computed once.
+        ``with_last``: (N, 2H), the query layer's and the last layer's mean-pooled states side
+        by side, from one full pass (what `ViewGaussianSelector` routes on). Up to
+        ``query_cache_size`` texts' features are cached (least recently used dropped first), so
+        a training set's queries are computed once.
         """
+        cache = self._query_cache
         found: dict[str, torch.Tensor] = {}
         for text in texts:
-            if text in self._query_cache:
-                found[text] = self._query_cache[text]
-                self._query_cache.move_to_end(text)
+            key = (with_last, text)
+            if key in cache:
+                found[text] = cache[key]
+                cache.move_to_end(key)
         missing = [text for text in dict.fromkeys(texts) if text not in found]
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
             batch = self.tokenize(chunk)
-            features = self.query_ids(batch["input_ids"], batch["attention_mask"]).cpu()
+            features = self.query_ids(batch["input_ids"], batch["attention_mask"],
+                                      with_last=with_last).cpu()
             found.update(zip(chunk, features))
             if self.query_cache_size:
-                self._query_cache.update(zip(chunk, features))
-                while len(self._query_cache) > self.query_cache_size:
-                    self._query_cache.popitem(last=False)
+                cache.update(((with_last, text), row) for text, row in zip(chunk, features))
+                while len(cache) > self.query_cache_size:
+                    cache.popitem(last=False)
         if not texts:
-            return torch.zeros(0, self.hidden_size)
+            return torch.zeros(0, self.hidden_size * (2 if with_last else 1))
         return torch.stack([found[text] for text in texts])
 
     @torch.no_grad()
-    def query_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """`query` for token ids (B, n) that are already tokenized: (B, H), not cached."""
-        hidden = self._query_model(
-            input_ids=input_ids,
-            attention_mask=attention_mask,
-            token_type_ids=torch.zeros_like(attention_mask),
-        ).last_hidden_state
-        return _mean_pool(hidden, attention_mask)
+    def query_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
+                  with_last: bool = False) -> torch.Tensor:
+        """`query` for token ids (B, n) that are already tokenized: (B, H) or (B, 2H), not cached."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
+                  "token_type_ids": torch.zeros_like(attention_mask)}
+        if not with_last:
+            hidden = self._query_model(**inputs).last_hidden_state
+            return _mean_pool(hidden, attention_mask)
+        states = self.model(**inputs, output_hidden_states=True).hidden_states
+        return torch.cat([_mean_pool(states[self.query_layer], attention_mask),
+                          _mean_pool(states[-1], attention_mask)], dim=1)
 
     # -- identity ----------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:

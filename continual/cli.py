@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import ContinualError
+from .selector import DEFAULT_SELECTOR, SELECTORS
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -137,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
                        "(default: the pool's, 6 for a new pool)")
     learn.add_argument("--seed", type=int, default=0)
     learn.add_argument("--prompt-length", type=int, default=16, help="for a new pool")
-    learn.add_argument("--selector", default="gaussian", choices=["gaussian", "prototypes", "keys"],
+    learn.add_argument("--selector", default=DEFAULT_SELECTOR,
+                       choices=[name for name in SELECTORS if name != "oracle"],
                        help="for a new pool")
     learn.add_argument("--backbone", help="HF model name or path for a new pool "
                        "(default: the packaged all-MiniLM-L6-v2); for an existing pool, "

@@ -131,7 +131,10 @@ class PromptPool:
         `learn` is `train_task` followed by this; benchmarks reuse one trained prompt under
         several selectors and task orders (training a task never depends on the others).
         """
-        queries = self.backbone.query([text for text, _ in task.train])
+        # The selector may fit on more than the texts as given (e.g. each one's first sentence)
+        # and on wider features (query layer + last layer): see `Selector.training_texts`.
+        texts = self.selector.training_texts([text for text, _ in task.train])
+        queries = self.backbone.query(texts, with_last=self.selector.with_last)
         state = self.selector.fit_task(queries, self._states(), seed=seed)
         entry = dataclasses.replace(trained, selector_state=state)
         self.add(entry)
@@ -170,13 +173,15 @@ class PromptPool:
         """How well each text matches each task, (B, T), higher is better (the selector's view)."""
         if not self.entries:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
-        return self.selector.task_scores(self.backbone.query(list(texts)), self._states())
+        queries = self.backbone.query(list(texts), with_last=self.selector.with_last)
+        return self.selector.task_scores(queries, self._states())
 
     def route(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Task index (B,) and routing score (B,) per text; `UNKNOWN_TASK` where refused."""
         if not self.entries:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
-        return self.selector.route(self.backbone.query(list(texts)), self._states())
+        queries = self.backbone.query(list(texts), with_last=self.selector.with_last)
+        return self.selector.route(queries, self._states())
 
     def route_tokens(self, input_ids: torch.Tensor,
                      attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +189,8 @@ class PromptPool:
         if not self.entries:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
         device = self.backbone.device
-        queries = self.backbone.query_ids(input_ids.to(device), attention_mask.to(device))
+        queries = self.backbone.query_ids(input_ids.to(device), attention_mask.to(device),
+                                          with_last=self.selector.with_last)
         return self.selector.route(queries.cpu(), self._states())
 
     @torch.no_grad()

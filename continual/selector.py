@@ -7,7 +7,8 @@ training data is kept: only statistics of the frozen backbone's features.
 """
 from __future__ import annotations
 
-from typing import Any
+import re
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -23,6 +24,12 @@ class Selector:
     """The interface every selector implements."""
 
     name: str = "selector"
+    #: Route on the query layer's and the last layer's features side by side (2H wide).
+    with_last: bool = False
+
+    def training_texts(self, texts: Sequence[str]) -> list[str]:
+        """The texts whose query features ``fit_task`` sees for a task: by default, as given."""
+        return list(texts)
 
     def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
         """Per-task state from the new task's query features (N, H)."""
@@ -242,6 +249,52 @@ class GaussianSelector(Selector):
         return {"name": self.name, "shrinkage": self.shrinkage, "min_score": self.min_score}
 
 
+_SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
+
+
+def first_sentence(text: str, min_words: int = 4) -> str:
+    """The first sentence of at least ``min_words`` words (the text itself when none)."""
+    for part in _SENTENCE_END.split(text):
+        if len(part.split()) >= min_words:
+            return part
+    return text
+
+
+class ViewGaussianSelector(GaussianSelector):
+    """`GaussianSelector` on layers 3 and 6 together, fitted on each text and its first sentence.
+
+    Two changes, each for a measured failure of the layer-3 Gaussian on text4
+    (``results/routing_lab/report.md``; 64 training texts per label, 50 test):
+
+    * Short inputs. Fitted on whole texts only, the task statistics have nothing like a
+      one-line input: BBC articles' first sentences (headlines) routed 13.6% right, mostly to
+      the one-line movie reviews. Each training text also contributes its first sentence
+      (a "view"), so a task's Gaussian spans both: first-sentence routing 65.9% → 89.0%.
+    * Features. The query layer's mean-pooled state and the last layer's, concatenated, then
+      unit-normalised as one vector, with shrinkage 0.3 (chosen on the validation split):
+      whole-input routing 93.6% → 94.2%; most of what remains is 2016 debate statements sent
+      to the 2012 conventions (a joint logistic regression or RBF SVM on these pooled
+      features reaches no more than 94%, so it is the features, not the rule).
+
+    Cost: the query pass runs all layers instead of 1..3; a routed prediction (query and
+    prompted pass, batch 32 x 64 tokens, 16 prompt tokens) measured 1.27x today's.
+    State per task: a 2H mean and a 2H x 2H covariance (768 x 768 float32, 2.4 MB, for MiniLM).
+    """
+
+    name = "gaussian_views"
+    with_last = True
+
+    def __init__(self, shrinkage: float = 0.3, min_score: float | None = None) -> None:
+        super().__init__(shrinkage=shrinkage, min_score=min_score)
+
+    def training_texts(self, texts: Sequence[str]) -> list[str]:
+        texts = list(texts)
+        return texts + [first_sentence(text) for text in texts]
+
+    def state_shapes(self, hidden: int) -> dict[str, tuple[int, ...]]:
+        return {"mean": (2 * hidden,), "covariance": (2 * hidden, 2 * hidden)}
+
+
 class OracleSelector(Selector):
     """No routing: every input's task must be given (``predict(texts, tasks=...)``).
 
@@ -260,10 +313,11 @@ class OracleSelector(Selector):
         )
 
 
-DEFAULT_SELECTOR = "gaussian"
+DEFAULT_SELECTOR = "gaussian_views"
 
 SELECTORS: dict[str, type[Selector]] = {
-    cls.name: cls for cls in (GaussianSelector, PrototypeSelector, KeySelector, OracleSelector)
+    cls.name: cls for cls in (GaussianSelector, ViewGaussianSelector, PrototypeSelector,
+                              KeySelector, OracleSelector)
 }
 
 

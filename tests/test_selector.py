@@ -11,6 +11,7 @@ from continual import (
     KeySelector,
     OracleSelector,
     PrototypeSelector,
+    ViewGaussianSelector,
 )
 from continual.selector import UNKNOWN_TASK
 
@@ -30,8 +31,8 @@ def gaussian_clusters(count: int = 3, dim: int = 16, per_cluster: int = 60, seed
 @pytest.mark.parametrize(
     "selector",
     [PrototypeSelector(prototypes_per_task=3), PrototypeSelector(prototypes_per_task=1),
-     KeySelector(steps=100), GaussianSelector()],
-    ids=["prototypes-3", "prototypes-1", "keys", "gaussian"],
+     KeySelector(steps=100), GaussianSelector(), ViewGaussianSelector()],
+    ids=["prototypes-3", "prototypes-1", "keys", "gaussian", "gaussian_views"],
 )
 def test_selector_routes_separable_clusters(selector):
     _, train, test = gaussian_clusters()
