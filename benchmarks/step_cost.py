@@ -2,7 +2,9 @@
 
 Times each kind of step on the same batch of real texts, interleaved (so machine noise hits
 all alike), and reports medians and ratios measured in this one run, plus trainable parameters
-and the bytes a new task adds.
+and the bytes a new task adds. Routed prediction is also timed end to end through
+`PromptPool.predict` (4 tasks, query cache off) under the layer-3 ``gaussian`` selector and the
+default ``gaussian_views`` one (layers 3 + 6), with the bytes each stores per task.
 
     python benchmarks/step_cost.py --repeats 15 --out results/step_cost.json
 """
@@ -22,6 +24,9 @@ from torch import nn
 
 from continual.backbone import Backbone
 from continual.bench.corpora import load_corpus
+from continual.data import Task
+from continual.entry import TaskEntry
+from continual.pool import PromptPool
 from continual.prompt import SoftPrompt, prompted_features
 from continual.storage import atomic_write_bytes
 
@@ -80,9 +85,32 @@ def main() -> int:
     def plain_prediction() -> None:
         backbone.model(input_ids=ids, attention_mask=mask)
 
+    # Two pools of 4 tasks (quarters of the BBC texts) that differ only in their selector; the
+    # query cache is off so that every call routes from scratch.
+    uncached = Backbone(backbone.model, backbone.tokenizer, backbone.name,
+                        max_length=args.max_length, query_layer=backbone.query_layer,
+                        query_cache_size=0)
+    pools = {}
+    for selector in ("gaussian", "gaussian_views"):
+        pool = PromptPool(uncached, prompt_length=args.prompt_length, selector=selector)
+        for number in range(4):
+            quarter = task.train[number::4]
+            part = Task(f"part-{number}", train=quarter, labels=task.labels)
+            entry = TaskEntry(part.name, part.labels, prompt.vectors.detach().clone(),
+                              prompt_head.weight.detach().clone(),
+                              prompt_head.bias.detach().clone())
+            pool.add_trained(part, entry)
+        pools[selector] = pool
+
+    def pool_predict(selector: str):
+        return lambda: pools[selector].predict(texts, batch_size=args.batch_size)
+
     steps = {"prompt-tuning step": prompt_step, "full fine-tuning step": finetune_step,
              "pool prediction batch (query + prompted pass)": routed_prediction,
-             "plain forward pass": plain_prediction}
+             "plain forward pass": plain_prediction,
+             "PromptPool.predict, gaussian selector (layer 3)": pool_predict("gaussian"),
+             "PromptPool.predict, gaussian_views selector (layers 3 + 6)":
+                 pool_predict("gaussian_views")}
     for step in steps.values():  # warm-up
         step()
     seconds: dict[str, list[float]] = {name: [] for name in steps}
@@ -109,7 +137,11 @@ def main() -> int:
             "pool prediction / plain forward":
                 round(medians["pool prediction batch (query + prompted pass)"]
                       / medians["plain forward pass"], 2),
+            "routed prediction: gaussian_views / gaussian":
+                round(medians["PromptPool.predict, gaussian_views selector (layers 3 + 6)"]
+                      / medians["PromptPool.predict, gaussian selector (layer 3)"], 3),
         },
+        "selector_bytes_per_task": {name: pool.bytes_per_task()[0] for name, pool in pools.items()},
         "trainable_parameters": trainable,
         "float32_bytes_trained_per_task": {name: 4 * count for name, count in trainable.items()},
     }
