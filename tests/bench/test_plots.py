@@ -136,7 +136,7 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path, monkeypa
     target = tmp_path / "cost.png"
     target.write_bytes(b"old")
 
-    def broken_replace(source: str, destination: str) -> None:
+    def broken_replace(source: str, destination: str, **directories: object) -> None:
         raise OSError("disk went away")
 
     monkeypatch.setattr(plots.os, "replace", broken_replace)
