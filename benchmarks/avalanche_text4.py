@@ -42,7 +42,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--selector", default="gaussian",
                         choices=["gaussian", "prototypes", "keys"])
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--progress", action="store_true", help="show training progress bars")
     return parser.parse_args(argv)
 
 
@@ -69,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         test_per_label=args.test_per_label,
         validation_per_label=args.validation_per_label,
     )
-    benchmark = tasks_to_benchmark(tasks, backbone)
+    # Task label 0 everywhere: Avalanche's evaluation routes with the selector, as ours does.
+    benchmark = tasks_to_benchmark(tasks, backbone, task_labels=False)
     pool = PromptPool(backbone, prompt_length=args.prompt_length, selector=args.selector,
                       training=TrainingConfig(epochs=args.epochs))
     log_path = args.log or args.out.with_suffix(".log")
@@ -86,10 +86,9 @@ def main(argv: list[str] | None = None) -> int:
             bwt_metrics(experience=True, stream=True),
             loggers=[TextLogger(log)],
         )
-        strategy = PromptPoolStrategy(pool=pool, evaluator=evaluator, seed=args.seed,
-                                      progress=args.progress)
+        strategy = PromptPoolStrategy(pool=pool, evaluator=evaluator, seed=args.seed)
         for i, experience in enumerate(benchmark.train_stream):
-            strategy.train(experience)
+            strategy.train(experience, eval_streams=[])
             strategy.eval(benchmark.test_stream)
             for j in range(i + 1):
                 R[i, j] = pool.evaluate(tasks[j]).accuracy / 100

@@ -1,15 +1,28 @@
 """The Avalanche integration: converters and PromptPoolStrategy inside Avalanche."""
 from __future__ import annotations
 
-import numpy as np
+import math
+import warnings
+
 import pytest
 import torch
-from avalanche.evaluation.metrics import accuracy_metrics, bwt_metrics, forgetting_metrics
-from avalanche.training.plugins import EvaluationPlugin
+from avalanche.benchmarks import benchmark_from_datasets
+from avalanche.benchmarks.utils import DataAttribute, make_avalanche_dataset
+from avalanche.core import SupervisedPlugin
+from avalanche.evaluation.metrics import (
+    accuracy_metrics,
+    forgetting_metrics,
+    loss_metrics,
+    timing_metrics,
+)
+from avalanche.training.plugins import EarlyStoppingPlugin, EvaluationPlugin, LRSchedulerPlugin
+from torch.optim.lr_scheduler import StepLR
+from torch.utils.data import TensorDataset
 
 import continual
 from continual import Backbone, PromptPool, TrainingConfig
 from continual.integrations.avalanche import (
+    FLOOR_LOG_PROB,
     INFO_ATTRIBUTE,
     PromptPoolStrategy,
     attention_mask,
@@ -19,7 +32,6 @@ from continual.integrations.avalanche import (
     experience_tensors,
     tasks_to_benchmark,
 )
-from continual.metrics import avalanche_forgetting, backward_transfer
 
 
 def test_converters_round_trip(avalanche_backbone: Backbone, avalanche_tasks: list) -> None:
@@ -65,98 +77,173 @@ def test_converters_round_trip(avalanche_backbone: Backbone, avalanche_tasks: li
     assert sorted({label for _, label in plain[0].train}) == ["0", "1"]
 
 
-@pytest.mark.slow
-def test_prompt_pool_strategy_matches_avalanche_metrics() -> None:
-    from continual.bench.corpora import load_corpus
+def _dataset(ids: torch.Tensor, targets: torch.Tensor, task_label: int):
+    """An Avalanche classification dataset as users build one: targets and task labels."""
+    task_labels = torch.full_like(targets, task_label)
+    return make_avalanche_dataset(TensorDataset(ids, targets), data_attributes=[
+        DataAttribute(targets, "targets"),
+        DataAttribute(task_labels, "targets_task_labels", use_in_getitem=True),
+    ])
 
-    backbone = Backbone.load(max_length=48)
-    tasks = [load_corpus(name, train_per_label=16, test_per_label=16, validation_per_label=4)
-             for name in ("bbc", "reviews")]
-    benchmark = tasks_to_benchmark(tasks, backbone)
-    pool = PromptPool(backbone, prompt_length=4, training=TrainingConfig(epochs=1))
+
+def _generic_benchmark(backbone: Backbone, tasks: list, *, task_labels: bool = True):
+    """A benchmark from `benchmark_from_datasets` alone (no classes timeline, no extra info)."""
+    streams: dict[str, list] = {"train": [], "test": [], "valid": []}
+    offset = 0
+    for number, task in enumerate(tasks):
+        for stream, split in (("train", task.train), ("test", task.test),
+                              ("valid", task.validation)):
+            ids = encode_texts(backbone.tokenizer, [text for text, _ in split],
+                               backbone.max_length)
+            targets = torch.tensor([offset + task.label_index(label) for _, label in split])
+            streams[stream].append(_dataset(ids, targets, number if task_labels else 0))
+        offset += len(task.labels)
+    return benchmark_from_datasets(**streams)
+
+
+def _pool(backbone: Backbone, **kwargs) -> PromptPool:
+    return PromptPool(backbone, prompt_length=2, selector=kwargs.pop("selector", "prototypes"),
+                      training=TrainingConfig(epochs=3, batch_size=8, patience=0), **kwargs)
+
+
+def test_generic_benchmark_with_plugins(avalanche_backbone: Backbone,
+                                       avalanche_tasks: list) -> None:
+    benchmark = _generic_benchmark(avalanche_backbone, avalanche_tasks)
+    assert not hasattr(benchmark.train_stream[1], "classes_in_this_experience")
+    pool = _pool(avalanche_backbone)
     evaluator = EvaluationPlugin(
-        accuracy_metrics(experience=True, stream=True),
+        accuracy_metrics(minibatch=True, epoch=True, experience=True, stream=True),
+        loss_metrics(minibatch=True, epoch=True, experience=True, stream=True),
         forgetting_metrics(experience=True, stream=True),
-        bwt_metrics(experience=True, stream=True),
+        timing_metrics(epoch=True, experience=True),
         loggers=[],
     )
-    strategy = PromptPoolStrategy(pool=pool, evaluator=evaluator, progress=False)
+    stopper = EarlyStoppingPlugin(patience=1, val_stream_name="valid_stream",
+                                  metric_name="Top1_Acc_Stream", mode="max")
+    strategy = PromptPoolStrategy(pool=pool, train_mb_size=4, train_epochs=4, eval_mb_size=8,
+                                  device="cpu", lr=0.05, evaluator=evaluator, eval_every=1,
+                                  plugins=[stopper], validation=benchmark.valid_stream)
+    scheduler = LRSchedulerPlugin(StepLR(strategy.optimizer, step_size=1, gamma=0.5))
+    strategy.plugins.append(scheduler)
+    lrs: list[float] = []
+    seen_parameters: list[int] = []
 
-    count = len(tasks)
-    R = np.full((count, count), np.nan)  # R[i][j]: accuracy (fraction) on task j after task i
-    snapshots = []
-    for i, experience in enumerate(benchmark.train_stream):
-        strategy.train(experience)
+    class Watch(SupervisedPlugin):
+        def before_training_epoch(self, strategy, **kwargs):
+            lrs.append(strategy.optimizer.param_groups[0]["lr"])
+            params = {id(p) for group in strategy.optimizer.param_groups for p in group["params"]}
+            seen_parameters.append(len(params & {id(p) for p in strategy.model.parameters()}))
+
+    strategy.plugins.append(Watch())
+    for experience in benchmark.train_stream:
+        strategy.train(experience, eval_streams=[benchmark.valid_stream])
         strategy.eval(benchmark.test_stream)
-        for j in range(i + 1):
-            # Our own evaluation, through the pool on the original texts.
-            R[i, j] = pool.evaluate(tasks[j]).accuracy / 100
-        snapshots.append([{k: v.clone() for k, v in entry.tensors().items()}
-                          for entry in pool.entries])
-    assert pool.tasks == ["bbc", "reviews"]
-    assert strategy.class_ids == [[0, 1, 2, 3, 4], [5, 6]]
-    assert pool.entries[0].labels == tasks[0].labels
 
-    last = evaluator.get_last_metrics()
+    assert pool.tasks == ["experience_0", "experience_1"]
+    assert strategy.class_ids == [[0, 1], [2, 3, 4]]
+    # The LR scheduler acted on the optimizer that trains the new prompt and head.
+    assert lrs[:2] == [0.05, 0.025]
+    assert all(count == 3 for count in seen_parameters)  # prompt, head weight, head bias
+    # Early stopping evaluated the validation stream every epoch and kept a best state.
+    assert stopper.best_val is not None and stopper.best_state is not None
+    assert set(stopper.best_state) == {"candidate.prompt.vectors", "candidate.head.weight",
+                                       "candidate.head.bias"}
     history = evaluator.get_all_metrics()
-    # (c) Avalanche's accuracy on each experience, after each experience, is the pool's.
-    for j in range(count):
-        values = history[f"Top1_Acc_Exp/eval_phase/test_stream/Task{j:03d}/Exp{j:03d}"][1]
-        assert len(values) == count  # one per eval
-        for i in range(j, count):
-            assert values[i] == pytest.approx(R[i, j], abs=1e-9), (i, j)
-    # Before task j is learned nothing can route to it: Avalanche sees accuracy 0 there.
-    assert history["Top1_Acc_Exp/eval_phase/test_stream/Task001/Exp001"][1][0] == 0.0
-
-    # (a) Sign conventions. BWT = mean over j < T of R[T][j] - R[j][j] (negative = forgotten),
-    # which is Avalanche's StreamBWT. Avalanche's forgetting per task is R[j][j] - R[T][j]
-    # (its accuracy right after training j minus the last one), so StreamForgetting = -BWT =
-    # continual.metrics.avalanche_forgetting. (Chaudhry's forgetting uses the max over earlier
-    # rows instead of R[j][j]; with two tasks they coincide, in general they do not.)
-    assert last["StreamForgetting/eval_phase/test_stream"] == pytest.approx(
-        avalanche_forgetting(R), abs=1e-6)
-    assert last["StreamBWT/eval_phase/test_stream"] == pytest.approx(
-        backward_transfer(R), abs=1e-6)
-    assert last["ExperienceForgetting/eval_phase/test_stream/Task000/Exp000"] == pytest.approx(
-        R[0, 0] - R[1, 0], abs=1e-6)
-    assert last["ExperienceBWT/eval_phase/test_stream/Task000/Exp000"] == pytest.approx(
-        R[1, 0] - R[0, 0], abs=1e-6)
-
-    # (b) The first entry is bit-identical after the second experience.
-    for name, tensor in snapshots[0][0].items():
-        assert torch.equal(pool.entries[0].tensors()[name], tensor), name
-
-    # The prompt trained through Avalanche is the one the pool trains on the original task.
-    own = PromptPool(backbone, prompt_length=4, training=TrainingConfig(epochs=1))
-    own.learn(tasks[1], progress=False)
-    assert torch.equal(own.entries[0].prompt, pool.entries[1].prompt)
-    assert torch.equal(own.entries[0].head_weight, pool.entries[1].head_weight)
+    assert any(name.startswith("Top1_Acc_Stream/eval_phase/valid_stream") for name in history)
+    # Train-phase metrics exist.
+    for prefix in ("Top1_Acc_Epoch/train_phase", "Loss_Epoch/train_phase",
+                   "Loss_MB/train_phase", "Time_Epoch/train_phase"):
+        assert any(name.startswith(prefix) for name in history), prefix
+    last = evaluator.get_last_metrics()
+    loss = next(v for k, v in last.items() if k.startswith("Loss_Stream/eval_phase/test_stream"))
+    # Finite and sane: between 0 and the misrouting cost (every input misrouted).
+    assert 0.0 < loss <= -FLOOR_LOG_PROB + 1e-3
+    assert math.isfinite(last["StreamForgetting/eval_phase/test_stream"])
+    for entry in pool.entries:
+        assert entry.stats["epochs_run"] >= 1
+        assert entry.stats["validation_accuracy"] is not None
 
 
-def test_prompt_pool_strategy_refusals_and_oracle(avalanche_backbone: Backbone, avalanche_tasks: list) -> None:
-    from continual.selector import OracleSelector, PrototypeSelector
+def test_task_labels_route_and_eval_every_zero(avalanche_backbone: Backbone,
+                                               avalanche_tasks: list) -> None:
+    from continual.selector import PrototypeSelector
 
-    tasks = avalanche_tasks
-    benchmark = tasks_to_benchmark(tasks, avalanche_backbone, task_labels=False)
-    assert [e.task_labels for e in benchmark.train_stream] == [[0], [0]]
-    with pytest.raises(continual.ContinualError, match="oracle"):
-        PromptPoolStrategy(pool=PromptPool(avalanche_backbone, prompt_length=2,
-                                           selector=OracleSelector()))
-    # A cosine similarity never reaches 2: every input is refused, so nothing is right, as in
-    # pool.evaluate; the refused inputs score the extra last column, which no class id uses.
-    pool = PromptPool(avalanche_backbone, prompt_length=2, selector=PrototypeSelector(min_score=2.0),
-                      training=TrainingConfig(epochs=1))
-    evaluator = EvaluationPlugin(accuracy_metrics(experience=True), loggers=[])
-    strategy = PromptPoolStrategy(pool=pool, evaluator=evaluator, progress=False,
-                                  task_names=["a", "b"], label_names=list("vwxyz"))
-    strategy.train(benchmark.train_stream)  # a whole stream in one call
-    assert pool.tasks == ["a", "b"] and pool.entries[1].labels == ["x", "y", "z"]
-    results = strategy.eval(benchmark.test_stream)
-    assert all(value == 0.0 for name, value in results.items() if name.startswith("Top1_Acc_Exp"))
-    renamed = [(text, pool.entries[0].labels[tasks[0].labels.index(label)])
-               for text, label in tasks[0].test]  # labels as the benchmark named them
-    assert pool.evaluate("a", renamed).accuracy == 0.0
-    ids, _ = experience_tensors(benchmark.test_stream[0])
-    logits = strategy.model(ids)
-    assert logits.shape == (len(ids), 5 + 1)
-    assert (logits.argmax(1) == 5).all()
+    accuracies = {}
+    for labelled in (True, False):
+        benchmark = _generic_benchmark(avalanche_backbone, avalanche_tasks, task_labels=labelled)
+        # min_score 2 refuses every input the selector routes: only task labels route.
+        pool = _pool(avalanche_backbone, selector=PrototypeSelector(min_score=2.0))
+        evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loss_metrics(stream=True),
+                                     loggers=[])
+        strategy = PromptPoolStrategy(pool=pool, evaluator=evaluator, eval_every=0,
+                                      validation=None)
+        for experience in benchmark.train_stream:
+            strategy.train(experience)  # initial eval with an empty pool: no failure
+        results = strategy.eval(benchmark.test_stream)
+        accuracies[labelled] = next(v for k, v in results.items()
+                                    if k.startswith("Top1_Acc_Stream"))
+        loss = next(v for k, v in results.items() if k.startswith("Loss_Stream"))
+        assert 0.0 < loss <= -FLOOR_LOG_PROB + 1e-3
+    assert accuracies[False] == 0.0  # all refused: no task labels to route by
+    assert accuracies[True] > 0.0
+
+    # The oracle selector works when the scenario gives task labels.
+    from continual.selector import OracleSelector
+
+    benchmark = _generic_benchmark(avalanche_backbone, avalanche_tasks)
+    oracle = PromptPoolStrategy(pool=_pool(avalanche_backbone, selector=OracleSelector()),
+                                evaluator=EvaluationPlugin(accuracy_metrics(stream=True),
+                                                           loggers=[]), validation=None)
+    oracle.train(benchmark.train_stream)
+    results = oracle.eval(benchmark.test_stream)
+    assert next(v for k, v in results.items() if k.startswith("Top1_Acc_Stream")) > 0.0
+
+
+def test_one_class_experiences_and_checkpoint(avalanche_backbone: Backbone,
+                                              avalanche_tasks: list, tmp_path) -> None:
+    # Class-incremental split: one class per experience, task label 0 everywhere.
+    benchmark = tasks_to_benchmark(avalanche_tasks, avalanche_backbone, task_labels=False)
+    ids, targets = experience_tensors(benchmark.train_stream[1])
+    test_ids, test_targets = experience_tensors(benchmark.test_stream[1])
+    classes = targets.unique().tolist()
+    split = benchmark_from_datasets(
+        train=[_dataset(ids[targets == c], targets[targets == c], 0) for c in classes],
+        test=[_dataset(test_ids[test_targets == c], test_targets[test_targets == c], 0)
+              for c in classes])
+    pool = _pool(avalanche_backbone)
+    evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        strategy = PromptPoolStrategy(pool=pool, evaluator=evaluator)
+        strategy.train(split.train_stream)
+    assert any("no validation stream" in str(w.message) for w in caught)
+    assert strategy.class_ids == [[2], [3], [4]]
+    assert [entry.labels for entry in pool.entries] == [["2", "not 2"], ["3", "not 3"],
+                                                        ["4", "not 4"]]
+    results = strategy.eval(split.test_stream)
+    assert 0.0 <= next(v for k, v in results.items() if k.startswith("Top1_Acc_Stream")) <= 1.0
+
+    # A checkpoint holds the pool and counters, not the backbone; it reloads without class ids.
+    folder = strategy.save_checkpoint(tmp_path / "ckpt")
+    size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
+    assert size < 100_000
+    back = PromptPoolStrategy.load_checkpoint(
+        folder, avalanche_backbone,
+        evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]))
+    assert back.class_ids == strategy.class_ids
+    assert back.clock.train_exp_counter == 3
+    again = back.eval(split.test_stream)
+    assert again == pytest.approx(results)
+    with pytest.raises(continual.ContinualError, match="class ids"):
+        PromptPoolStrategy(pool=_stripped(pool))
+
+
+def _stripped(pool: PromptPool) -> PromptPool:
+    """A copy of ``pool`` whose entries carry no Avalanche class ids."""
+    import dataclasses
+
+    copy = PromptPool(pool.backbone, prompt_length=pool.prompt_length, selector=pool.selector,
+                      training=pool.training)
+    for entry in pool.entries:
+        copy.add(dataclasses.replace(entry, stats={}))
+    return copy

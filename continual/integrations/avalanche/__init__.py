@@ -15,16 +15,26 @@ from .convert import (
     benchmark_to_tasks,
     decode_ids,
     encode_texts,
+    experience_classes,
+    experience_task_labels,
     experience_tensors,
     pad_token_id,
     tasks_to_benchmark,
 )
-from .strategy import OTHER_TASK_LOGIT, PromptPoolModel, PromptPoolStrategy
+from .strategy import (
+    FLOOR_LOG_PROB,
+    OTHER_TASK_LOGIT,
+    Candidate,
+    PromptPoolModel,
+    PromptPoolStrategy,
+)
 
 __all__ = [
+    "FLOOR_LOG_PROB",
     "INFO_ATTRIBUTE",
     "OTHER_TASK_LOGIT",
     "BenchmarkInfo",
+    "Candidate",
     "PromptPoolModel",
     "PromptPoolStrategy",
     "attention_mask",
@@ -32,6 +42,8 @@ __all__ = [
     "benchmark_to_tasks",
     "decode_ids",
     "encode_texts",
+    "experience_classes",
+    "experience_task_labels",
     "experience_tensors",
     "pad_token_id",
     "tasks_to_benchmark",

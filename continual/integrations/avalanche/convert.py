@@ -279,3 +279,30 @@ def benchmark_to_tasks(benchmark, tokenizer, label_names: LabelNames | None = No
         )
         tasks.append(task)
     return tasks
+
+
+def experience_classes(experience) -> list[int]:
+    """The sorted class ids of an experience, with or without Avalanche's classes timeline.
+
+    ``classes_in_this_experience`` when the benchmark has a classes timeline; otherwise the
+    dataset's ``targets`` (any Avalanche classification dataset); otherwise read from the data.
+    """
+    classes = getattr(experience, "classes_in_this_experience", None)
+    if classes is None:
+        targets = getattr(experience.dataset, "targets", None)
+        uniques = getattr(targets, "uniques", None)
+        if uniques is not None:
+            classes = uniques
+        else:
+            classes = experience_tensors(experience)[1].unique().tolist()
+    return sorted(int(c) for c in classes)
+
+
+def experience_task_labels(experience) -> list[int]:
+    """The task labels of an experience (``[0]`` for a dataset without task labels)."""
+    labels = getattr(experience, "task_labels", None)
+    if labels is None:
+        attribute = getattr(experience.dataset, "targets_task_labels", None)
+        uniques = getattr(attribute, "uniques", None)
+        labels = uniques if uniques is not None else [0]
+    return sorted(int(t) for t in labels)
