@@ -80,7 +80,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except OSError as error:
         # os.write and fsync errors (a full disk) name no file, os.open only the temporary:
         # name the file being written.
-        raise OSError(error.errno, f"cannot write ({error.strerror})", str(path)) from None
+        reason = error.strerror or str(error)
+        raise OSError(error.errno, f"cannot write ({reason})", str(path)) from None
     finally:
         os.close(directory)
 
