@@ -132,7 +132,7 @@ def main() -> int:
         "line); mixed (seeded: whole, first sentence or a 1-3 sentence window). `spans`: "
         "sentences per training text added to the routing statistics (0 = as the pool fits "
         f"them). The pool's default selector is `{DEFAULT_SELECTOR}`.", "",
-        "| selector | spans | bytes/task | " + " | ".join(VIEWS) + " | "
+        "| selector | spans | selector bytes/task | " + " | ".join(VIEWS) + " | "
         + " | ".join(f"{view}: {n}" for view in ("whole", "first_sentence") for n in names)
         + " | headline: bbc |",
         "|---|---|---|" + "---|" * (len(VIEWS) + 2 * len(names) + 1),
