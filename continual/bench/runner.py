@@ -109,7 +109,11 @@ def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
         if {k: v for k, v in saved.items() if k != "methods"} != config.shaping_results():
             raise ContinualError(f"{results_path}: was made with another configuration; "
                                  "rerun without --resume or with the same options")
-        runs = [MethodRun.from_dict(run) for run in previous.get("runs", [])]
+        try:
+            runs = [MethodRun.from_dict(run) for run in previous.get("runs", [])]
+        except (TypeError, KeyError, ValueError) as error:
+            raise ContinualError(f"{results_path}: its runs cannot be read ({error}); it was "
+                                 "written by another version: rerun without --resume") from None
         # The first command made the results; later ones only continued them.
         history = History(command=previous.get("command", command),
                           resumed_with=previous.get("resumed_with", []) + [command],
