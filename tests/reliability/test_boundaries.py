@@ -650,12 +650,13 @@ def _plant_sentinels(root: Path, pool: Path) -> None:
 def test_no_code_path_writes_or_deletes_outside_what_the_pool_made(pool_copy, data, model_dir,
                                                                   tiny_pool_factory,
                                                                   synthetic_tasks):
-    """Learn (new task, failed), save (growing and shrinking, so cleanup runs) and learn into a
-    new pool beside it, with a sentinel tree around and inside the pool: every sentinel, and
-    every file a symlink in the pool points to, is the same byte for byte afterwards."""
+    """Learn (new task, failed), export, import, remove, save (growing and shrinking, so cleanup
+    runs) and learn into a new pool beside it, with a sentinel tree around and inside the pool:
+    every sentinel, and every file a symlink in the pool points to, is the same byte for byte
+    afterwards."""
     root = pool_copy.parent
     _plant_sentinels(root, pool_copy)
-    ignore = lambda relative: relative in ("pool", "newpool") or (  # noqa: E731
+    ignore = lambda relative: relative in ("pool", "newpool", "export", "export/t.st") or (  # noqa: E731
         relative.startswith(("pool/", "newpool/"))
         and _pool_owned(relative.split("/", 1)[1]))
     before = snapshot(root, skip=ignore)
@@ -682,6 +683,16 @@ def test_no_code_path_writes_or_deletes_outside_what_the_pool_made(pool_copy, da
                                      data.colours, "--backbone", model_dir, *LEARN], 0),
         ("predict", ["predict", pool_copy, "a red rose", "--backbone", model_dir], 0),
         ("info", ["info", pool_copy], 0),
+        ("export", ["export", pool_copy, "--task", "third", "--out", root / "export" / "t.st"],
+         0),
+        ("import under another name", ["import", pool_copy, root / "export" / "t.st", "--as",
+                                       "fourth"], 0),
+        ("import a name clash", ["import", pool_copy, root / "export" / "t.st"], 2),
+        ("import a file beside the pool", ["import", pool_copy, root / "beside.csv"], 2),
+        ("import into outside/", ["import", root / "outside", root / "export" / "t.st"], 2),
+        ("remove", ["remove", pool_copy, "--task", "fourth"], 0),
+        ("remove an unknown task", ["remove", pool_copy, "--task", "nope"], 2),
+        ("remove from outside/", ["remove", root / "outside", "--task", "x"], 2),
     ]
     for step, argv, expected in operations:
         code, _, err = finishes(invoke, *argv)
