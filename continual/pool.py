@@ -43,6 +43,11 @@ from .storage import (
 # Fingerprint fields that identify the backbone's weights and the features the selector used.
 _IDENTITY = ("model_type", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
 _FEATURES = ("max_length", "query_layer")
+# Recorded since backbones other than BERT-style encoders: checked when the manifest has them
+# (older pools were all mean-pooled encoders without a GGUF file). dtype first: the weights'
+# hash depends on it, and "load it in bfloat16" says more than "the weights differ".
+_RECORDED = ("architecture", "gguf_sha256")
+_RECORDED_FEATURES = ("dtype", "pooling")
 
 
 @dataclass
@@ -93,7 +98,7 @@ class PromptPool:
         if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) \
                 or prompt_length < 1:
             raise ContinualError(f"prompt_length must be a positive integer, got {prompt_length!r}")
-        limit = getattr(backbone.model.config, "max_position_embeddings", None)
+        limit = backbone.position_limit
         if limit is not None and prompt_length + backbone.max_length > limit:
             raise ContinualError(
                 f"prompt_length {prompt_length} + max_length {backbone.max_length} exceeds the "
@@ -338,19 +343,31 @@ class PromptPool:
         return pool_dir
 
     @classmethod
-    def load(cls, path: str | os.PathLike, backbone: Backbone | None = None) -> PromptPool:
+    def load(cls, path: str | os.PathLike, backbone: Backbone | None = None, *,
+             device: str | torch.device = "cpu") -> PromptPool:
         """Load a saved pool, verifying checksums and that ``backbone`` is the one it was built on.
 
-        Without ``backbone``, the one named in the manifest is loaded (offline for the default).
+        Without ``backbone``, the one named in the manifest is loaded (offline for the default)
+        on ``device``, in the precision and with the pooling the pool was built with; a pool
+        built on a GPU loads on a CPU (entries are stored on the CPU).
         """
         pool_dir = Path(path)
         manifest = read_manifest(pool_dir)
         saved = manifest["backbone"]
         where = pool_dir / MANIFEST
         if backbone is None:
-            backbone = _backbone_for(saved, where)
+            backbone = _backbone_for(saved, where, device)
         current = backbone.fingerprint()
-        for key in _IDENTITY:
+        for key in _RECORDED_FEATURES:
+            if key in saved and saved[key] != current.get(key):
+                raise PoolFormatError(
+                    f"{where}: the pool was built with {key}={saved[key]!r}, the backbone "
+                    f"has {current.get(key)!r}; load it with Backbone.load(..., {key}="
+                    f"{saved[key]!r})"
+                )
+        for key in _IDENTITY + _RECORDED:
+            if key in _RECORDED and key not in saved:
+                continue
             if saved.get(key) != current.get(key):
                 raise PoolFormatError(
                     f"{where}: the pool was built on backbone {saved.get('name')!r} and this is "
@@ -387,7 +404,8 @@ class PromptPool:
         return pool
 
 
-def _backbone_for(fingerprint: dict, where: Path) -> Backbone:
+def _backbone_for(fingerprint: dict, where: Path,
+                  device: str | torch.device = "cpu") -> Backbone:
     name = fingerprint.get("name")
     default = name == DEFAULT_MODEL_NAME
     try:
@@ -395,6 +413,9 @@ def _backbone_for(fingerprint: dict, where: Path) -> Backbone:
             None if default else name,
             max_length=fingerprint.get("max_length", 128),
             query_layer=fingerprint.get("query_layer"),
+            device=device,
+            dtype=fingerprint.get("dtype", "float32"),
+            pooling=fingerprint.get("pooling"),
         )
     except ContinualError as error:
         raise PoolFormatError(f"{where}: cannot load the pool's backbone {name!r}: {error}") from None
