@@ -56,8 +56,16 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("--prompt-length", type=int, default=16, help="for a new pool")
     learn.add_argument("--selector", default="gaussian", choices=["gaussian", "prototypes", "keys"],
                        help="for a new pool")
-    learn.add_argument("--backbone", help="HF model name or path for a new pool "
-                       "(default: the packaged all-MiniLM-L6-v2)")
+    learn.add_argument("--backbone", help="HF model name, folder or .gguf file for a new pool "
+                       "(default: the packaged all-MiniLM-L6-v2); encoders (BERT, RoBERTa, "
+                       "DistilBERT, T5) and decoder LMs (Llama, GPT-2, Qwen2...)")
+    learn.add_argument("--pooling", choices=["mean", "last"],
+                       help="for a new pool: features from the mean of the input's tokens or "
+                       "the last one (default: mean for encoders, last for decoders)")
+    learn.add_argument("--head", choices=["linear", "verbalizer"], default="linear",
+                       help="for a new pool: a trained linear head, or (language models) the "
+                       "label words scored with the LM's output embeddings")
+    _add_device_arguments(learn)
     learn.add_argument("--resume", action="store_true",
                        help="skip, without error, a task the pool already holds")
     learn.add_argument("--wait", type=float, default=0.0,
@@ -70,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("texts", nargs="*", help="texts to label")
     predict.add_argument("--file", type=Path, help="CSV/JSONL with a text column, or plain text")
     predict.add_argument("--task", help="skip routing: send every text to this task")
+    _add_device_arguments(predict)
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser("evaluate", help="accuracy and routing accuracy on a file")
@@ -78,6 +87,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--test", required=True, type=Path)
     evaluate.add_argument("--oracle", action="store_true", help="give the task id (no routing)")
     evaluate.add_argument("--json", action="store_true")
+    _add_device_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     info = commands.add_parser("info", help="tasks, labels and sizes of a pool")
@@ -105,6 +115,20 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda, cuda:1... or auto (the GPU if there is one)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="precision of the frozen backbone (prompts and heads stay "
+                        "float32); default float32 for a new pool, else the pool's own")
+
+
+def _load_pool(args: argparse.Namespace):
+    from .pool import PromptPool
+
+    return PromptPool.load(args.pool, device=args.device, dtype=args.dtype)
+
+
 def _learn(args: argparse.Namespace) -> int:
     from .backbone import Backbone
     from .data import Task
@@ -115,7 +139,7 @@ def _learn(args: argparse.Namespace) -> int:
     task = Task.from_files(args.task, args.train, args.test, args.validation, seed=args.seed)
     with PoolLock(args.pool, timeout=args.wait):
         if (args.pool / MANIFEST).exists():
-            pool = PromptPool.load(args.pool)
+            pool = _load_pool(args)
             if args.task in pool.tasks:
                 if args.resume:
                     print(f"task {args.task!r} is already in {args.pool}; nothing to do",
@@ -125,11 +149,13 @@ def _learn(args: argparse.Namespace) -> int:
                     f"task {args.task!r} is already in {args.pool}; choose another --task name"
                 )
         else:
+            backbone = Backbone.load(args.backbone, device=args.device,
+                                     dtype=args.dtype or "float32", pooling=args.pooling)
             pool = PromptPool(
-                Backbone.load(args.backbone),
+                backbone,
                 prompt_length=args.prompt_length,
                 selector=args.selector,
-                training=TrainingConfig(),
+                training=TrainingConfig(head=args.head),
             )
         training = None
         if args.epochs is not None:
@@ -150,7 +176,6 @@ def _learn(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .data import read_texts
-    from .pool import PromptPool
 
     texts = list(args.texts)
     for number, text in enumerate(texts, start=1):
@@ -160,7 +185,7 @@ def _predict(args: argparse.Namespace) -> int:
         texts += read_texts(args.file)
     if not texts:
         raise ContinualError("nothing to predict: give texts or --file")
-    pool = PromptPool.load(args.pool)
+    pool = _load_pool(args)
     for prediction in pool.predict(texts, tasks=args.task):
         print(json.dumps(prediction.to_dict(), ensure_ascii=False))
     return 0
@@ -168,9 +193,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .data import read_labelled
-    from .pool import PromptPool
 
-    pool = PromptPool.load(args.pool)
+    pool = _load_pool(args)
     result = pool.evaluate(args.task, read_labelled(args.test), oracle=args.oracle)
     if args.json:
         print(json.dumps(result.to_dict()))

@@ -344,19 +344,20 @@ class PromptPool:
 
     @classmethod
     def load(cls, path: str | os.PathLike, backbone: Backbone | None = None, *,
-             device: str | torch.device = "cpu") -> PromptPool:
+             device: str | torch.device = "cpu", dtype: str | None = None) -> PromptPool:
         """Load a saved pool, verifying checksums and that ``backbone`` is the one it was built on.
 
         Without ``backbone``, the one named in the manifest is loaded (offline for the default)
-        on ``device``, in the precision and with the pooling the pool was built with; a pool
-        built on a GPU loads on a CPU (entries are stored on the CPU).
+        on ``device``, in the precision (unless ``dtype`` says otherwise, which the pool then
+        refuses if it differs) and with the pooling the pool was built with; a pool built on a
+        GPU loads on a CPU (entries are stored on the CPU).
         """
         pool_dir = Path(path)
         manifest = read_manifest(pool_dir)
         saved = manifest["backbone"]
         where = pool_dir / MANIFEST
         if backbone is None:
-            backbone = _backbone_for(saved, where, device)
+            backbone = _backbone_for(saved, where, device, dtype)
         current = backbone.fingerprint()
         for key in _RECORDED_FEATURES:
             if key in saved and saved[key] != current.get(key):
@@ -404,8 +405,8 @@ class PromptPool:
         return pool
 
 
-def _backbone_for(fingerprint: dict, where: Path,
-                  device: str | torch.device = "cpu") -> Backbone:
+def _backbone_for(fingerprint: dict, where: Path, device: str | torch.device = "cpu",
+                  dtype: str | None = None) -> Backbone:
     name = fingerprint.get("name")
     default = name == DEFAULT_MODEL_NAME
     try:
@@ -414,8 +415,9 @@ def _backbone_for(fingerprint: dict, where: Path,
             max_length=fingerprint.get("max_length", 128),
             query_layer=fingerprint.get("query_layer"),
             device=device,
-            dtype=fingerprint.get("dtype", "float32"),
+            dtype=dtype or fingerprint.get("dtype", "float32"),
             pooling=fingerprint.get("pooling"),
         )
     except ContinualError as error:
-        raise PoolFormatError(f"{where}: cannot load the pool's backbone {name!r}: {error}") from None
+        raise PoolFormatError(f"{where}: cannot load the pool's backbone {name!r}: "
+                              f"{error}") from None

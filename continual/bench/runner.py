@@ -99,7 +99,9 @@ def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
     for task in tasks:
         if not task.test:
             raise ContinualError(f"task {task.name!r} has no test examples to score")
-    backbone = Backbone.load(max_length=config.max_length, query_layer=config.query_layer)
+    backbone = Backbone.load(config.backbone, max_length=config.max_length,
+                             query_layer=config.query_layer, device=config.device,
+                             dtype=config.dtype)
     runs: list[MethodRun] = []
     results_path = out / "results.json"
     history = History(command=command)
