@@ -59,9 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("--backbone", help="HF model name, folder or .gguf file for a new pool "
                        "(default: the packaged all-MiniLM-L6-v2); encoders (BERT, RoBERTa, "
                        "DistilBERT, T5) and decoder LMs (Llama, GPT-2, Qwen2...)")
+    learn.add_argument("--max-length", type=int, default=128,
+                       help="for a new pool: tokens per input, prompt not counted")
     learn.add_argument("--pooling", choices=["mean", "last"],
-                       help="for a new pool: features from the mean of the input's tokens or "
-                       "the last one (default: mean for encoders, last for decoders)")
+                       help="for a new pool: features from the mean of the input's tokens "
+                       "(default) or the last one (default with --head verbalizer)")
     learn.add_argument("--head", choices=["linear", "verbalizer"], default="linear",
                        help="for a new pool: a trained linear head, or (language models) the "
                        "label words scored with the LM's output embeddings")
@@ -149,8 +151,11 @@ def _learn(args: argparse.Namespace) -> int:
                     f"task {args.task!r} is already in {args.pool}; choose another --task name"
                 )
         else:
-            backbone = Backbone.load(args.backbone, device=args.device,
-                                     dtype=args.dtype or "float32", pooling=args.pooling)
+            backbone = Backbone.load(args.backbone, max_length=args.max_length,
+                                     device=args.device,
+                                     dtype=args.dtype or "float32",
+                                     pooling=args.pooling or (
+                                         "last" if args.head == "verbalizer" else None))
             pool = PromptPool(
                 backbone,
                 prompt_length=args.prompt_length,

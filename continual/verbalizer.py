@@ -53,6 +53,11 @@ def verbalizer_weight(backbone: Backbone, labels: Sequence[str]) -> torch.Tensor
             f"a verbalizer head needs a decoder language model; {backbone.name!r} "
             f"({backbone.architecture}) is an encoder (use the linear head)"
         )
+    if backbone.pooling != "last":
+        raise ContinualError(
+            "a verbalizer head scores the LM's next-token logits, which come from the last "
+            "token: load the backbone with pooling='last' (--pooling last)"
+        )
     table = output_embeddings(backbone).detach()
     ids = label_token_ids(backbone, labels)
     firsts = [tokens[0] for tokens in ids]

@@ -19,7 +19,14 @@ def llama(tokenizer) -> Backbone:
                          num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
                          max_position_embeddings=256, tie_word_embeddings=True)
     torch.manual_seed(0)
-    return Backbone(LlamaModel(config), copy.deepcopy(tokenizer), "tiny-llama", max_length=32)
+    return Backbone(LlamaModel(config), copy.deepcopy(tokenizer), "tiny-llama", max_length=32,
+                    pooling="last")
+
+
+def test_verbalizer_needs_last_token_pooling(llama):
+    mean = Backbone(llama.model, llama.tokenizer, "tiny-llama", max_length=32)
+    with pytest.raises(ContinualError, match="pooling='last'"):
+        verbalizer_weight(mean, ["warm", "cool"])
 
 
 def test_verbalizer_weight_is_the_label_words_output_embeddings(llama):
