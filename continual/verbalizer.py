@@ -46,17 +46,22 @@ def label_token_ids(backbone: Backbone, labels: Sequence[str]) -> list[list[int]
 
 
 def verbalizer_weight(backbone: Backbone, labels: Sequence[str]) -> torch.Tensor:
-    """Head weight (C, H), float32: each label's first-token output embedding, or, where two
-    labels start with the same token, the mean over each label's tokens."""
+    """Head weight (C, H), float32, for a backbone whose features are last-token states."""
+    if backbone.is_decoder and backbone.pooling != "last":
+        raise ContinualError(
+            "a verbalizer head scores the LM's next-token logits, which come from the last "
+            "token: load the backbone with pooling='last' (--pooling last)"
+        )
+    return label_word_weight(backbone, labels)
+
+
+def label_word_weight(backbone: Backbone, labels: Sequence[str]) -> torch.Tensor:
+    """(C, H), float32: each label's first-token output embedding, or, where two labels start
+    with the same token, the mean over each label's tokens."""
     if not backbone.is_decoder:
         raise ContinualError(
             f"a verbalizer head needs a decoder language model; {backbone.name!r} "
             f"({backbone.architecture}) is an encoder (use the linear head)"
-        )
-    if backbone.pooling != "last":
-        raise ContinualError(
-            "a verbalizer head scores the LM's next-token logits, which come from the last "
-            "token: load the backbone with pooling='last' (--pooling last)"
         )
     table = output_embeddings(backbone).detach()
     ids = label_token_ids(backbone, labels)

@@ -73,3 +73,14 @@ def test_hard_prompt_registered(llama):
 
     assert METHODS["hard-prompt"].language_model_only
     assert isinstance(Task, type)
+
+
+def test_hard_prompt_runs_on_a_mean_pooled_backbone_and_shares_label_words(llama):
+    mean = Backbone(llama.model, llama.tokenizer, "tiny-llama", max_length=32)
+    method = HardPrompt(mean)
+    method.learn(Task("a", train=[("x", "yes"), ("y", "no")], test=[("x", "yes")]))
+    second = Task("b", train=[("x", "yes"), ("y", "maybe")], test=[("x", "yes"), ("y", "maybe")])
+    method.learn(second)
+    assert torch.equal(method.weight[0], method.weight[2])  # "yes" is one answer
+    score = method.evaluate(second)
+    assert set(score.routed_to) <= {"a", "b"}

@@ -4,7 +4,9 @@ Each input is written as ``{instruction}\\nText: {input}\\nAnswer:``; the langua
 last-token state is scored against the output embeddings of every label word seen so far (the
 verbalizer, `continual.verbalizer`), class-incremental like the other baselines: an input is
 right only if its own task's right label wins over all labels of all tasks. The task whose
-label won counts as where the input was routed.
+label won counts as where the input was routed; a label word two tasks share is credited to
+the task that brought it first (the words alone cannot tell the tasks apart). The model's own
+last-token state is used whatever the backbone's pooling.
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from ..backbone import Backbone, _last_pool
 from ..data import Task
 from ..metrics import Score
-from ..verbalizer import output_embeddings, verbalizer_weight
+from ..verbalizer import label_word_weight, output_embeddings
 from .results import Cost
 
 INSTRUCTION = "Classify the text. Possible answers: {labels}."
@@ -37,7 +39,10 @@ class HardPrompt:
     def learn(self, task: Task) -> None:
         """Nothing is trained: the task's label words join the answers."""
         self.classes += [(task.name, label) for label in task.labels]
-        self.weight = verbalizer_weight(self.backbone, [label for _, label in self.classes])
+        # A label word shared by two tasks ("democrat") is one answer: the earlier task's.
+        words = list(dict.fromkeys(label for _, label in self.classes))
+        weight = label_word_weight(self.backbone, words)
+        self.weight = weight[[words.index(label) for _, label in self.classes]]
 
     def _texts(self, texts: Sequence[str]) -> list[str]:
         tokenizer = self.backbone.tokenizer
