@@ -81,6 +81,7 @@ def test_hard_prompt_runs_on_a_mean_pooled_backbone_and_shares_label_words(llama
     method.learn(Task("a", train=[("x", "yes"), ("y", "no")], test=[("x", "yes")]))
     second = Task("b", train=[("x", "yes"), ("y", "maybe")], test=[("x", "yes"), ("y", "maybe")])
     method.learn(second)
-    assert torch.equal(method.weight[0], method.weight[2])  # "yes" is one answer
+    assert method.classes[1] == ("a", "yes") and method.classes[3] == ("b", "yes")
+    assert torch.equal(method.weight[1], method.weight[3])  # "yes" is one answer
     score = method.evaluate(second)
     assert set(score.routed_to) <= {"a", "b"}
