@@ -219,7 +219,7 @@ class Backbone(nn.Module):
             hf_logging.set_verbosity(verbosity)
             if bars:
                 hf_logging.enable_progress_bar()
-        if gguf_sha256 is not None and model.dtype != torch_dtype:
+        if model.dtype != torch_dtype:  # GGUF dequantizes to float32; older transformers
             model = model.to(torch_dtype)
         try:
             model = model.to(target)
