@@ -67,7 +67,10 @@ class ClassIncremental:
         self.seed = seed
         self.progress = progress
         self.generator = torch.Generator().manual_seed(seed)
-        self.encoder = copy.deepcopy(backbone.model).float() if finetune else None
+        # Fine-tuned in float32 whatever the frozen backbone's precision (.to, not .float(): a
+        # model dequantized from GGUF refuses .float()).
+        self.encoder = (copy.deepcopy(backbone.model).to(torch.float32) if finetune
+                        else None)
         if self.encoder is not None:
             for parameter in self.encoder.parameters():
                 parameter.requires_grad_(True)

@@ -50,13 +50,17 @@ class BenchmarkConfig:
     def shaping_results(self) -> dict[str, Any]:
         """The settings that shape results (methods may be added to a finished run, and the
         device is where it ran, not what it measured)."""
-        shaping = {key: value for key, value in self.to_dict().items()
-                   if key not in ("methods", "device")}
-        # Left out at their defaults, so results made before they existed still resume.
-        for key, default in (("backbone", None), ("dtype", "float32")):
-            if shaping[key] == default:
-                del shaping[key]
-        return shaping
+        return shaping_of(self.to_dict())
+
+
+def shaping_of(config: dict[str, Any]) -> dict[str, Any]:
+    """`BenchmarkConfig.shaping_results` of a config as recorded in results.json."""
+    shaping = {key: value for key, value in config.items() if key not in ("methods", "device")}
+    # Left out at their defaults, so results made before they existed still resume.
+    for key, default in (("backbone", None), ("dtype", "float32")):
+        if shaping.get(key, default) == default:
+            shaping.pop(key, None)
+    return shaping
 
 
 # A first look in under 3 minutes on 2 CPU cores: small data, and the pool against the

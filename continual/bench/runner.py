@@ -25,7 +25,7 @@ from ..data import Task
 from ..errors import ContinualError
 from ..progress import say
 from ..storage import atomic_write_bytes
-from .config import BenchmarkConfig
+from .config import BenchmarkConfig, shaping_of
 from .memory import PeakMemory
 from .methods import METHODS, Context, MethodSpec, TrainedPrompts
 from .report import draw_plots, render_report
@@ -108,7 +108,7 @@ def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
     if resume and results_path.exists():
         previous = json.loads(results_path.read_text())
         saved = previous.get("config") or {}
-        if {k: v for k, v in saved.items() if k != "methods"} != config.shaping_results():
+        if shaping_of(saved) != config.shaping_results():
             raise ContinualError(f"{results_path}: was made with another configuration; "
                                  "rerun without --resume or with the same options")
         runs = [MethodRun.from_dict(run) for run in previous.get("runs", [])]
