@@ -141,9 +141,19 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("--selector", default=DEFAULT_SELECTOR,
                        choices=[name for name in SELECTORS if name != "oracle"],
                        help="for a new pool")
-    learn.add_argument("--backbone", help="HF model name or path for a new pool "
-                       "(default: the packaged all-MiniLM-L6-v2); for an existing pool, "
-                       + backbone_help)
+    learn.add_argument("--backbone", help="HF model name, folder or .gguf file for a new pool "
+                       "(default: the packaged all-MiniLM-L6-v2); encoders (BERT, RoBERTa, "
+                       "DistilBERT, T5) and decoder LMs (Llama, GPT-2, Qwen2...); for an existing "
+                       "pool, " + backbone_help)
+    learn.add_argument("--max-length", type=int, default=128,
+                       help="for a new pool: tokens per input, prompt not counted")
+    learn.add_argument("--pooling", choices=["mean", "last"],
+                       help="for a new pool: features from the mean of the input's tokens "
+                       "(default) or the last one (default with --head verbalizer)")
+    learn.add_argument("--head", choices=["linear", "verbalizer"], default="linear",
+                       help="for a new pool: a trained linear head, or (language models) the "
+                       "label words scored with the LM's output embeddings")
+    _add_device_arguments(learn)
     learn.add_argument("--resume", action="store_true",
                        help="skip, without error, a task the pool already holds")
     learn.add_argument("--wait", type=float, default=0.0,
@@ -160,6 +170,7 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--min-score", type=float, help="refuse (task and label null) texts "
                          "whose routing score is below this, on the selector's scale")
     predict.add_argument("--backbone", help=backbone_help)
+    _add_device_arguments(predict)
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser("evaluate", help="accuracy and routing accuracy on a file",
@@ -170,6 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--backbone", help=backbone_help)
     evaluate.add_argument("--oracle", action="store_true", help="give the task id (no routing)")
     evaluate.add_argument("--json", action="store_true")
+    _add_device_arguments(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     info = commands.add_parser("info", help="tasks, labels and sizes of a pool", parents=[common])
@@ -201,6 +213,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--device", default="cpu",
+                        help="cpu, cuda, cuda:1... or auto (the GPU if there is one)")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                        help="precision of the frozen backbone (prompts and heads stay "
+                        "float32); default float32 for a new pool, else the pool's own")
+
+
+def _load_pool(args: argparse.Namespace):
+    from .pool import PromptPool
+
+    return PromptPool.load(args.pool, getattr(args, "backbone", None),
+                           device=getattr(args, "device", "cpu"),
+                           dtype=getattr(args, "dtype", None))
+
+
 def _learn(args: argparse.Namespace) -> int:
     from .backbone import Backbone
     from .data import Task
@@ -219,7 +247,7 @@ def _learn(args: argparse.Namespace) -> int:
     task = Task.from_files(args.task, args.train, args.test, args.validation, seed=args.seed)
     with PoolLock(args.pool, timeout=args.wait):
         if (args.pool / MANIFEST).exists():
-            pool = PromptPool.load(args.pool, args.backbone)
+            pool = _load_pool(args)
             if args.task in pool.tasks:
                 if args.resume:
                     print(f"task {args.task!r} is already in {args.pool}; nothing to do",
@@ -229,11 +257,16 @@ def _learn(args: argparse.Namespace) -> int:
                     f"task {args.task!r} is already in {args.pool}; choose another --task name"
                 )
         else:
+            backbone = Backbone.load(args.backbone, max_length=args.max_length,
+                                     device=args.device,
+                                     dtype=args.dtype or "float32",
+                                     pooling=args.pooling or (
+                                         "last" if args.head == "verbalizer" else None))
             pool = PromptPool(
-                Backbone.load(args.backbone),
+                backbone,
                 prompt_length=args.prompt_length,
                 selector=args.selector,
-                training=TrainingConfig(),
+                training=TrainingConfig(head=args.head),
             )
         training = None
         if args.epochs is not None:
@@ -252,7 +285,6 @@ def _learn(args: argparse.Namespace) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     from .data import read_texts
-    from .pool import PromptPool
 
     texts = list(args.texts)
     for number, text in enumerate(texts, start=1):
@@ -262,7 +294,7 @@ def _predict(args: argparse.Namespace) -> int:
         texts += read_texts(args.file)
     if not texts:
         raise ContinualError("nothing to predict: give texts or --file")
-    pool = PromptPool.load(args.pool, args.backbone)
+    pool = _load_pool(args)
     for prediction in pool.predict(texts, tasks=args.task, min_score=args.min_score):
         print(_json(prediction.to_dict(), ensure_ascii=False))
     return 0
@@ -270,9 +302,8 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .data import read_labelled
-    from .pool import PromptPool
 
-    pool = PromptPool.load(args.pool, args.backbone)
+    pool = _load_pool(args)
     result = pool.evaluate(args.task, read_labelled(args.test), oracle=args.oracle)
     if args.json:
         print(_json(result.to_dict()))

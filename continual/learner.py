@@ -11,6 +11,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -36,6 +37,8 @@ class TrainingConfig:
         patience: epochs without validation improvement before stopping (0: never stop early).
         prompt_init: ``vocab``, ``random`` or ``text``.
         prompt_text: the text for ``text`` init, e.g. "Classify the topic of this article".
+        head: ``linear`` (trained) or ``verbalizer``: each label word's output embedding in
+            the language model, left untrained (`continual.verbalizer`; decoders only).
     """
 
     epochs: int = 6
@@ -45,6 +48,7 @@ class TrainingConfig:
     patience: int = 2
     prompt_init: PromptInit = "vocab"
     prompt_text: str | None = None
+    head: Literal["linear", "verbalizer"] = "linear"
 
     def __post_init__(self) -> None:
         # A manifest or a caller may give any value: check each field's type and range here,
@@ -104,18 +108,25 @@ def train_task(
         backbone, prompt_length, config.prompt_init, text=config.prompt_text, generator=generator
     )
     head = _new_head(backbone.hidden_size, len(task.labels), generator).to(backbone.device)
-    optimizer = torch.optim.Adam(
-        [
-            {"params": prompt.parameters(), "lr": config.prompt_lr},
-            {"params": head.parameters(), "lr": config.head_lr},
-        ]
-    )
+    groups: list[dict] = [{"params": prompt.parameters(), "lr": config.prompt_lr}]
+    if config.head == "verbalizer":
+        from .verbalizer import verbalizer_weight
+
+        with torch.no_grad():
+            head.weight.copy_(verbalizer_weight(backbone, task.labels))
+        head.requires_grad_(False)
+    elif config.head == "linear":
+        groups.append({"params": head.parameters(), "lr": config.head_lr})
+    else:
+        raise ContinualError(f"unknown head {config.head!r}; use 'linear' or 'verbalizer'")
+    optimizer = torch.optim.Adam(groups)
     texts = [text for text, _ in task.train]
     targets = torch.tensor([task.label_index(label) for _, label in task.train],
                            device=backbone.device)
     steps_per_epoch = math.ceil(len(texts) / config.batch_size)
     # (validation accuracy, (prompt, head weight, head bias), epoch)
-    best: tuple[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, int] = (-1.0, None, 0)
+    best: tuple[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, int] = (
+        -1.0, None, 0)
     stale = 0
     start = time.perf_counter()
     bar = Progress(config.epochs * steps_per_epoch, f"learn {task.name}", enabled=progress)
@@ -161,7 +172,9 @@ def train_task(
         "best_epoch": best[2] if best[1] is not None else epochs_run,
         "validation_accuracy": None if best[1] is None else round(100 * best[0], 2),
         "train_seconds": round(time.perf_counter() - start, 2),
-        "trainable_parameters": prompt.vectors.numel() + weight.numel() + bias.numel(),
+        "trainable_parameters": prompt.vectors.numel() + (
+            weight.numel() + bias.numel() if config.head == "linear" else 0),
+        "head": config.head,
         "seed": seed,
     }
     # Entries live on the CPU: that is how they are stored, and the pool moves them as needed.
@@ -196,6 +209,7 @@ def _accuracy(
             backbone, prompt(len(chunk)), batch["input_ids"], batch["attention_mask"]
         )
         predicted = head(features).argmax(1)
-        gold = torch.tensor([task.label_index(label) for _, label in chunk], device=head.weight.device)
+        gold = torch.tensor([task.label_index(label) for _, label in chunk],
+                            device=head.weight.device)
         correct += int((predicted == gold).sum())
     return correct / max(len(examples), 1)

@@ -47,6 +47,11 @@ _IDENTITY = ("model_type", "hidden_size", "num_layers", "vocab_size", "weights_s
 _FEATURES = ("max_length", "query_layer")
 # A hub model name a manifest may name for automatic loading: "org/name", nothing path-like.
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
+# Recorded since backbones other than BERT-style encoders: checked when the manifest has them
+# (older pools were all mean-pooled encoders without a GGUF file). dtype first: the weights'
+# hash depends on it, and "load it in bfloat16" says more than "the weights differ".
+_RECORDED = ("architecture", "gguf_sha256")
+_RECORDED_FEATURES = ("dtype", "pooling")
 
 
 @dataclass
@@ -97,7 +102,7 @@ class PromptPool:
         if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) \
                 or prompt_length < 1:
             raise ContinualError(f"prompt_length must be a positive integer, got {prompt_length!r}")
-        limit = getattr(backbone.model.config, "max_position_embeddings", None)
+        limit = backbone.position_limit
         if limit is not None and prompt_length + backbone.max_length > limit:
             raise ContinualError(
                 f"prompt_length {prompt_length} + max_length {backbone.max_length} exceeds the "
@@ -372,13 +377,16 @@ class PromptPool:
 
     @classmethod
     def load(cls, path: str | os.PathLike,
-             backbone: Backbone | str | os.PathLike | None = None) -> PromptPool:
+             backbone: Backbone | str | os.PathLike | None = None, *,
+             device: str | torch.device = "cpu", dtype: str | None = None) -> PromptPool:
         """Load a saved pool, verifying checksums and that ``backbone`` is the one it was built on.
 
         ``backbone`` is a loaded `Backbone`, or a model name or folder to load (with the
-        manifest's ``max_length`` and ``query_layer``). Without it, the manifest's backbone is
-        loaded only if it is the packaged default or a hub name ``org/name`` that is not a local
-        path: a manifest never makes this read an arbitrary local folder.
+        manifest's ``max_length``, ``query_layer``, pooling and precision, on ``device``).
+        Without it, the manifest's backbone is loaded only if it is the packaged default or a
+        hub name ``org/name`` that is not a local path: a manifest never makes this read an
+        arbitrary local folder. ``dtype`` overrides the saved precision (the pool then refuses
+        a mismatch); a pool built on a GPU loads on a CPU (entries are stored on the CPU).
         """
         pool_dir = Path(path)
         manifest = read_manifest(pool_dir)
@@ -386,9 +394,18 @@ class PromptPool:
         where = pool_dir / MANIFEST
         _check_fingerprint(saved, where)
         if backbone is None or not isinstance(backbone, Backbone):
-            backbone = _backbone_for(saved, where, backbone)
+            backbone = _backbone_for(saved, where, backbone, device, dtype)
         current = backbone.fingerprint()
-        for key in _IDENTITY:
+        for key in _RECORDED_FEATURES:
+            if key in saved and saved[key] != current.get(key):
+                raise PoolFormatError(
+                    f"{where}: the pool was built with {key}={saved[key]!r}, the backbone "
+                    f"has {current.get(key)!r}; load it with Backbone.load(..., {key}="
+                    f"{saved[key]!r})"
+                )
+        for key in _IDENTITY + _RECORDED:
+            if key in _RECORDED and key not in saved:
+                continue
             if saved.get(key) != current.get(key):
                 raise PoolFormatError(
                     f"{where}: the pool was built on backbone {saved.get('name')!r} and this is "
@@ -494,11 +511,14 @@ def _check_fingerprint(fingerprint: dict, where: Path) -> None:
         raise bad("weights_sha256", "64 lowercase hex digits")
 
 
-def _backbone_for(fingerprint: dict, where: Path,
-                  given: str | os.PathLike | None = None) -> Backbone:
+def _backbone_for(fingerprint: dict, where: Path, given: str | os.PathLike | None = None,
+                  device: str | torch.device = "cpu", dtype: str | None = None) -> Backbone:
     name = fingerprint.get("name")
-    options = {"max_length": fingerprint.get("max_length", 128),
-               "query_layer": fingerprint.get("query_layer")}
+    options: dict[str, Any] = {"max_length": fingerprint.get("max_length", 128),
+                               "query_layer": fingerprint.get("query_layer"),
+                               "device": device,
+                               "dtype": dtype or fingerprint.get("dtype", "float32"),
+                               "pooling": fingerprint.get("pooling")}
     if given is not None:
         load: str | os.PathLike | None = given
     elif name == DEFAULT_MODEL_NAME:

@@ -8,7 +8,8 @@ training data is kept: only statistics of the frozen backbone's features.
 from __future__ import annotations
 
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -67,7 +67,10 @@ class ClassIncremental:
         self.seed = seed
         self.progress = progress
         self.generator = torch.Generator().manual_seed(seed)
-        self.encoder = copy.deepcopy(backbone.model) if finetune else None
+        # Fine-tuned in float32 whatever the frozen backbone's precision (.to, not .float(): a
+        # model dequantized from GGUF refuses .float()).
+        self.encoder = (copy.deepcopy(backbone.model).to(torch.float32) if finetune
+                        else None)
         if self.encoder is not None:
             for parameter in self.encoder.parameters():
                 parameter.requires_grad_(True)
@@ -89,9 +92,8 @@ class ClassIncremental:
             return prompted_features(self.backbone, self.prompt(len(texts)), ids, mask)
         if self.encoder is not None:
             hidden = self.encoder(input_ids=ids, attention_mask=mask,
-                                  token_type_ids=torch.zeros_like(mask)).last_hidden_state
-            weights = mask.unsqueeze(-1).float()
-            return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+                                  **self.backbone.extra_inputs(mask)).last_hidden_state
+            return self.backbone.pool(hidden, mask)
         missing = [text for text in dict.fromkeys(texts) if text not in self._frozen]
         if missing:
             with torch.no_grad():

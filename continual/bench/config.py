@@ -21,6 +21,9 @@ class BenchmarkConfig:
         epochs: prompt-tuning epochs at most (the probe trains 4x as many).
         finetune_epochs: full fine-tuning epochs.
         batch_size: examples per step.
+        backbone: a HF model name, folder or ``.gguf`` file (default: the packaged MiniLM).
+        device: where the backbone runs (``cpu``, ``cuda``, ``cuda:1``, ``auto``).
+        dtype: the frozen backbone's precision (``float32``, ``bfloat16``, ``float16``).
     """
 
     sequence: str = "text4"
@@ -36,14 +39,28 @@ class BenchmarkConfig:
     epochs: int = 4
     finetune_epochs: int = 2
     batch_size: int = 32
+    backbone: str | None = None
+    device: str = "cpu"
+    dtype: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         return {key: list(value) if isinstance(value, tuple) else value
                 for key, value in asdict(self).items()}
 
     def shaping_results(self) -> dict[str, Any]:
-        """The settings that shape results (methods may be added to a finished run)."""
-        return {key: value for key, value in self.to_dict().items() if key != "methods"}
+        """The settings that shape results (methods may be added to a finished run, and the
+        device is where it ran, not what it measured)."""
+        return shaping_of(self.to_dict())
+
+
+def shaping_of(config: dict[str, Any]) -> dict[str, Any]:
+    """`BenchmarkConfig.shaping_results` of a config as recorded in results.json."""
+    shaping = {key: value for key, value in config.items() if key not in ("methods", "device")}
+    # Left out at their defaults, so results made before they existed still resume.
+    for key, default in (("backbone", None), ("dtype", "float32")):
+        if shaping.get(key, default) == default:
+            shaping.pop(key, None)
+    return shaping
 
 
 # A first look in under 3 minutes on 2 CPU cores: small data, and the pool against the

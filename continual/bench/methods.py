@@ -191,6 +191,12 @@ def _linear_probe(context: Context) -> ContinualMethod:
                             progress=context.progress)
 
 
+def _hard_prompt(context: Context) -> ContinualMethod:
+    from .hard_prompt import HardPrompt
+
+    return HardPrompt(context.backbone)
+
+
 def _joint(context: Context) -> JointMethod:
     from .baselines import ClassIncremental
 
@@ -220,12 +226,14 @@ class MethodSpec:
         summary: one line saying what it is.
         build: makes a fresh method for one task order.
         joint: trained once on all tasks (only the final row of R is measured).
+        language_model_only: needs a decoder LM (not run by default; asked for by name).
     """
 
     name: str
     summary: str
     build: Callable[[Context], ContinualMethod] | Callable[[Context], JointMethod]
     joint: bool = False
+    language_model_only: bool = False
 
 
 METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
@@ -242,6 +250,9 @@ METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
     MethodSpec("seq-prompt", "one shared soft prompt and a growing head, backbone frozen",
                _seq_prompt),
     MethodSpec("linear-probe", "frozen features and a growing linear head", _linear_probe),
+    MethodSpec("hard-prompt", "a written instruction and the label words scored by the LM's "
+               "output embeddings, zero-shot (decoder LMs only)", _hard_prompt,
+               language_model_only=True),
     MethodSpec("joint", "full fine-tuning on all tasks at once (multitask upper bound)", _joint,
                joint=True),
     MethodSpec("ewc", "Avalanche EWC on full fine-tuning", _avalanche("ewc")),

@@ -25,7 +25,7 @@ from ..data import Task
 from ..errors import ContinualError
 from ..progress import say
 from ..storage import atomic_write_bytes
-from .config import BenchmarkConfig
+from .config import BenchmarkConfig, shaping_of
 from .memory import PeakMemory
 from .methods import METHODS, Context, MethodSpec, TrainedPrompts
 from .report import draw_plots, render_report
@@ -99,14 +99,16 @@ def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
     for task in tasks:
         if not task.test:
             raise ContinualError(f"task {task.name!r} has no test examples to score")
-    backbone = Backbone.load(max_length=config.max_length, query_layer=config.query_layer)
+    backbone = Backbone.load(config.backbone, max_length=config.max_length,
+                             query_layer=config.query_layer, device=config.device,
+                             dtype=config.dtype)
     runs: list[MethodRun] = []
     results_path = out / "results.json"
     history = History(command=command)
     if resume and results_path.exists():
         previous = json.loads(results_path.read_text())
         saved = previous.get("config") or {}
-        if {k: v for k, v in saved.items() if k != "methods"} != config.shaping_results():
+        if shaping_of(saved) != config.shaping_results():
             raise ContinualError(f"{results_path}: was made with another configuration; "
                                  "rerun without --resume or with the same options")
         try:
