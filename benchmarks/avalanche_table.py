@@ -26,6 +26,7 @@ AdamW 5e-5, head 1e-2); the pool trains a prompt and head per experience (``--ep
 
     python benchmarks/avalanche_table.py --out results/avalanche_table.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,11 +70,15 @@ def class_split(benchmark):
     from continual.integrations.avalanche import experience_tensors
 
     def dataset(ids, targets):
-        return make_avalanche_dataset(TensorDataset(ids, targets), data_attributes=[
-            DataAttribute(targets, "targets"),
-            DataAttribute(torch.zeros_like(targets), "targets_task_labels",
-                          use_in_getitem=True),
-        ])
+        return make_avalanche_dataset(
+            TensorDataset(ids, targets),
+            data_attributes=[
+                DataAttribute(targets, "targets"),
+                DataAttribute(
+                    torch.zeros_like(targets), "targets_task_labels", use_in_getitem=True
+                ),
+            ],
+        )
 
     streams = {}
     for name in ("train", "test", "valid"):
@@ -103,6 +108,7 @@ def baseline(name: str, backbone, args, multihead: bool, evaluator, device: str 
     single = EncoderClassifier(encoder, backbone.hidden_size, pad_token_id(backbone.tokenizer))
     model: nn.Module = single
     if multihead:
+
         class MultiHead(MultiTaskModule):
             def __init__(self) -> None:
                 super().__init__()
@@ -117,11 +123,19 @@ def baseline(name: str, backbone, args, multihead: bool, evaluator, device: str 
     else:
         head_params = list(single.classifier.parameters())
     optimizer = torch.optim.AdamW(
-        [{"params": list(encoder.parameters()), "lr": 5e-5},
-         {"params": head_params, "lr": 1e-2}], weight_decay=0.0)
-    common = dict(model=model, optimizer=optimizer, criterion=nn.CrossEntropyLoss(),
-                  train_mb_size=16, train_epochs=args.baseline_epochs, eval_mb_size=64,
-                  device=device, evaluator=evaluator)
+        [{"params": list(encoder.parameters()), "lr": 5e-5}, {"params": head_params, "lr": 1e-2}],
+        weight_decay=0.0,
+    )
+    common = dict(
+        model=model,
+        optimizer=optimizer,
+        criterion=nn.CrossEntropyLoss(),
+        train_mb_size=16,
+        train_epochs=args.baseline_epochs,
+        eval_mb_size=64,
+        device=device,
+        evaluator=evaluator,
+    )
     if name == "naive":
         return Naive(**common)
     if name == "ewc":
@@ -143,11 +157,16 @@ def run(method: str, scenario: str, benchmark, backbone, args) -> dict:
     class NullLogger(BaseLogger):  # logs nothing: the numbers come from get_last_metrics
         pass
 
-    evaluator = EvaluationPlugin(accuracy_metrics(stream=True),
-                                 forgetting_metrics(stream=True), loggers=[NullLogger()])
+    evaluator = EvaluationPlugin(
+        accuracy_metrics(stream=True), forgetting_metrics(stream=True), loggers=[NullLogger()]
+    )
     if method == "pool":
-        pool = PromptPool(backbone, prompt_length=args.prompt_length, selector="gaussian",
-                          training=TrainingConfig(epochs=args.epochs))
+        pool = PromptPool(
+            backbone,
+            prompt_length=args.prompt_length,
+            selector="gaussian",
+            training=TrainingConfig(epochs=args.epochs),
+        )
         strategy = PromptPoolStrategy(pool=pool, evaluator=evaluator, seed=args.seed)
     else:
         strategy = baseline(method, backbone, args, scenario == "task-incremental", evaluator)
@@ -159,12 +178,18 @@ def run(method: str, scenario: str, benchmark, backbone, args) -> dict:
             strategy.eval(benchmark.test_stream)
     seconds = time.perf_counter() - started
     last = evaluator.get_last_metrics()
-    accuracy = next(v for k, v in last.items()
-                    if k.startswith("Top1_Acc_Stream/eval_phase/test_stream"))
+    accuracy = next(
+        v for k, v in last.items() if k.startswith("Top1_Acc_Stream/eval_phase/test_stream")
+    )
     forgetting = last.get("StreamForgetting/eval_phase/test_stream", 0.0)
-    return {"method": method, "scenario": scenario, "accuracy": float(accuracy),
-            "forgetting": float(forgetting), "seconds": round(seconds, 1),
-            "experiences": len(benchmark.train_stream)}
+    return {
+        "method": method,
+        "scenario": scenario,
+        "accuracy": float(accuracy),
+        "forgetting": float(forgetting),
+        "seconds": round(seconds, 1),
+        "experiences": len(benchmark.train_stream),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -176,27 +201,38 @@ def main(argv: list[str] | None = None) -> int:
         from continual.integrations.avalanche import tasks_to_benchmark
 
         backbone = Backbone.load(max_length=args.max_length)
-        tasks = load_sequence("text4", seed=args.seed, train_per_label=args.train_per_label,
-                              test_per_label=args.test_per_label,
-                              validation_per_label=args.validation_per_label)
+        tasks = load_sequence(
+            "text4",
+            seed=args.seed,
+            train_per_label=args.train_per_label,
+            test_per_label=args.test_per_label,
+            validation_per_label=args.validation_per_label,
+        )
         rows = []
         for scenario in args.scenarios:
-            benchmark = tasks_to_benchmark(tasks, backbone,
-                                           task_labels=scenario == "task-incremental")
+            benchmark = tasks_to_benchmark(
+                tasks, backbone, task_labels=scenario == "task-incremental"
+            )
             if scenario == "class-split":
                 benchmark = class_split(benchmark)
             for method in args.methods:
                 row = run(method, scenario, benchmark, backbone, args)
                 rows.append(row)
-                print(f"{scenario:18s} {method:7s} acc={row['accuracy']:.3f} "
-                      f"forgetting={row['forgetting']:.3f} {row['seconds']:.0f}s", flush=True)
+                print(
+                    f"{scenario:18s} {method:7s} acc={row['accuracy']:.3f} "
+                    f"forgetting={row['forgetting']:.3f} {row['seconds']:.0f}s",
+                    flush=True,
+                )
     result = {
         "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "sequence": [task.name for task in tasks],
         "train_examples": [len(task.train) for task in tasks],
         "test_examples": [len(task.test) for task in tasks],
-        "versions": {"avalanche-lib": version("avalanche-lib"), "torch": version("torch"),
-                     "python": sys.version.split()[0]},
+        "versions": {
+            "avalanche-lib": version("avalanche-lib"),
+            "torch": version("torch"),
+            "python": sys.version.split()[0],
+        },
         "rows": rows,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ Avalanche's StreamAccuracy pools every test example of the stream, so tasks with
 examples weigh more; our average accuracy is the mean over tasks. Both are reported, plus the
 example-weighted mean of our last row, which is the quantity Avalanche computes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,8 +31,12 @@ import numpy as np
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, required=True, help="JSON file to write")
-    parser.add_argument("--log", type=Path, default=None,
-                        help="Avalanche TextLogger file (default: --out with .log)")
+    parser.add_argument(
+        "--log",
+        type=Path,
+        default=None,
+        help="Avalanche TextLogger file (default: --out with .log)",
+    )
     # Defaults match `continual run`'s, so the numbers sit next to results/text4.
     parser.add_argument("--train-per-label", type=int, default=64)
     parser.add_argument("--test-per-label", type=int, default=50)
@@ -39,8 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=int, default=4, help="pool training epochs per task")
     parser.add_argument("--prompt-length", type=int, default=16)
     parser.add_argument("--max-length", type=int, default=64)
-    parser.add_argument("--selector", default="gaussian",
-                        choices=["gaussian", "prototypes", "keys"])
+    parser.add_argument(
+        "--selector", default="gaussian", choices=["gaussian", "prototypes", "keys"]
+    )
     parser.add_argument("--seed", type=int, default=0)
     return parser.parse_args(argv)
 
@@ -70,8 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     # Task label 0 everywhere: Avalanche's evaluation routes with the selector, as ours does.
     benchmark = tasks_to_benchmark(tasks, backbone, task_labels=False)
-    pool = PromptPool(backbone, prompt_length=args.prompt_length, selector=args.selector,
-                      training=TrainingConfig(epochs=args.epochs))
+    pool = PromptPool(
+        backbone,
+        prompt_length=args.prompt_length,
+        selector=args.selector,
+        training=TrainingConfig(epochs=args.epochs),
+    )
     log_path = args.log or args.out.with_suffix(".log")
     log_path.parent.mkdir(parents=True, exist_ok=True)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -92,13 +102,19 @@ def main(argv: list[str] | None = None) -> int:
             strategy.eval(benchmark.test_stream)
             for j in range(i + 1):
                 R[i, j] = pool.evaluate(tasks[j]).accuracy / 100
-            print(f"after {tasks[i].name:12s} " + "  ".join(
-                f"{tasks[j].name}={R[i, j]:.3f}" for j in range(i + 1)), flush=True)
+            print(
+                f"after {tasks[i].name:12s} "
+                + "  ".join(f"{tasks[j].name}={R[i, j]:.3f}" for j in range(i + 1)),
+                flush=True,
+            )
     seconds = time.perf_counter() - started
 
     last = evaluator.get_last_metrics()
-    stream_accuracy = next(value for name, value in last.items()
-                           if name.startswith("Top1_Acc_Stream/eval_phase/test_stream"))
+    stream_accuracy = next(
+        value
+        for name, value in last.items()
+        if name.startswith("Top1_Acc_Stream/eval_phase/test_stream")
+    )
     avalanche = {
         "stream_accuracy": stream_accuracy,
         "stream_forgetting": last["StreamForgetting/eval_phase/test_stream"],
@@ -118,11 +134,17 @@ def main(argv: list[str] | None = None) -> int:
         "last_row": R[-1].tolist(),
     }
     rows = [
-        ("accuracy (pooled examples)", avalanche["stream_accuracy"],
-         ours["example_weighted_accuracy"]),
+        (
+            "accuracy (pooled examples)",
+            avalanche["stream_accuracy"],
+            ours["example_weighted_accuracy"],
+        ),
         ("accuracy (mean over tasks)", None, ours["average_accuracy"]),
-        ("forgetting (R[j][j] - R[T][j])", avalanche["stream_forgetting"],
-         ours["avalanche_forgetting"]),
+        (
+            "forgetting (R[j][j] - R[T][j])",
+            avalanche["stream_forgetting"],
+            ours["avalanche_forgetting"],
+        ),
         ("BWT", avalanche["stream_bwt"], ours["bwt"]),
         ("forgetting (Chaudhry, max)", None, ours["chaudhry_forgetting"]),
     ]
@@ -133,10 +155,15 @@ def main(argv: list[str] | None = None) -> int:
 
     result = {
         "sequence": [task.name for task in tasks],
-        "config": {key: (str(value) if isinstance(value, Path) else value)
-                   for key, value in vars(args).items()},
-        "versions": {"avalanche-lib": version("avalanche-lib"), "torch": version("torch"),
-                     "python": sys.version.split()[0]},
+        "config": {
+            key: (str(value) if isinstance(value, Path) else value)
+            for key, value in vars(args).items()
+        },
+        "versions": {
+            "avalanche-lib": version("avalanche-lib"),
+            "torch": version("torch"),
+            "python": sys.version.split()[0],
+        },
         "seconds": round(seconds, 2),
         "avalanche": avalanche,
         "ours": ours,

@@ -6,6 +6,7 @@ each is scored on the same test split. Writes results.json, report.md and a plot
 
     python benchmarks/data_efficiency.py --tasks bbc reviews --shots 8 32 128 --seeds 0 1
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,20 +37,31 @@ def subsample(task: Task, shots: int) -> Task:
         if kept.get(label, 0) < shots:
             kept[label] = kept.get(label, 0) + 1
             train.append((text, label))
-    return Task(name=task.name, train=train, validation=task.validation, test=task.test,
-                labels=task.labels)
+    return Task(
+        name=task.name, train=train, validation=task.validation, test=task.test, labels=task.labels
+    )
 
 
-def score(method: str, backbone: Backbone, task: Task, args: argparse.Namespace,
-          seed: int) -> float:
+def score(
+    method: str, backbone: Backbone, task: Task, args: argparse.Namespace, seed: int
+) -> float:
     if method == "prompt-tuning":
-        pool = PromptPool(backbone, prompt_length=args.prompt_length, selector="oracle",
-                          training=TrainingConfig(epochs=args.epochs))
+        pool = PromptPool(
+            backbone,
+            prompt_length=args.prompt_length,
+            selector="oracle",
+            training=TrainingConfig(epochs=args.epochs),
+        )
         pool.learn(task, seed=seed, progress=False)
         return pool.evaluate(task, oracle=True).accuracy
-    learner = ClassIncremental(method, backbone, finetune=method == "fine-tuning",
-                               epochs=args.finetune_epochs if method == "fine-tuning"
-                               else args.epochs * 4, seed=seed, progress=False)
+    learner = ClassIncremental(
+        method,
+        backbone,
+        finetune=method == "fine-tuning",
+        epochs=args.finetune_epochs if method == "fine-tuning" else args.epochs * 4,
+        seed=seed,
+        progress=False,
+    )
     learner.learn(task)
     return learner.evaluate(task).accuracy
 
@@ -73,8 +85,12 @@ def main() -> int:
     table: dict[str, dict[str, dict[int, list[float]]]] = {}
     seconds: dict[str, float] = dict.fromkeys(args.methods, 0.0)
     for name in args.tasks:
-        full = load_corpus(name, train_per_label=largest, test_per_label=args.test_per_label,
-                           validation_per_label=16)
+        full = load_corpus(
+            name,
+            train_per_label=largest,
+            test_per_label=args.test_per_label,
+            validation_per_label=16,
+        )
         for shots in args.shots:
             task = subsample(full, shots)
             for method in args.methods:
@@ -84,38 +100,60 @@ def main() -> int:
                     seconds[method] += time.perf_counter() - start
                     table.setdefault(name, {}).setdefault(method, {}).setdefault(shots, [])
                     table[name][method][shots].append(accuracy)
-                    print(f"{name} {method} k={shots} seed={seed}: {accuracy:.1f}%",
-                          file=sys.stderr, flush=True)
+                    print(
+                        f"{name} {method} k={shots} seed={seed}: {accuracy:.1f}%",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     # Mean over tasks of each seed's accuracy, then mean ± std over seeds.
     summary = {
-        method: {shots: metrics.mean_std([
-            sum(table[name][method][shots][i] for name in args.tasks) / len(args.tasks)
-            for i in range(len(args.seeds))]) for shots in args.shots}
+        method: {
+            shots: metrics.mean_std(
+                [
+                    sum(table[name][method][shots][i] for name in args.tasks) / len(args.tasks)
+                    for i in range(len(args.seeds))
+                ]
+            )
+            for shots in args.shots
+        }
         for method in args.methods
     }
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    result = {"command": command, "settings": {k: (str(v) if isinstance(v, Path) else v)
-                                               for k, v in vars(args).items()},
-              "per_task": table, "mean_over_tasks": summary,
-              "train_and_eval_seconds": {m: round(s, 1) for m, s in seconds.items()}}
+    result = {
+        "command": command,
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "per_task": table,
+        "mean_over_tasks": summary,
+        "train_and_eval_seconds": {m: round(s, 1) for m, s in seconds.items()},
+    }
     atomic_write_bytes(args.out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
     plots.plot_data_efficiency(summary, args.out / "data_efficiency.png")
-    lines = [f"# Data efficiency ({', '.join(args.tasks)})", "", f"Made by: `{command}`", "",
-             "Accuracy % on each task's test split after learning it alone from k examples "
-             "per class; mean over tasks, ± std over seeds.", "",
-             "| method | " + " | ".join(f"k={k}" for k in args.shots) + " |",
-             "|---|" + "---|" * len(args.shots)]
+    lines = [
+        f"# Data efficiency ({', '.join(args.tasks)})",
+        "",
+        f"Made by: `{command}`",
+        "",
+        "Accuracy % on each task's test split after learning it alone from k examples "
+        "per class; mean over tasks, ± std over seeds.",
+        "",
+        "| method | " + " | ".join(f"k={k}" for k in args.shots) + " |",
+        "|---|" + "---|" * len(args.shots),
+    ]
     for method in args.methods:
-        cells = [f"{summary[method][k]['mean']:.1f} ± {summary[method][k]['std']:.1f}"
-                 for k in args.shots]
+        cells = [
+            f"{summary[method][k]['mean']:.1f} ± {summary[method][k]['std']:.1f}"
+            for k in args.shots
+        ]
         lines.append(f"| {method} | " + " | ".join(cells) + " |")
     lines += ["", "Per task:", ""]
     for name in args.tasks:
         for method in args.methods:
             cells = [f"{sum(v) / len(v):.1f}" for v in table[name][method].values()]
-            lines.append(f"- {name}, {method}: " + ", ".join(
-                f"k={k}: {c}" for k, c in zip(args.shots, cells)))
+            lines.append(
+                f"- {name}, {method}: "
+                + ", ".join(f"k={k}: {c}" for k, c in zip(args.shots, cells))
+            )
     (args.out / "report.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -7,6 +7,7 @@ pytest's JUnit report. Writes results.json and report.md (ranges over the runs) 
 
     python benchmarks/guarantees.py --runs 3
 """
+
 from __future__ import annotations
 
 import argparse
@@ -31,8 +32,21 @@ def one_run(folder: Path) -> dict[str, dict[str, int]]:
     counts_file, junit = folder / "counts.jsonl", folder / "junit.xml"
     env = {**os.environ, "CONTINUAL_COUNTS": str(counts_file)}
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "tests/reliability",
-         f"--junitxml={junit}"], cwd=ROOT, env=env, capture_output=True, text=True)
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/reliability",
+            f"--junitxml={junit}",
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
     if result.returncode != 0:
         raise SystemExit(f"the reliability suites failed:\n{result.stdout[-3000:]}")
     counts: dict[str, dict[str, int]] = defaultdict(dict)
@@ -58,21 +72,39 @@ def main() -> int:
     for number in range(args.runs):
         with tempfile.TemporaryDirectory() as scratch:
             runs.append(one_run(Path(scratch)))
-        print(f"run {number + 1}/{args.runs}: {json.dumps(runs[-1], sort_keys=True)}",
-              file=sys.stderr, flush=True)
+        print(
+            f"run {number + 1}/{args.runs}: {json.dumps(runs[-1], sort_keys=True)}",
+            file=sys.stderr,
+            flush=True,
+        )
     ranges: dict[str, dict[str, list[int]]] = {}
     for what in sorted({what for run in runs for what in run}):
         keys = sorted({key for run in runs for key in run.get(what, {})})
-        ranges[what] = {key: [min(run.get(what, {}).get(key, 0) for run in runs),
-                              max(run.get(what, {}).get(key, 0) for run in runs)]
-                        for key in keys}
+        ranges[what] = {
+            key: [
+                min(run.get(what, {}).get(key, 0) for run in runs),
+                max(run.get(what, {}).get(key, 0) for run in runs),
+            ]
+            for key in keys
+        }
     command = "python " + " ".join(shlex.quote(a) for a in sys.argv)
-    summary = {"command": command, "runs": len(runs), "wall_seconds":
-               round(time.perf_counter() - started, 1), "ranges": ranges, "per_run": runs}
+    summary = {
+        "command": command,
+        "runs": len(runs),
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "ranges": ranges,
+        "per_run": runs,
+    }
     args.out.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(args.out / "results.json", (json.dumps(summary, indent=2) + "\n").encode())
-    lines = [f"# Reliability guarantees, counted over {len(runs)} runs", "",
-             f"Made by: `{command}`", "", "| what | count | min | max |", "|---|---|---|---|"]
+    lines = [
+        f"# Reliability guarantees, counted over {len(runs)} runs",
+        "",
+        f"Made by: `{command}`",
+        "",
+        "| what | count | min | max |",
+        "|---|---|---|---|",
+    ]
     for what, keys in ranges.items():
         lines += [f"| {what} | {key} | {low} | {high} |" for key, (low, high) in keys.items()]
     atomic_write_bytes(args.out / "report.md", ("\n".join(lines) + "\n").encode())

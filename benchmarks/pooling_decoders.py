@@ -6,6 +6,7 @@ Per task, a logistic probe on last-layer features (task given); routing by the d
 Gaussian selector on the query layer's features. One forward pass per text serves both poolings.
 Result (last line of output): results/pooling/smollm2.json.
 """
+
 import json
 import sys
 import time
@@ -21,8 +22,9 @@ from continual.selector import build_selector
 torch.set_num_threads(2)
 start = time.time()
 backbone = Backbone.load(sys.argv[1], max_length=64)
-tasks = load_sequence("text4", seed=0, train_per_label=16, test_per_label=16,
-                      validation_per_label=0)
+tasks = load_sequence(
+    "text4", seed=0, train_per_label=16, test_per_label=16, validation_per_label=0
+)
 layers = {"query": backbone.query_layer, "last_layer": backbone.num_layers}
 
 
@@ -31,8 +33,9 @@ def features(texts):
     for at in range(0, len(texts), 32):
         batch = backbone.tokenize(texts[at : at + 32])
         with torch.no_grad():
-            hidden = backbone.model(**batch, output_hidden_states=True,
-                                    use_cache=False).hidden_states
+            hidden = backbone.model(
+                **batch, output_hidden_states=True, use_cache=False
+            ).hidden_states
         for key, layer in layers.items():
             states = hidden[layer].float()
             out[f"mean@{key}"].append(_mean_pool(states, batch["attention_mask"]))
@@ -40,8 +43,9 @@ def features(texts):
     return {key: torch.cat(value) for key, value in out.items()}
 
 
-splits = {t.name: (features([x for x, _ in t.train]), features([x for x, _ in t.test]))
-          for t in tasks}
+splits = {
+    t.name: (features([x for x, _ in t.train]), features([x for x, _ in t.test])) for t in tasks
+}
 results = {}
 for pooling in ("mean", "last"):
     probe = []
@@ -60,10 +64,19 @@ for pooling in ("mean", "last"):
     for index, task in enumerate(tasks):
         chosen, _ = selector.route(splits[task.name][1][key], states)
         routed.append(100 * (chosen == index).float().mean().item())
-    results[pooling] = {"probe_accuracy": round(sum(probe) / len(probe), 1),
-                        "per_task": [round(a, 1) for a in probe],
-                        "routing_accuracy": round(sum(routed) / len(routed), 1),
-                        "per_task_routing": [round(r, 1) for r in routed]}
+    results[pooling] = {
+        "probe_accuracy": round(sum(probe) / len(probe), 1),
+        "per_task": [round(a, 1) for a in probe],
+        "routing_accuracy": round(sum(routed) / len(routed), 1),
+        "per_task_routing": [round(r, 1) for r in routed],
+    }
 print(f"{time.time() - start:.0f} s", file=sys.stderr)
-print(json.dumps({"query_layer": backbone.query_layer, "sizes": "16 train / 16 test per label",
-                  "results": results}))
+print(
+    json.dumps(
+        {
+            "query_layer": backbone.query_layer,
+            "sizes": "16 train / 16 test per label",
+            "results": results,
+        }
+    )
+)

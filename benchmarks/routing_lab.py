@@ -8,6 +8,7 @@ Split: text4, seed=0, train_per_label=64, test_per_label=50, validation_per_labe
 benchmarks/routing_shift.py). Features: per text, mean- and max-pooled hidden states of every
 layer 0..6 (max_length=64), from one full pass; stored in results/routing_lab/cache/features.pt.
 """
+
 from __future__ import annotations
 
 import random
@@ -30,8 +31,9 @@ torch.set_num_threads(2)
 
 
 def load_tasks():
-    return load_sequence("text4", seed=0, train_per_label=64, test_per_label=50,
-                         validation_per_label=16)
+    return load_sequence(
+        "text4", seed=0, train_per_label=64, test_per_label=50, validation_per_label=16
+    )
 
 
 def views(text: str, rng: random.Random) -> dict[str, list[str]]:
@@ -42,7 +44,7 @@ def views(text: str, rng: random.Random) -> dict[str, list[str]]:
         for width in (2, 3):
             if len(parts) >= width:
                 start = rng.randrange(0, len(parts) - width + 1)
-                out["win"].append(" ".join(parts[start:start + width]))
+                out["win"].append(" ".join(parts[start : start + width]))
         # one random 1-sentence window anywhere in the text
         out["win"].append(rng.choice(parts))
     return out
@@ -77,10 +79,14 @@ def cache():
     means, maxes = [], []
     started = time.time()
     for s in range(0, len(unique), 64):
-        batch = backbone.tokenize(unique[s:s + 64])
+        batch = backbone.tokenize(unique[s : s + 64])
         mask = batch["attention_mask"]
-        out = model(input_ids=batch["input_ids"], attention_mask=mask,
-                    token_type_ids=torch.zeros_like(mask), output_hidden_states=True)
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=mask,
+            token_type_ids=torch.zeros_like(mask),
+            output_hidden_states=True,
+        )
         h = torch.stack(out.hidden_states, 1)  # (B, 7, n, H)
         w = mask[:, None, :, None].float()
         means.append(((h * w).sum(2) / w.sum(2).clamp(min=1)).half())
@@ -89,12 +95,17 @@ def cache():
             print(s, round(time.time() - started), flush=True)
     index = {x: i for i, x in enumerate(unique)}
     CACHE.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"texts": unique, "mean": torch.cat(means), "max": torch.cat(maxes),
-                "groups": {k: [index[x] for x in v] for k, v in groups.items()},
-                "names": [t.name for t in tasks]}, CACHE)
+    torch.save(
+        {
+            "texts": unique,
+            "mean": torch.cat(means),
+            "max": torch.cat(maxes),
+            "groups": {k: [index[x] for x in v] for k, v in groups.items()},
+            "names": [t.name for t in tasks],
+        },
+        CACHE,
+    )
     print("cached", CACHE, round(time.time() - started), "s")
-
-
 
 
 # ---------------------------------------------------------------------------------------------
@@ -138,9 +149,12 @@ class Lab:
                 from transformers import AutoTokenizer
 
                 from continual.backbone import default_model_path
+
                 tok = AutoTokenizer.from_pretrained(default_model_path())
                 texts = torch.load(CACHE, weights_only=True)["texts"]
-                ids = tok(texts, add_special_tokens=False, truncation=True, max_length=62)["input_ids"]
+                ids = tok(texts, add_special_tokens=False, truncation=True, max_length=62)[
+                    "input_ids"
+                ]
                 torch.save({"ids": ids, "vocab": tok.vocab_size}, path)
             data = torch.load(path, weights_only=True)
             self.tokens, self.vocab = data["ids"], data["vocab"]
@@ -158,8 +172,10 @@ class Lab:
         """'m3+m6' → per-layer unit-normalised blocks concatenated (and scaled to unit norm)."""
         if spec not in self._feat and spec.startswith("r:"):
             # raw hidden states concatenated, then the whole vector unit-normalised
-            blocks = [(self.mean if p[0] == "m" else self.max)[:, int(p[1:])].double()
-                      for p in spec[2:].split("+")]
+            blocks = [
+                (self.mean if p[0] == "m" else self.max)[:, int(p[1:])].double()
+                for p in spec[2:].split("+")
+            ]
             self._feat[spec] = torch.nn.functional.normalize(torch.cat(blocks, 1), dim=1)
         if spec not in self._feat:
             blocks = []
@@ -186,7 +202,10 @@ def fit_state(X, labels, kinds, components="task", kmeans=0, seed=0, store="fp32
         keys = [(y, "whole" if k == "whole" else "short") for y, k in zip(labels, kinds)]
     elif components == "kmeans":
         from sklearn.cluster import KMeans
-        keys = KMeans(n_clusters=kmeans, n_init=4, random_state=seed).fit(X.numpy()).labels_.tolist()
+
+        keys = (
+            KMeans(n_clusters=kmeans, n_init=4, random_state=seed).fit(X.numpy()).labels_.tolist()
+        )
     uniq = sorted(set(keys), key=str)
     means, scatter = [], torch.zeros(X.shape[1], X.shape[1], dtype=X.dtype)
     for key in uniq:
@@ -223,8 +242,13 @@ def lda_scores(Q, states, alpha, reduce="max"):
     for s in states:
         M = s["means"]
         d = qPq - 2 * Q @ P @ M.T + ((M @ P) * M).sum(1)
-        out.append(-d.max(dim=1).values if False else (-d).max(1).values if reduce == "max"
-                   else torch.logsumexp(-d / 2, 1))
+        out.append(
+            -d.max(dim=1).values
+            if False
+            else (-d).max(1).values
+            if reduce == "max"
+            else torch.logsumexp(-d / 2, 1)
+        )
     return torch.stack(out, 1)
 
 
@@ -250,8 +274,20 @@ def nb_scores(C, counts, smooth, per_token=True):
     return S
 
 
-def evaluate(lab, spec, fit_kinds=("whole",), components="task", alpha=0.1, kmeans=0,
-             split="test", second=None, reduce="max", nb=None, with_val=False, store="fp32"):
+def evaluate(
+    lab,
+    spec,
+    fit_kinds=("whole",),
+    components="task",
+    alpha=0.1,
+    kmeans=0,
+    split="test",
+    second=None,
+    reduce="max",
+    nb=None,
+    with_val=False,
+    store="fp32",
+):
     X = lab.feats(spec)
     states, counts = [], []
     for t in range(len(lab.names)):
@@ -262,8 +298,11 @@ def evaluate(lab, spec, fit_kinds=("whole",), components="task", alpha=0.1, kmea
         states.append(fit_state(X[idx], ys, ks, components, kmeans, store=store))
         if nb is not None:
             counts.append(lab.counts(idx).sum(0))
-    evals = {"whole": ("whole",), "first_sentence": ("first_sentence",)} if split == "test" else \
-        {"whole": ("whole",), "first_sentence": ("first",)}
+    evals = (
+        {"whole": ("whole",), "first_sentence": ("first_sentence",)}
+        if split == "test"
+        else {"whole": ("whole",), "first_sentence": ("first",)}
+    )
     row = {}
     for name, kinds in evals.items():
         per = []
@@ -291,7 +330,9 @@ def evaluate(lab, spec, fit_kinds=("whole",), components="task", alpha=0.1, kmea
                 Qs = qda_scores(X[idx], states, qalpha)
                 pick = torch.where(
                     Qs.gather(1, top.indices[:, :1]) >= Qs.gather(1, top.indices[:, 1:]),
-                    top.indices[:, 0:1], top.indices[:, 1:2])[:, 0]
+                    top.indices[:, 0:1],
+                    top.indices[:, 1:2],
+                )[:, 0]
                 routed = torch.where(amb, pick, top.indices[:, 0])
             else:
                 routed = S.argmax(1)
@@ -301,8 +342,10 @@ def evaluate(lab, spec, fit_kinds=("whole",), components="task", alpha=0.1, kmea
 
 
 def fmt(row):
-    return (f"whole {row['whole'][0]:5.1f} {row['whole'][1]}  "
-            f"first {row['first_sentence'][0]:5.1f} {row['first_sentence'][1]}")
+    return (
+        f"whole {row['whole'][0]:5.1f} {row['whole'][1]}  "
+        f"first {row['first_sentence'][0]:5.1f} {row['first_sentence'][1]}"
+    )
 
 
 def run_eval(argv):
@@ -314,10 +357,10 @@ def run_eval(argv):
         started = time.time()
         val = evaluate(lab, split="validation", **e)
         test = evaluate(lab, **e)
-        print(f"{e}\n   VAL  {fmt(val)}\n   TEST {fmt(test)}  ({time.time()-started:.1f}s)",
-              flush=True)
-
-
+        print(
+            f"{e}\n   VAL  {fmt(val)}\n   TEST {fmt(test)}  ({time.time() - started:.1f}s)",
+            flush=True,
+        )
 
 
 @torch.no_grad()
@@ -328,6 +371,7 @@ def cost(argv):
     prompted pass. Interleaved repeats, medians.
     """
     from continual.backbone import _truncated
+
     repeats = int(argv[0]) if argv else 15
     backbone = Backbone.load(max_length=64, query_layer=3)
     ids = torch.randint(1000, 20000, (32, 64))
@@ -337,8 +381,9 @@ def cost(argv):
     prompt = torch.randn(16, backbone.hidden_size) * 0.02
 
     def query(model):
-        h = model(input_ids=ids, attention_mask=mask,
-                  token_type_ids=torch.zeros_like(mask)).last_hidden_state
+        h = model(
+            input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(mask)
+        ).last_hidden_state
         return (h * mask[..., None]).sum(1) / mask.sum(1, keepdim=True)
 
     def prompted():
@@ -350,15 +395,23 @@ def cost(argv):
     for _ in range(2):  # warm-up
         query(shallow), query(deep), prompted()
     for r in range(repeats):
-        for name, model in ((("today", shallow), ("deep", deep)) if r % 2 == 0
-                            else (("deep", deep), ("today", shallow))):
+        for name, model in (
+            (("today", shallow), ("deep", deep))
+            if r % 2 == 0
+            else (("deep", deep), ("today", shallow))
+        ):
             started = time.perf_counter()
             query(model)
             prompted()
             times[name].append(time.perf_counter() - started)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    print({k: round(v * 1000, 1) for k, v in med.items()}, "ms; ratio deep/today",
-          round(med["deep"] / med["today"], 3), "repeats", repeats)
+    print(
+        {k: round(v * 1000, 1) for k, v in med.items()},
+        "ms; ratio deep/today",
+        round(med["deep"] / med["today"], 3),
+        "repeats",
+        repeats,
+    )
 
 
 if __name__ == "__main__":

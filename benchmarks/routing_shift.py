@@ -11,6 +11,7 @@ text's sentences added (``--spans``). The pool's default selector is reported on
 
     python benchmarks/routing_shift.py
 """
+
 from __future__ import annotations
 
 import argparse
@@ -68,10 +69,16 @@ def with_spans(texts: list[str], spans: int, rng: random.Random) -> list[str]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sequence", default="text4")
-    parser.add_argument("--selectors", nargs="+",
-                        default=[DEFAULT_SELECTOR, "gaussian", "prototypes"])
-    parser.add_argument("--spans", nargs="+", type=int, default=[0],
-                        help="sentences per training text added to the routing statistics")
+    parser.add_argument(
+        "--selectors", nargs="+", default=[DEFAULT_SELECTOR, "gaussian", "prototypes"]
+    )
+    parser.add_argument(
+        "--spans",
+        nargs="+",
+        type=int,
+        default=[0],
+        help="sentences per training text added to the routing statistics",
+    )
     parser.add_argument("--train-per-label", type=int, default=64)
     parser.add_argument("--test-per-label", type=int, default=50)
     parser.add_argument("--max-length", type=int, default=64)
@@ -82,8 +89,13 @@ def main() -> int:
 
     started = time.perf_counter()
     backbone = Backbone.load(max_length=args.max_length, query_layer=args.query_layer)
-    tasks = load_sequence(args.sequence, seed=args.seed, train_per_label=args.train_per_label,
-                          test_per_label=args.test_per_label, validation_per_label=16)
+    tasks = load_sequence(
+        args.sequence,
+        seed=args.seed,
+        train_per_label=args.train_per_label,
+        test_per_label=args.test_per_label,
+        validation_per_label=16,
+    )
     rows = []
     for selector_name in args.selectors:
         for spans in args.spans:
@@ -99,40 +111,54 @@ def main() -> int:
             bytes_per_task = sum(t.numel() * t.element_size() for t in states[0].values())
             row = {"selector": selector_name, "spans": spans, "bytes_per_task": bytes_per_task}
             for view in VIEWS:
-                shorten = {"whole": lambda text: text, "first_sentence": first_sentence,
-                           "headline": headline}.get(view)
+                shorten = {
+                    "whole": lambda text: text,
+                    "first_sentence": first_sentence,
+                    "headline": headline,
+                }.get(view)
                 view_rng = random.Random(args.seed)
                 per_task = {}
                 for index, task in enumerate(tasks):
-                    texts = [shorten(text) if shorten else mixed(text, view_rng)
-                             for text, _ in task.test]
+                    texts = [
+                        shorten(text) if shorten else mixed(text, view_rng) for text, _ in task.test
+                    ]
                     queries = backbone.query(texts, with_last=selector.with_last)
                     routed, _ = selector.route(queries, states)
                     per_task[task.name] = round(100 * (routed == index).float().mean().item(), 1)
-                row[view] = {"per_task": per_task,
-                             "mean": round(sum(per_task.values()) / len(per_task), 1)}
+                row[view] = {
+                    "per_task": per_task,
+                    "mean": round(sum(per_task.values()) / len(per_task), 1),
+                }
             rows.append(row)
             print(json.dumps(row), flush=True)
 
     args.out.mkdir(parents=True, exist_ok=True)
     command = "python " + " ".join(shlex.quote(part) for part in sys.argv)
-    result = {"command": command, "config": {k: str(v) if isinstance(v, Path) else v
-                                             for k, v in vars(args).items()},
-              "wall_seconds": round(time.perf_counter() - started, 1),
-              "default": next((row for row in rows if row["selector"] == DEFAULT_SELECTOR
-                               and row["spans"] == 0), None),
-              "rows": rows}
+    result = {
+        "command": command,
+        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "wall_seconds": round(time.perf_counter() - started, 1),
+        "default": next(
+            (row for row in rows if row["selector"] == DEFAULT_SELECTOR and row["spans"] == 0), None
+        ),
+        "rows": rows,
+    }
     atomic_write_bytes(args.out / "results.json", (json.dumps(result, indent=2) + "\n").encode())
     names = [task.name for task in tasks]
     lines = [
-        f"# Routing under a length shift (`{args.sequence}`)", "",
-        f"Made by: `{command}`", "",
+        f"# Routing under a length shift (`{args.sequence}`)",
+        "",
+        f"Made by: `{command}`",
+        "",
         f"Routing accuracy % (mean over tasks, then per task) in four views of each test input: "
         "whole; first sentence; headline (text before the first '. ', a BBC article's headline "
         "line); mixed (seeded: whole, first sentence or a 1-3 sentence window). `spans`: "
         "sentences per training text added to the routing statistics (0 = as the pool fits "
-        f"them). The pool's default selector is `{DEFAULT_SELECTOR}`.", "",
-        "| selector | spans | selector bytes/task | " + " | ".join(VIEWS) + " | "
+        f"them). The pool's default selector is `{DEFAULT_SELECTOR}`.",
+        "",
+        "| selector | spans | selector bytes/task | "
+        + " | ".join(VIEWS)
+        + " | "
         + " | ".join(f"{view}: {n}" for view in ("whole", "first_sentence") for n in names)
         + " | headline: bbc |",
         "|---|---|---|" + "---|" * (len(VIEWS) + 2 * len(names) + 1),
@@ -140,8 +166,9 @@ def main() -> int:
     for row in rows:
         cells = [row["selector"], str(row["spans"]), f"{row['bytes_per_task'] / 1e6:.2f} MB"]
         cells += [f"{row[view]['mean']:.1f}" for view in VIEWS]
-        cells += [f"{row[view]['per_task'][n]:.1f}" for view in ("whole", "first_sentence")
-                  for n in names]
+        cells += [
+            f"{row[view]['per_task'][n]:.1f}" for view in ("whole", "first_sentence") for n in names
+        ]
         cells.append(f"{row['headline']['per_task'].get('bbc', float('nan')):.1f}")
         lines.append("| " + " | ".join(cells) + " |")
     atomic_write_bytes(args.out / "report.md", ("\n".join(lines) + "\n").encode())

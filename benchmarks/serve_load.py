@@ -10,6 +10,7 @@ per config, the throughput gain of batching, and whether both configs gave the s
 
     python benchmarks/serve_load.py --requests 2000 --clients 8 --out results/serve
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,16 +41,24 @@ def build_pool(pool_dir: Path, epochs: int) -> dict:
     if (pool_dir / MANIFEST).exists():
         return json.loads((pool_dir / "build.json").read_text())
     tasks = load_sequence("text4", train_per_label=16, test_per_label=10, validation_per_label=4)
-    pool = PromptPool(Backbone.load(), prompt_length=16, selector="gaussian",
-                      training=TrainingConfig(epochs=epochs))
+    pool = PromptPool(
+        Backbone.load(),
+        prompt_length=16,
+        selector="gaussian",
+        training=TrainingConfig(epochs=epochs),
+    )
     started = time.perf_counter()
     for task in tasks:
         pool.learn(task, progress=False)
     seconds = time.perf_counter() - started
     accuracy = {task.name: round(pool.evaluate(task).accuracy, 1) for task in tasks}
     pool.save(pool_dir)
-    build = {"tasks": pool.tasks, "epochs": epochs, "train_seconds": round(seconds, 1),
-             "test_accuracy_routed": accuracy}
+    build = {
+        "tasks": pool.tasks,
+        "epochs": epochs,
+        "train_seconds": round(seconds, 1),
+        "test_accuracy_routed": accuracy,
+    }
     (pool_dir / "build.json").write_text(json.dumps(build, indent=2) + "\n")
     return build
 
@@ -96,10 +105,15 @@ def forward_cost(pool_dir: Path, bodies: list[dict], repeats: int = 3) -> list[d
             started = time.perf_counter()
             pool.predict(texts, tasks=tasks)
             together.append(time.perf_counter() - started)
-        rows.append({"torch_threads": threads, "texts": len(texts),
-                     "one_call_each_ms": round(1000 * min(alone)),
-                     "one_shared_call_ms": round(1000 * min(together)),
-                     "saving_x": round(min(alone) / min(together), 2)})
+        rows.append(
+            {
+                "torch_threads": threads,
+                "texts": len(texts),
+                "one_call_each_ms": round(1000 * min(alone)),
+                "one_shared_call_ms": round(1000 * min(together)),
+                "saving_x": round(min(alone) / min(together), 2),
+            }
+        )
     torch.set_num_threads(default)
     print(json.dumps({"forward_cost": rows}), flush=True)
     return rows
@@ -144,13 +158,34 @@ async def drive(base: str, bodies: list[dict], clients: int) -> dict:
     return {"latencies": latencies, "answers": answers, "errors": errors, "wall": wall}
 
 
-def serve_and_measure(pool_dir: Path, label: str, max_batch: int, max_wait_ms: float,
-                      bodies: list[dict], clients: int, warmup: int,
-                      threads: int) -> tuple[dict, list]:
+def serve_and_measure(
+    pool_dir: Path,
+    label: str,
+    max_batch: int,
+    max_wait_ms: float,
+    bodies: list[dict],
+    clients: int,
+    warmup: int,
+    threads: int,
+) -> tuple[dict, list]:
     port = free_port()
-    command = [sys.executable, "-m", "continual.cli", "serve", str(pool_dir), "--host",
-               "127.0.0.1", "--port", str(port), "--max-batch", str(max_batch),
-               "--max-wait-ms", str(max_wait_ms), "--threads", str(threads)]
+    command = [
+        sys.executable,
+        "-m",
+        "continual.cli",
+        "serve",
+        str(pool_dir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--max-batch",
+        str(max_batch),
+        "--max-wait-ms",
+        str(max_wait_ms),
+        "--threads",
+        str(threads),
+    ]
     env = dict(os.environ, PYTHONPATH=str(REPO), HF_HUB_OFFLINE="1")
     server = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     base = f"http://127.0.0.1:{port}"
@@ -213,8 +248,12 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=3, help="training epochs per task")
     parser.add_argument("--warmup", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=1,
-                        help="torch threads in each server (1 suits a shared 2-core machine)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads in each server (1 suits a shared 2-core machine)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/serve"))
     args = parser.parse_args()
 
@@ -227,26 +266,38 @@ def main() -> int:
     bodies = request_bodies(args.requests, args.seed)
     distinct = len({body["texts"][0] for body in bodies})
 
-    batched, batched_answers = serve_and_measure(pool_dir, "batched", 64, 5.0, bodies,
-                                                 args.clients, args.warmup, args.threads)
-    alone, alone_answers = serve_and_measure(pool_dir, "unbatched", 1, 0.0, bodies,
-                                             args.clients, args.warmup, args.threads)
+    batched, batched_answers = serve_and_measure(
+        pool_dir, "batched", 64, 5.0, bodies, args.clients, args.warmup, args.threads
+    )
+    alone, alone_answers = serve_and_measure(
+        pool_dir, "unbatched", 1, 0.0, bodies, args.clients, args.warmup, args.threads
+    )
     cost = forward_cost(pool_dir, bodies)
     both = [(a, b) for a, b in zip(batched_answers, alone_answers) if a and b]
     same_label = sum(a["task"] == b["task"] and a["label"] == b["label"] for a, b in both)
     max_score_gap = max((abs(a["score"] - b["score"]) for a, b in both), default=None)
-    command = ("PYTHONPATH=. python benchmarks/serve_load.py "
-               f"--requests {args.requests} --clients {args.clients} --epochs {args.epochs} "
-               f"--threads {args.threads} "
-               f"--out {args.out}")
+    command = (
+        "PYTHONPATH=. python benchmarks/serve_load.py "
+        f"--requests {args.requests} --clients {args.clients} --epochs {args.epochs} "
+        f"--threads {args.threads} "
+        f"--out {args.out}"
+    )
     results = {
         "command": command,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
-                    "platform": platform.platform()},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "platform": platform.platform(),
+        },
         "pool": build,
-        "requests": {"count": args.requests, "distinct_texts": distinct, "clients": args.clients,
-                     "texts_per_request": 1, "routed_share": 0.5,
-                     "warmup_requests_per_config": args.warmup},
+        "requests": {
+            "count": args.requests,
+            "distinct_texts": distinct,
+            "clients": args.clients,
+            "texts_per_request": 1,
+            "routed_share": 0.5,
+            "warmup_requests_per_config": args.warmup,
+        },
         "configs": [batched, alone],
         "batching_gain": {
             "throughput_x": round(batched["throughput_rps"] / alone["throughput_rps"], 2),
@@ -254,12 +305,16 @@ def main() -> int:
             "p99_latency_x": round(alone["latency_ms"]["p99"] / batched["latency_ms"]["p99"], 2),
         },
         "forward_cost_in_process": cost,
-        "agreement": {"answers_compared": len(both), "same_task_and_label": same_label,
-                      "max_score_difference": max_score_gap},
+        "agreement": {
+            "answers_compared": len(both),
+            "same_task_and_label": same_label,
+            "max_score_difference": max_score_gap,
+        },
     }
     args.out.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out / "results.json",
-                       (json.dumps(results, indent=2) + "\n").encode("utf-8"))
+    atomic_write_bytes(
+        args.out / "results.json", (json.dumps(results, indent=2) + "\n").encode("utf-8")
+    )
     atomic_write_bytes(args.out / "report.md", report(results).encode("utf-8"))
     print(json.dumps(results["batching_gain"]))
     return 0 if batched["errors"] == 0 and alone["errors"] == 0 else 1
@@ -293,11 +348,16 @@ def report(results: dict) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for run in (batched, alone):
-        name = (f"micro-batched (max batch {run['max_batch']}, wait ≤ {run['max_wait_ms']:g} ms)"
-                if run["max_batch"] > 1 else "each request alone (max batch 1)")
-        lines.append(f"| {name} | {run['errors']} | {run['latency_ms']['p50']} | "
-                     f"{run['latency_ms']['p90']} | {run['latency_ms']['p99']} | "
-                     f"{run['throughput_rps']} | {run['mean_texts_per_batch']} |")
+        name = (
+            f"micro-batched (max batch {run['max_batch']}, wait ≤ {run['max_wait_ms']:g} ms)"
+            if run["max_batch"] > 1
+            else "each request alone (max batch 1)"
+        )
+        lines.append(
+            f"| {name} | {run['errors']} | {run['latency_ms']['p50']} | "
+            f"{run['latency_ms']['p90']} | {run['latency_ms']['p99']} | "
+            f"{run['throughput_rps']} | {run['mean_texts_per_batch']} |"
+        )
     lines += [
         "",
         f"Micro-batching gain: {gain['throughput_x']}x throughput, p50 latency "
@@ -309,8 +369,11 @@ def report(results: dict) -> str:
         "",
         "| torch threads | one call each, ms | one shared call, ms | saving |",
         "|---|---|---|---|",
-        *[f"| {row['torch_threads']} | {row['one_call_each_ms']} | {row['one_shared_call_ms']} | "
-          f"{row['saving_x']}x |" for row in results["forward_cost_in_process"]],
+        *[
+            f"| {row['torch_threads']} | {row['one_call_each_ms']} | {row['one_shared_call_ms']} | "
+            f"{row['saving_x']}x |"
+            for row in results["forward_cost_in_process"]
+        ],
         "",
         "With one thread the encoder's cost grows with the tokens it sees, so sharing a pass "
         "saves little, and a batch of mixed lengths pads every text to the longest; with more "
@@ -324,11 +387,13 @@ def report(results: dict) -> str:
         "",
         "One run each, back to back, on a shared machine: take the figures as this run's, not "
         "as tight bounds. The server caches routing features per text; "
-        + ("every measured text is distinct, so each routed request paid its routing pass, "
-           "but for the warm-up texts (the set's last), whose features were already cached."
-           if requests["distinct_texts"] == requests["count"] else
-           f"the {requests['count']} requests cycle over {requests['distinct_texts']} texts, so "
-           "repeated texts skip the routing pass in both configs alike."),
+        + (
+            "every measured text is distinct, so each routed request paid its routing pass, "
+            "but for the warm-up texts (the set's last), whose features were already cached."
+            if requests["distinct_texts"] == requests["count"]
+            else f"the {requests['count']} requests cycle over {requests['distinct_texts']} texts, so "
+            "repeated texts skip the routing pass in both configs alike."
+        ),
         "",
     ]
     return "\n".join(lines)

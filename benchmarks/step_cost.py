@@ -8,6 +8,7 @@ default ``gaussian_views`` one (layers 3 + 6), with the bytes each stores per ta
 
     python benchmarks/step_cost.py --repeats 15 --out results/step_cost.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,8 +43,9 @@ def main() -> int:
 
     torch.manual_seed(0)
     backbone = Backbone.load(max_length=args.max_length)
-    task = load_corpus("bbc", train_per_label=args.batch_size, test_per_label=1,
-                       validation_per_label=0)
+    task = load_corpus(
+        "bbc", train_per_label=args.batch_size, test_per_label=1, validation_per_label=0
+    )
     texts = [text for text, _ in task.train[: args.batch_size]]
     targets = torch.tensor([task.label_index(label) for _, label in task.train[: args.batch_size]])
     batch = backbone.tokenize(texts)
@@ -87,30 +89,43 @@ def main() -> int:
 
     # Two pools of 4 tasks (quarters of the BBC texts) that differ only in their selector; the
     # query cache is off so that every call routes from scratch.
-    uncached = Backbone(backbone.model, backbone.tokenizer, backbone.name,
-                        max_length=args.max_length, query_layer=backbone.query_layer,
-                        query_cache_size=0)
+    uncached = Backbone(
+        backbone.model,
+        backbone.tokenizer,
+        backbone.name,
+        max_length=args.max_length,
+        query_layer=backbone.query_layer,
+        query_cache_size=0,
+    )
     pools = {}
     for selector in ("gaussian", "gaussian_views"):
         pool = PromptPool(uncached, prompt_length=args.prompt_length, selector=selector)
         for number in range(4):
             quarter = task.train[number::4]
             part = Task(f"part-{number}", train=quarter, labels=task.labels)
-            entry = TaskEntry(part.name, part.labels, prompt.vectors.detach().clone(),
-                              prompt_head.weight.detach().clone(),
-                              prompt_head.bias.detach().clone())
+            entry = TaskEntry(
+                part.name,
+                part.labels,
+                prompt.vectors.detach().clone(),
+                prompt_head.weight.detach().clone(),
+                prompt_head.bias.detach().clone(),
+            )
             pool.add_trained(part, entry)
         pools[selector] = pool
 
     def pool_predict(selector: str):
         return lambda: pools[selector].predict(texts, batch_size=args.batch_size)
 
-    steps = {"prompt-tuning step": prompt_step, "full fine-tuning step": finetune_step,
-             "pool prediction batch (query + prompted pass)": routed_prediction,
-             "plain forward pass": plain_prediction,
-             "PromptPool.predict, gaussian selector (layer 3)": pool_predict("gaussian"),
-             "PromptPool.predict, gaussian_views selector (layers 3 + 6)":
-                 pool_predict("gaussian_views")}
+    steps = {
+        "prompt-tuning step": prompt_step,
+        "full fine-tuning step": finetune_step,
+        "pool prediction batch (query + prompted pass)": routed_prediction,
+        "plain forward pass": plain_prediction,
+        "PromptPool.predict, gaussian selector (layer 3)": pool_predict("gaussian"),
+        "PromptPool.predict, gaussian_views selector (layers 3 + 6)": pool_predict(
+            "gaussian_views"
+        ),
+    }
     for step in steps.values():  # warm-up
         step()
     seconds: dict[str, list[float]] = {name: [] for name in steps}
@@ -127,19 +142,28 @@ def main() -> int:
     }
     result = {
         "command": "python " + " ".join(sys.argv),
-        "settings": {"batch_size": args.batch_size, "max_length": args.max_length,
-                     "prompt_length": args.prompt_length, "repeats": args.repeats,
-                     "threads": torch.get_num_threads()},
+        "settings": {
+            "batch_size": args.batch_size,
+            "max_length": args.max_length,
+            "prompt_length": args.prompt_length,
+            "repeats": args.repeats,
+            "threads": torch.get_num_threads(),
+        },
         "median_seconds": {name: round(value, 4) for name, value in medians.items()},
         "ratios": {
-            "fine-tuning step / prompt-tuning step":
-                round(medians["full fine-tuning step"] / medians["prompt-tuning step"], 2),
-            "pool prediction / plain forward":
-                round(medians["pool prediction batch (query + prompted pass)"]
-                      / medians["plain forward pass"], 2),
-            "routed prediction: gaussian_views / gaussian":
-                round(medians["PromptPool.predict, gaussian_views selector (layers 3 + 6)"]
-                      / medians["PromptPool.predict, gaussian selector (layer 3)"], 3),
+            "fine-tuning step / prompt-tuning step": round(
+                medians["full fine-tuning step"] / medians["prompt-tuning step"], 2
+            ),
+            "pool prediction / plain forward": round(
+                medians["pool prediction batch (query + prompted pass)"]
+                / medians["plain forward pass"],
+                2,
+            ),
+            "routed prediction: gaussian_views / gaussian": round(
+                medians["PromptPool.predict, gaussian_views selector (layers 3 + 6)"]
+                / medians["PromptPool.predict, gaussian selector (layer 3)"],
+                3,
+            ),
         },
         "selector_bytes_per_task": {name: pool.bytes_per_task()[0] for name, pool in pools.items()},
         "trainable_parameters": trainable,

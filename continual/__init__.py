@@ -3,6 +3,7 @@
 Each task is learned as its own soft prompt (plus a small head and a routing key) in a growing
 pool; a selector routes every input to its task's prompt with no task id given.
 """
+
 from .backbone import Backbone
 from .data import Task
 from .entry import TaskEntry

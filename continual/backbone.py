@@ -12,6 +12,7 @@ family, decoders included (measured better than the last token; see ``Backbone``
 padded on the right, so with the prompt before them a causal model's real tokens never see
 padding.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,11 +35,22 @@ DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 Pooling = Literal["mean", "last"]
 POOLINGS: tuple[str, ...] = ("mean", "last")
 DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16,
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
 }
 # Encoders whose position ids start after the padding index (RoBERTa and its descendants).
-_OFFSET_POSITIONS = frozenset({"roberta", "xlm-roberta", "camembert", "longformer",
-                               "roberta-prelayernorm", "xlm-roberta-xl", "data2vec-text"})
+_OFFSET_POSITIONS = frozenset(
+    {
+        "roberta",
+        "xlm-roberta",
+        "camembert",
+        "longformer",
+        "roberta-prelayernorm",
+        "xlm-roberta-xl",
+        "data2vec-text",
+    }
+)
 
 
 def default_model_path() -> Path:
@@ -108,17 +120,21 @@ class Backbone(nn.Module):
         except (NotImplementedError, AttributeError):
             embeddings = None
         if not isinstance(embeddings, nn.Embedding):
-            raise ContinualError(f"backbone {name!r} ({self.architecture}) has no input "
-                                 "embeddings to put a soft prompt before")
+            raise ContinualError(
+                f"backbone {name!r} ({self.architecture}) has no input "
+                "embeddings to put a soft prompt before"
+            )
         forward = inspect.signature(self.model.forward).parameters
         if "inputs_embeds" not in forward:
-            raise ContinualError(f"backbone {name!r} ({self.architecture}) does not take "
-                                 "inputs_embeds")
+            raise ContinualError(
+                f"backbone {name!r} ({self.architecture}) does not take inputs_embeds"
+            )
         self.is_decoder = _is_decoder(model)
         # Token types only where the model has a table for them (GPT-2 would add the embedding
         # of token 0 to every position instead).
-        self._token_types = ("token_type_ids" in forward
-                             and int(getattr(config, "type_vocab_size", 0) or 0) > 0)
+        self._token_types = (
+            "token_type_ids" in forward and int(getattr(config, "type_vocab_size", 0) or 0) > 0
+        )
         self.hidden_size: int = config.hidden_size
         self.num_layers: int = config.num_hidden_layers
         chosen = pooling if pooling is not None else "mean"
@@ -132,9 +148,7 @@ class Backbone(nn.Module):
         self.max_length = max_length
         self.query_layer = max(1, self.num_layers // 2) if query_layer is None else int(query_layer)
         if not 1 <= self.query_layer <= self.num_layers:
-            raise ContinualError(
-                f"query_layer must be in 1..{self.num_layers}, got {query_layer}"
-            )
+            raise ContinualError(f"query_layer must be in 1..{self.num_layers}, got {query_layer}")
         self._query_model = _truncated(self.model, self.query_layer)
         if query_cache_size < 0:
             raise ContinualError(f"query_cache_size must be 0 or more, got {query_cache_size}")
@@ -197,8 +211,10 @@ class Backbone(nn.Module):
                 if not gguf.is_file():
                     raise ContinualError(f"{gguf}: GGUF file not found")
                 if find_spec("gguf") is None:
-                    raise ContinualError("loading a .gguf file needs the 'gguf' package: "
-                                         "pip install 'continual[gguf]'")
+                    raise ContinualError(
+                        "loading a .gguf file needs the 'gguf' package: "
+                        "pip install 'continual[gguf]'"
+                    )
                 gguf_sha256 = _file_sha256(gguf)
                 model_options = {}
                 path = gguf.resolve().parent
@@ -209,8 +225,7 @@ class Backbone(nn.Module):
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModel.from_pretrained(path, dtype=torch_dtype, **options,
-                                              **model_options)
+            model = AutoModel.from_pretrained(path, dtype=torch_dtype, **options, **model_options)
             tokenizer = AutoTokenizer.from_pretrained(path, **options)
         except (OSError, ValueError) as error:
             raise ContinualError(f"cannot load backbone {name!r}: {error}") from None
@@ -218,8 +233,10 @@ class Backbone(nn.Module):
             if gguf_sha256 is None:
                 raise
             # A damaged GGUF fails deep inside the reader with any exception type.
-            raise ContinualError(f"cannot load backbone {name!r}: damaged or unsupported GGUF "
-                                 f"file ({type(error).__name__}: {error})") from None
+            raise ContinualError(
+                f"cannot load backbone {name!r}: damaged or unsupported GGUF "
+                f"file ({type(error).__name__}: {error})"
+            ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
             if bars:
@@ -229,10 +246,18 @@ class Backbone(nn.Module):
         try:
             model = model.to(target)
         except (RuntimeError, ValueError, AssertionError) as error:
-            raise ContinualError(f"cannot put backbone {name!r} on device {device!r}: "
-                                 f"{error}") from None
-        return cls(model, tokenizer, name, max_length=max_length, query_layer=query_layer,
-                   pooling=pooling, gguf_sha256=gguf_sha256)
+            raise ContinualError(
+                f"cannot put backbone {name!r} on device {device!r}: {error}"
+            ) from None
+        return cls(
+            model,
+            tokenizer,
+            name,
+            max_length=max_length,
+            query_layer=query_layer,
+            pooling=pooling,
+            gguf_sha256=gguf_sha256,
+        )
 
     # -- tokens and embeddings -------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
@@ -246,8 +271,10 @@ class Backbone(nn.Module):
             return_tensors="pt",
         )
         device = self.device
-        return {"input_ids": batch["input_ids"].to(device),
-                "attention_mask": batch["attention_mask"].to(device)}
+        return {
+            "input_ids": batch["input_ids"].to(device),
+            "attention_mask": batch["attention_mask"].to(device),
+        }
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of token ids: (B, n) → (B, n, H), in float32."""
@@ -287,16 +314,21 @@ class Backbone(nn.Module):
         ).last_hidden_state  # (B, n, H)
         return self.pool(hidden, attention_mask, pool_mask)
 
-    def pool(self, hidden: torch.Tensor, attention_mask: torch.Tensor,
-              pool_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def pool(
+        self,
+        hidden: torch.Tensor,
+        attention_mask: torch.Tensor,
+        pool_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         hidden = hidden.float()
         if self.pooling == "last":
             return _last_pool(hidden, attention_mask)
         return _mean_pool(hidden, attention_mask if pool_mask is None else pool_mask)
 
     @torch.no_grad()
-    def query(self, texts: Sequence[str], batch_size: int = 64, *,
-              with_last: bool = False) -> torch.Tensor:
+    def query(
+        self, texts: Sequence[str], batch_size: int = 64, *, with_last: bool = False
+    ) -> torch.Tensor:
         """Prompt-free features (N, H) on the CPU from ``query_layer``: what selectors route on.
 
         ``with_last``: (N, 2H), the query layer's and the last layer's mean-pooled states side
@@ -315,8 +347,9 @@ class Backbone(nn.Module):
         for start in range(0, len(missing), batch_size):
             chunk = missing[start : start + batch_size]
             batch = self.tokenize(chunk)
-            features = self.query_ids(batch["input_ids"], batch["attention_mask"],
-                                      with_last=with_last).cpu()
+            features = self.query_ids(
+                batch["input_ids"], batch["attention_mask"], with_last=with_last
+            ).cpu()
             found.update(zip(chunk, features))
             if self.query_cache_size:
                 cache.update(((with_last, text), row) for text, row in zip(chunk, features))
@@ -327,17 +360,26 @@ class Backbone(nn.Module):
         return torch.stack([found[text] for text in texts])
 
     @torch.no_grad()
-    def query_ids(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *,
-                  with_last: bool = False) -> torch.Tensor:
+    def query_ids(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, with_last: bool = False
+    ) -> torch.Tensor:
         """`query` for token ids (B, n) that are already tokenized: (B, H) or (B, 2H), not cached."""
-        inputs = {"input_ids": input_ids, "attention_mask": attention_mask,
-                  **self.extra_inputs(attention_mask)}
+        inputs = {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            **self.extra_inputs(attention_mask),
+        }
         if not with_last:
             hidden = self._query_model(**inputs).last_hidden_state
             return self.pool(hidden, attention_mask)
         states = self.model(**inputs, output_hidden_states=True).hidden_states
-        return torch.cat([self.pool(states[self.query_layer], attention_mask),
-                          self.pool(states[-1], attention_mask)], dim=1)
+        return torch.cat(
+            [
+                self.pool(states[self.query_layer], attention_mask),
+                self.pool(states[-1], attention_mask),
+            ],
+            dim=1,
+        )
 
     # -- identity ----------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:
@@ -352,8 +394,9 @@ class Backbone(nn.Module):
             digest = hashlib.sha256()
             for name, tensor in sorted(self.model.state_dict().items()):
                 digest.update(name.encode())
-                digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8)
-                              .numpy().tobytes())
+                digest.update(
+                    tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes()
+                )
             config = self.model.config
             self._fingerprint = {
                 "name": self.name,
@@ -388,11 +431,14 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise ContinualError(f"unknown device {device!r}: {error}") from None
     if target.type == "cuda":
         if not torch.cuda.is_available():
-            raise ContinualError(f"device {str(device)!r} asked for but this machine has no "
-                                 "CUDA GPU; use --device cpu")
+            raise ContinualError(
+                f"device {str(device)!r} asked for but this machine has no "
+                "CUDA GPU; use --device cpu"
+            )
         if target.index is not None and target.index >= torch.cuda.device_count():
-            raise ContinualError(f"device {str(device)!r}: this machine has "
-                                 f"{torch.cuda.device_count()} CUDA GPU(s)")
+            raise ContinualError(
+                f"device {str(device)!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)"
+            )
     elif target.type == "mps" and not torch.backends.mps.is_available():
         raise ContinualError(f"device {str(device)!r} is not available on this machine")
     return target
@@ -408,10 +454,10 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
         raise ContinualError(f"unknown dtype {dtype!r}; use {', '.join(DTYPES)}")
     if chosen not in DTYPES.values():
         raise ContinualError(f"unsupported dtype {dtype!r}; use {', '.join(DTYPES)}")
-    if device.type == "cuda" and chosen == torch.bfloat16 \
-            and not torch.cuda.is_bf16_supported():
-        raise ContinualError(f"device {str(device)!r} has no bfloat16 support; "
-                             "use --dtype float16 or float32")
+    if device.type == "cuda" and chosen == torch.bfloat16 and not torch.cuda.is_bf16_supported():
+        raise ContinualError(
+            f"device {str(device)!r} has no bfloat16 support; use --dtype float16 or float32"
+        )
     return chosen
 
 
@@ -427,7 +473,8 @@ def _is_decoder(model: nn.Module) -> bool:
     """Decoder-only language models: causal ones that are not masked-LM encoders."""
     config: Any = model.config
     if getattr(config, "is_encoder_decoder", False) or type(model).__name__.endswith(
-            "EncoderModel"):
+        "EncoderModel"
+    ):
         return False  # a T5 encoder reads the whole input both ways
     from transformers.models.auto.modeling_auto import (
         MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
@@ -435,8 +482,9 @@ def _is_decoder(model: nn.Module) -> bool:
     )
 
     kind = getattr(config, "model_type", "")
-    return kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in \
-        MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    return (
+        kind in MODEL_FOR_CAUSAL_LM_MAPPING_NAMES and kind not in MODEL_FOR_MASKED_LM_MAPPING_NAMES
+    )
 
 
 def _position_limit(config: Any) -> int | None:
@@ -457,8 +505,10 @@ def _prepare_tokenizer(tokenizer: Any, name: str) -> None:
             if token is not None:
                 tokenizer.pad_token = token
                 return
-        raise ContinualError(f"backbone {name!r}: the tokenizer has no pad, end-of-text or "
-                             "unknown token to pad batches with")
+        raise ContinualError(
+            f"backbone {name!r}: the tokenizer has no pad, end-of-text or "
+            "unknown token to pad batches with"
+        )
 
 
 def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -477,15 +527,21 @@ def _layer_stack(model: nn.Module, layers: int) -> nn.ModuleList | None:
     """The model's list of transformer layers: ``encoder.layer`` (BERT, RoBERTa),
     ``transformer.layer`` (DistilBERT), ``encoder.block`` (T5), ``layers`` (Llama, Qwen2),
     ``h`` (GPT-2), or any other ModuleList of ``layers`` modules."""
-    for path in ("encoder.layer", "transformer.layer", "encoder.block", "layers", "h",
-                 "decoder.layers", "model.layers"):
+    for path in (
+        "encoder.layer",
+        "transformer.layer",
+        "encoder.block",
+        "layers",
+        "h",
+        "decoder.layers",
+        "model.layers",
+    ):
         module: Any = model
         for part in path.split("."):
             module = getattr(module, part, None)
         if isinstance(module, nn.ModuleList) and len(module) == layers:
             return module
-    candidates = [m for m in model.modules() if isinstance(m, nn.ModuleList)
-                  and len(m) == layers]
+    candidates = [m for m in model.modules() if isinstance(m, nn.ModuleList) and len(m) == layers]
     return candidates[0] if len(candidates) == 1 else None
 
 

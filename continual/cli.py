@@ -3,6 +3,7 @@
 Errors in the user's input print one line naming the file, row or field, and exit with code 2.
 Any other failure prints one line and exits with code 1; ``--debug`` shows its traceback.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -42,9 +43,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "debug", False):
             traceback.print_exc()
         detail = _one_line(f"{type(error).__name__}: {error}")[:500]
-        print(f"error: unexpected failure ({detail}); this is a bug in continual, please "
-              "report it with the command that caused it (rerun with --debug for the "
-              "traceback)", file=sys.stderr)
+        print(
+            f"error: unexpected failure ({detail}); this is a bug in continual, please "
+            "report it with the command that caused it (rerun with --debug for the "
+            "traceback)",
+            file=sys.stderr,
+        )
         return EXIT_FAILURE
 
 
@@ -54,8 +58,9 @@ def _one_line(message: str) -> str:
 
 def _printable(text: str) -> str:
     """``text`` with control, other non-printable and undecodable characters escaped."""
-    return "".join(character if character.isprintable() else _escape(character)
-                   for character in text)
+    return "".join(
+        character if character.isprintable() else _escape(character) for character in text
+    )
 
 
 def _escape(character: str) -> str:
@@ -96,8 +101,10 @@ def _utf8(value: str, what: str) -> None:
         value.encode("utf-8")
     except UnicodeEncodeError as error:
         byte = ord(value[error.start]) & 0xFF
-        raise ContinualError(f"{what} is not valid UTF-8 (byte 0x{byte:02x} at character "
-                             f"{error.start}); pass text encoded as UTF-8") from None
+        raise ContinualError(
+            f"{what} is not valid UTF-8 (byte 0x{byte:02x} at character "
+            f"{error.start}); pass text encoded as UTF-8"
+        ) from None
 
 
 class _Parser(argparse.ArgumentParser):
@@ -118,63 +125,102 @@ def _parser() -> argparse.ArgumentParser:
         prog="continual",
         description="Continual learning with a growing pool of soft prompts over a frozen model.",
     )
-    parser.add_argument("--debug", action="store_true",
-                        help="print the traceback of an unexpected failure")
+    parser.add_argument(
+        "--debug", action="store_true", help="print the traceback of an unexpected failure"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     common = _Parser(add_help=False)
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="print the traceback of an unexpected failure")
-    backbone_help = ("the backbone to load the pool with (a model folder or hub name); needed "
-                     "when the pool names a local model, and checked against the pool's")
+    common.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print the traceback of an unexpected failure",
+    )
+    backbone_help = (
+        "the backbone to load the pool with (a model folder or hub name); needed "
+        "when the pool names a local model, and checked against the pool's"
+    )
 
-    learn = commands.add_parser("learn", help="add one task to a pool (created if missing)",
-                                parents=[common])
+    learn = commands.add_parser(
+        "learn", help="add one task to a pool (created if missing)", parents=[common]
+    )
     learn.add_argument("pool", type=_path)
     learn.add_argument("--task", required=True, help="name of the new task")
     learn.add_argument("--train", required=True, type=_path, help="CSV/JSONL with text,label")
     learn.add_argument("--test", type=_path, help="held-out CSV/JSONL (default: 20%% of --train)")
     learn.add_argument("--validation", type=_path, help="CSV/JSONL for early stopping")
-    learn.add_argument("--epochs", type=int, help="training epochs at most for this task "
-                       "(default: the pool's, 6 for a new pool)")
+    learn.add_argument(
+        "--epochs",
+        type=int,
+        help="training epochs at most for this task (default: the pool's, 6 for a new pool)",
+    )
     learn.add_argument("--seed", type=int, default=0)
     learn.add_argument("--prompt-length", type=int, default=16, help="for a new pool")
-    learn.add_argument("--selector", default=DEFAULT_SELECTOR,
-                       choices=[name for name in SELECTORS if name != "oracle"],
-                       help="for a new pool")
-    learn.add_argument("--backbone", help="HF model name, folder or .gguf file for a new pool "
-                       "(default: the packaged all-MiniLM-L6-v2); encoders (BERT, RoBERTa, "
-                       "DistilBERT, T5) and decoder LMs (Llama, GPT-2, Qwen2...); for an existing "
-                       "pool, " + backbone_help)
-    learn.add_argument("--max-length", type=int, default=128,
-                       help="for a new pool: tokens per input, prompt not counted")
-    learn.add_argument("--pooling", choices=["mean", "last"],
-                       help="for a new pool: features from the mean of the input's tokens "
-                       "(default) or the last one (default with --head verbalizer)")
-    learn.add_argument("--head", choices=["linear", "verbalizer"], default="linear",
-                       help="for a new pool: a trained linear head, or (language models) the "
-                       "label words scored with the LM's output embeddings")
+    learn.add_argument(
+        "--selector",
+        default=DEFAULT_SELECTOR,
+        choices=[name for name in SELECTORS if name != "oracle"],
+        help="for a new pool",
+    )
+    learn.add_argument(
+        "--backbone",
+        help="HF model name, folder or .gguf file for a new pool "
+        "(default: the packaged all-MiniLM-L6-v2); encoders (BERT, RoBERTa, "
+        "DistilBERT, T5) and decoder LMs (Llama, GPT-2, Qwen2...); for an existing "
+        "pool, " + backbone_help,
+    )
+    learn.add_argument(
+        "--max-length",
+        type=int,
+        default=128,
+        help="for a new pool: tokens per input, prompt not counted",
+    )
+    learn.add_argument(
+        "--pooling",
+        choices=["mean", "last"],
+        help="for a new pool: features from the mean of the input's tokens "
+        "(default) or the last one (default with --head verbalizer)",
+    )
+    learn.add_argument(
+        "--head",
+        choices=["linear", "verbalizer"],
+        default="linear",
+        help="for a new pool: a trained linear head, or (language models) the "
+        "label words scored with the LM's output embeddings",
+    )
     _add_device_arguments(learn)
-    learn.add_argument("--resume", action="store_true",
-                       help="skip, without error, a task the pool already holds")
-    learn.add_argument("--wait", type=float, default=0.0,
-                       help="seconds to wait for another process that holds the pool")
+    learn.add_argument(
+        "--resume", action="store_true", help="skip, without error, a task the pool already holds"
+    )
+    learn.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="seconds to wait for another process that holds the pool",
+    )
     learn.add_argument("--no-progress", action="store_true")
     learn.set_defaults(handler=_learn)
 
-    predict = commands.add_parser("predict", help="label texts; one JSON object per line",
-                                  parents=[common])
+    predict = commands.add_parser(
+        "predict", help="label texts; one JSON object per line", parents=[common]
+    )
     predict.add_argument("pool", type=_path)
     predict.add_argument("texts", nargs="*", help="texts to label")
     predict.add_argument("--file", type=_path, help="CSV/JSONL with a text column, or plain text")
     predict.add_argument("--task", help="skip routing: send every text to this task")
-    predict.add_argument("--min-score", type=float, help="refuse (task and label null) texts "
-                         "whose routing score is below this, on the selector's scale")
+    predict.add_argument(
+        "--min-score",
+        type=float,
+        help="refuse (task and label null) texts "
+        "whose routing score is below this, on the selector's scale",
+    )
     predict.add_argument("--backbone", help=backbone_help)
     _add_device_arguments(predict)
     predict.set_defaults(handler=_predict)
 
-    evaluate = commands.add_parser("evaluate", help="accuracy and routing accuracy on a file",
-                                   parents=[common])
+    evaluate = commands.add_parser(
+        "evaluate", help="accuracy and routing accuracy on a file", parents=[common]
+    )
     evaluate.add_argument("pool", type=_path)
     evaluate.add_argument("--task", required=True)
     evaluate.add_argument("--test", required=True, type=_path)
@@ -189,24 +235,33 @@ def _parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(handler=_info)
 
-    explain = commands.add_parser("explain", help="why texts went where they went, "
-                                  "and what the prompts resemble", parents=[common])
+    explain = commands.add_parser(
+        "explain",
+        help="why texts went where they went, and what the prompts resemble",
+        parents=[common],
+    )
     explain.add_argument("pool", type=_path)
     explain.add_argument("texts", nargs="*")
-    explain.add_argument("--tokens", type=int, default=0,
-                         help="also show the N vocabulary tokens nearest each prompt vector")
+    explain.add_argument(
+        "--tokens",
+        type=int,
+        default=0,
+        help="also show the N vocabulary tokens nearest each prompt vector",
+    )
     explain.add_argument("--backbone", help=backbone_help)
     explain.set_defaults(handler=_explain)
 
     from .bench.cli import add_run_arguments
 
-    run = commands.add_parser("run", help="run a benchmark: methods over a task sequence",
-                              parents=[common])
+    run = commands.add_parser(
+        "run", help="run a benchmark: methods over a task sequence", parents=[common]
+    )
     add_run_arguments(run)
     run.set_defaults(handler=_run)
 
-    plot = commands.add_parser("plot", help="draw the plots of a benchmark result folder",
-                               parents=[common])
+    plot = commands.add_parser(
+        "plot", help="draw the plots of a benchmark result folder", parents=[common]
+    )
     plot.add_argument("dir", type=_path)
     plot.set_defaults(handler=_plot)
     _add_manage_parsers(commands, common)
@@ -214,19 +269,26 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu",
-                        help="cpu, cuda, cuda:1... or auto (the GPU if there is one)")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
-                        help="precision of the frozen backbone (prompts and heads stay "
-                        "float32); default float32 for a new pool, else the pool's own")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:1... or auto (the GPU if there is one)"
+    )
+    parser.add_argument(
+        "--dtype",
+        choices=["float32", "bfloat16", "float16"],
+        help="precision of the frozen backbone (prompts and heads stay "
+        "float32); default float32 for a new pool, else the pool's own",
+    )
 
 
 def _load_pool(args: argparse.Namespace):
     from .pool import PromptPool
 
-    return PromptPool.load(args.pool, getattr(args, "backbone", None),
-                           device=getattr(args, "device", "cpu"),
-                           dtype=getattr(args, "dtype", None))
+    return PromptPool.load(
+        args.pool,
+        getattr(args, "backbone", None),
+        device=getattr(args, "device", "cpu"),
+        dtype=getattr(args, "dtype", None),
+    )
 
 
 def _learn(args: argparse.Namespace) -> int:
@@ -250,18 +312,22 @@ def _learn(args: argparse.Namespace) -> int:
             pool = _load_pool(args)
             if args.task in pool.tasks:
                 if args.resume:
-                    print(f"task {args.task!r} is already in {args.pool}; nothing to do",
-                          file=sys.stderr)
+                    print(
+                        f"task {args.task!r} is already in {args.pool}; nothing to do",
+                        file=sys.stderr,
+                    )
                     return 0
                 raise ContinualError(
                     f"task {args.task!r} is already in {args.pool}; choose another --task name"
                 )
         else:
-            backbone = Backbone.load(args.backbone, max_length=args.max_length,
-                                     device=args.device,
-                                     dtype=args.dtype or "float32",
-                                     pooling=args.pooling or (
-                                         "last" if args.head == "verbalizer" else None))
+            backbone = Backbone.load(
+                args.backbone,
+                max_length=args.max_length,
+                device=args.device,
+                dtype=args.dtype or "float32",
+                pooling=args.pooling or ("last" if args.head == "verbalizer" else None),
+            )
             pool = PromptPool(
                 backbone,
                 prompt_length=args.prompt_length,
@@ -271,15 +337,22 @@ def _learn(args: argparse.Namespace) -> int:
         training = None
         if args.epochs is not None:
             training = dataclasses.replace(pool.training, epochs=args.epochs)
-        entry = pool.learn(task, seed=args.seed, progress=not args.no_progress,
-                           training=training)
+        entry = pool.learn(task, seed=args.seed, progress=not args.no_progress, training=training)
         pool.save(args.pool, lock=False)  # this process holds the lock already
         result = pool.evaluate(task) if task.test else None
     routing = result.routing_accuracy if result else None
-    print(_json({"pool": str(args.pool), "task": entry.name, "labels": entry.labels,
-                 "accuracy": None if result is None else round(result.accuracy, 2),
-                 "routing_accuracy": None if routing is None else round(routing, 2),
-                 "train_seconds": entry.stats["train_seconds"]}))
+    print(
+        _json(
+            {
+                "pool": str(args.pool),
+                "task": entry.name,
+                "labels": entry.labels,
+                "accuracy": None if result is None else round(result.accuracy, 2),
+                "routing_accuracy": None if routing is None else round(routing, 2),
+                "train_seconds": entry.stats["train_seconds"],
+            }
+        )
+    )
     return 0
 
 
@@ -324,12 +397,14 @@ def _info(args: argparse.Namespace) -> int:
     tasks = []
     for record in manifest["tasks"]:
         path = args.pool / str(record.get("file", ""))
-        tasks.append({
-            "name": record.get("name"),
-            "labels": record.get("labels"),
-            "bytes": path.lstat().st_size if path.is_file() and not path.is_symlink() else None,
-            "stats": record.get("stats", {}),
-        })
+        tasks.append(
+            {
+                "name": record.get("name"),
+                "labels": record.get("labels"),
+                "bytes": path.lstat().st_size if path.is_file() and not path.is_symlink() else None,
+                "stats": record.get("stats", {}),
+            }
+        )
     summary = {
         "pool": str(args.pool),
         "backbone": manifest["backbone"].get("name"),
@@ -343,9 +418,11 @@ def _info(args: argparse.Namespace) -> int:
         return 0
     # Names come from the manifest: escaped, so a name cannot drive the terminal.
     selector = manifest["selector"].get("name")
-    print(f"{_printable(str(args.pool))}: {len(tasks)} task(s) on "
-          f"{_printable(str(summary['backbone']))} (width {hidden}, prompt length {length}, "
-          f"selector {_printable(str(selector))})")
+    print(
+        f"{_printable(str(args.pool))}: {len(tasks)} task(s) on "
+        f"{_printable(str(summary['backbone']))} (width {hidden}, prompt length {length}, "
+        f"selector {_printable(str(selector))})"
+    )
     for task in tasks:
         size = "?" if task["bytes"] is None else f"{task['bytes'] / 1000:.1f} KB"
         labels = "[" + ", ".join(_printable(repr(label)) for label in task["labels"]) + "]"
@@ -363,8 +440,9 @@ def _explain(args: argparse.Namespace) -> int:
     pool = PromptPool.load(args.pool, args.backbone)
     vocabulary = int(pool.backbone.embedding_matrix.shape[0])
     if args.tokens > vocabulary:
-        raise ContinualError(f"--tokens must be at most the vocabulary size {vocabulary}, got "
-                             f"{args.tokens}")
+        raise ContinualError(
+            f"--tokens must be at most the vocabulary size {vocabulary}, got {args.tokens}"
+        )
     similarity = prompt_similarity(pool)
     print("prompt similarity (cosine):")
     for name, row in zip(pool.tasks, similarity.tolist()):
@@ -373,8 +451,10 @@ def _explain(args: argparse.Namespace) -> int:
         for name in pool.tasks:
             print(f"nearest tokens of {_printable(name)}'s prompt vectors:")
             for position, tokens in enumerate(nearest_tokens(pool, name, args.tokens)):
-                print(f"  {position:>3}: "
-                      + ", ".join(f"{_printable(t)} ({s:.2f})" for t, s in tokens))
+                print(
+                    f"  {position:>3}: "
+                    + ", ".join(f"{_printable(t)} ({s:.2f})" for t, s in tokens)
+                )
     for item in explain_routing(pool, args.texts):
         print(_json(item, ensure_ascii=False))
     return 0
@@ -394,55 +474,88 @@ def _plot(args: argparse.Namespace) -> int:
 
 # -- serving and task management ----------------------------------------------------------------
 def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
-    serve = commands.add_parser("serve", help="serve a pool over HTTP (POST /predict, GET /tasks)",
-                                 parents=[common])
+    serve = commands.add_parser(
+        "serve", help="serve a pool over HTTP (POST /predict, GET /tasks)", parents=[common]
+    )
     serve.add_argument("pool", type=_path)
-    serve.add_argument("--backbone", help="the model the pool was built on, where it is not "
-                       "the packaged default or a hub name")
+    serve.add_argument(
+        "--backbone",
+        help="the model the pool was built on, where it is not the packaged default or a hub name",
+    )
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
-    serve.add_argument("--max-batch", type=int, default=64,
-                       help="texts per shared forward pass at most (1: no micro-batching)")
-    serve.add_argument("--max-wait-ms", type=float, default=5.0,
-                       help="how long a request waits for others to share its forward pass")
+    serve.add_argument(
+        "--max-batch",
+        type=int,
+        default=64,
+        help="texts per shared forward pass at most (1: no micro-batching)",
+    )
+    serve.add_argument(
+        "--max-wait-ms",
+        type=float,
+        default=5.0,
+        help="how long a request waits for others to share its forward pass",
+    )
     serve.add_argument("--max-texts", type=int, default=256, help="texts per request at most")
-    serve.add_argument("--poll", type=float, default=1.0,
-                       help="seconds between checks of the pool on disk for added/removed tasks")
-    serve.add_argument("--threads", type=int,
-                       help="torch threads for the forward passes (default: torch's choice)")
+    serve.add_argument(
+        "--poll",
+        type=float,
+        default=1.0,
+        help="seconds between checks of the pool on disk for added/removed tasks",
+    )
+    serve.add_argument(
+        "--threads", type=int, help="torch threads for the forward passes (default: torch's choice)"
+    )
     serve.set_defaults(handler=_serve)
 
-    remove = commands.add_parser("remove", help="remove one task from a pool",
-                                 parents=[common])
+    remove = commands.add_parser("remove", help="remove one task from a pool", parents=[common])
     remove.add_argument("pool", type=_path)
     remove.add_argument("--task", required=True)
-    remove.add_argument("--wait", type=float, default=0.0,
-                        help="seconds to wait for another process that holds the pool")
+    remove.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="seconds to wait for another process that holds the pool",
+    )
     remove.set_defaults(handler=_remove)
 
-    export = commands.add_parser("export", help="write one task as a single safetensors file",
-                                 parents=[common])
+    export = commands.add_parser(
+        "export", help="write one task as a single safetensors file", parents=[common]
+    )
     export.add_argument("pool", type=_path)
     export.add_argument("--task", required=True)
     export.add_argument("--out", required=True, type=_path)
     export.set_defaults(handler=_export)
 
-    imp = commands.add_parser("import", help="add an exported task to a pool (created if missing)",
-                                 parents=[common])
+    imp = commands.add_parser(
+        "import", help="add an exported task to a pool (created if missing)", parents=[common]
+    )
     imp.add_argument("pool", type=_path)
     imp.add_argument("file", type=_path)
     imp.add_argument("--as", dest="name", help="import under this name")
-    imp.add_argument("--wait", type=float, default=0.0,
-                     help="seconds to wait for another process that holds the pool")
+    imp.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="seconds to wait for another process that holds the pool",
+    )
     imp.set_defaults(handler=_import)
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .serve import run_server
 
-    run_server(args.pool, host=args.host, port=args.port, max_batch=args.max_batch,
-               max_wait=args.max_wait_ms / 1000.0, max_texts=args.max_texts,
-               poll_interval=args.poll, threads=args.threads, backbone=args.backbone)
+    run_server(
+        args.pool,
+        host=args.host,
+        port=args.port,
+        max_batch=args.max_batch,
+        max_wait=args.max_wait_ms / 1000.0,
+        max_texts=args.max_texts,
+        poll_interval=args.poll,
+        threads=args.threads,
+        backbone=args.backbone,
+    )
     return 0
 
 
@@ -458,8 +571,16 @@ def _export(args: argparse.Namespace) -> int:
     from .manage import export_task
 
     path = export_task(args.pool, args.task, args.out)
-    print(_json({"pool": str(args.pool), "task": args.task, "file": str(path),
-                      "bytes": path.stat().st_size}))
+    print(
+        _json(
+            {
+                "pool": str(args.pool),
+                "task": args.task,
+                "file": str(path),
+                "bytes": path.stat().st_size,
+            }
+        )
+    )
     return 0
 
 

@@ -6,6 +6,7 @@ and, for labelled data, a ``label`` column. Labels are kept as the strings writt
 is read through `files.read_regular_file`: regular files only, up to
 ``files.MAX_DATA_FILE_BYTES``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -141,8 +142,9 @@ def split_examples(
 
 
 def _decode(path: Path) -> str:
-    raw = files.read_regular_file(path, limit=files.MAX_DATA_FILE_BYTES, error=TaskDataError,
-                                  what="CSV, JSONL or text file")
+    raw = files.read_regular_file(
+        path, limit=files.MAX_DATA_FILE_BYTES, error=TaskDataError, what="CSV, JSONL or text file"
+    )
     try:
         # utf-8-sig drops a byte-order mark that spreadsheet programs write.
         content = raw.decode("utf-8-sig")
@@ -184,8 +186,11 @@ def read_rows(path: str | Path, columns: Sequence[str]) -> list[dict[str, str]]:
             if column == "label" and suffix != ".csv" and not isinstance(value, str):
                 # A number would be read as some string other than the one written (1e2 as
                 # "100.0"), and 1 and "1" would become one label: labels must be written as text.
-                hint = ("; put the label in quotes, as written, if that is the label"
-                        if isinstance(value, (int, float)) and not isinstance(value, bool) else "")
+                hint = (
+                    "; put the label in quotes, as written, if that is the label"
+                    if isinstance(value, (int, float)) and not isinstance(value, bool)
+                    else ""
+                )
                 raise TaskDataError(
                     f"{path}, row {number}, field 'label': a label must be a JSON string, got "
                     f"{type(value).__name__} {json.dumps(value)[:40]}{hint}"
@@ -226,7 +231,9 @@ def _csv_rows(path: Path, content: str) -> list[tuple[int, dict]]:
         reader = csv.DictReader(io.StringIO(content, newline=""))
         header = reader.fieldnames
         if not header:
-            raise TaskDataError(f"{path}: empty file, expected a header row with 'text' and 'label'")
+            raise TaskDataError(
+                f"{path}: empty file, expected a header row with 'text' and 'label'"
+            )
         duplicated = sorted({name for name in header if header.count(name) > 1})
         if duplicated:
             raise TaskDataError(

@@ -1,4 +1,5 @@
 """`TaskEntry`: one learned task, the same object from training to storage."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -32,8 +33,13 @@ class TaskEntry:
         return flat
 
     @classmethod
-    def from_tensors(cls, name: str, labels: list[str], tensors: dict[str, torch.Tensor],
-                     stats: dict[str, Any] | None = None) -> TaskEntry:
+    def from_tensors(
+        cls,
+        name: str,
+        labels: list[str],
+        tensors: dict[str, torch.Tensor],
+        stats: dict[str, Any] | None = None,
+    ) -> TaskEntry:
         """The inverse of `tensors`; raises KeyError for a missing prompt or head tensor."""
         return cls(
             name=name,
@@ -41,8 +47,11 @@ class TaskEntry:
             prompt=tensors["prompt"],
             head_weight=tensors["head.weight"],
             head_bias=tensors["head.bias"],
-            selector_state={key.removeprefix("selector."): value
-                            for key, value in tensors.items() if key.startswith("selector.")},
+            selector_state={
+                key.removeprefix("selector."): value
+                for key, value in tensors.items()
+                if key.startswith("selector.")
+            },
             stats=dict(stats or {}),
         )
 

@@ -4,6 +4,7 @@ Soft prompts are vectors, not words. Three views make them less opaque: the voca
 nearest to each prompt vector, how similar the tasks' prompts are to each other, and, for one
 input, how well it matched every task and why it went where it went.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -22,7 +23,10 @@ def nearest_tokens(pool: PromptPool, task: str, k: int = 5) -> list[list[tuple[s
     values, ids = similarity.topk(k, dim=1)
     tokenizer = pool.backbone.tokenizer
     return [
-        [(tokenizer.convert_ids_to_tokens(int(i)), round(float(v), 3)) for v, i in zip(row_v, row_i)]
+        [
+            (tokenizer.convert_ids_to_tokens(int(i)), round(float(v), 3))
+            for v, i in zip(row_v, row_i)
+        ]
         for row_v, row_i in zip(values, ids)
     ]
 
@@ -43,14 +47,16 @@ def explain_routing(pool: PromptPool, texts: Sequence[str]) -> list[dict]:
     for text, row, prediction in zip(texts, scores, predictions):
         ranked = sorted(zip(pool.tasks, row.tolist()), key=lambda pair: -pair[1])
         margin = ranked[0][1] - ranked[1][1] if len(ranked) > 1 else None
-        explained.append({
-            "text": text,
-            "task": prediction.task,
-            "label": prediction.label,
-            "score": round(prediction.score, 4),
-            "routing": {name: round(value, 4) for name, value in ranked},
-            "margin": None if margin is None else round(margin, 4),
-        })
+        explained.append(
+            {
+                "text": text,
+                "task": prediction.task,
+                "label": prediction.label,
+                "score": round(prediction.score, 4),
+                "routing": {name: round(value, 4) for name, value in ranked},
+                "margin": None if margin is None else round(margin, 4),
+            }
+        )
     return explained
 
 

@@ -5,6 +5,7 @@ file is opened with ``O_NONBLOCK`` (so opening a FIFO cannot block) and checked 
 on the open descriptor (so a symlink swapped in between cannot fool the check). With
 ``follow_symlinks=False`` the last path component must not be a symbolic link (``O_NOFOLLOW``).
 """
+
 from __future__ import annotations
 
 import errno
@@ -56,19 +57,23 @@ def read_regular_file(
         raise error(f"{path}: {what} not found") from None
     except OSError as failure:
         if failure.errno == errno.ELOOP and not follow_symlinks:
-            raise error(f"{path}: is a symbolic link; refusing to follow it (a {what} must be "
-                        "a regular file)") from None
+            raise error(
+                f"{path}: is a symbolic link; refusing to follow it (a {what} must be "
+                "a regular file)"
+            ) from None
         if failure.errno == errno.ENXIO:  # a socket, or a FIFO opened for writing only
             raise error(f"{path}: not a regular file; expected a {what}") from None
         raise error(f"{path}: cannot read the {what} ({failure.strerror})") from None
     try:
         status = os.fstat(descriptor)
         if not stat.S_ISREG(status.st_mode):
-            raise error(f"{path}: is {_kind(status.st_mode)}, not a regular file; expected a "
-                        f"{what}")
+            raise error(
+                f"{path}: is {_kind(status.st_mode)}, not a regular file; expected a {what}"
+            )
         if status.st_size > limit:
-            raise error(f"{path}: {status.st_size} bytes, over the limit of {limit} bytes for a "
-                        f"{what}")
+            raise error(
+                f"{path}: {status.st_size} bytes, over the limit of {limit} bytes for a {what}"
+            )
         chunks = []
         size = 0
         while True:

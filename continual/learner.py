@@ -5,6 +5,7 @@ reach of the optimizer. Training is seeded and deterministic, shows a progress b
 early on the validation split (keeping the best epoch). Randomness comes from one seeded
 ``torch.Generator``; the process's global random state is neither read nor changed.
 """
+
 from __future__ import annotations
 
 import math
@@ -56,23 +57,33 @@ class TrainingConfig:
         for name, least in (("epochs", 1), ("batch_size", 1), ("patience", 0)):
             value = getattr(self, name)
             if type(value) is not int or value < least:
-                raise ContinualError(f"training field {name!r} must be an integer of at least "
-                                     f"{least}, got {value!r}")
+                raise ContinualError(
+                    f"training field {name!r} must be an integer of at least {least}, got {value!r}"
+                )
         for name in ("prompt_lr", "head_lr"):
             value = getattr(self, name)
-            if (isinstance(value, bool) or not isinstance(value, (int, float))
-                    or not math.isfinite(value) or value <= 0):
-                raise ContinualError(f"training field {name!r} must be a positive finite "
-                                     f"number, got {value!r}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or not math.isfinite(value)
+                or value <= 0
+            ):
+                raise ContinualError(
+                    f"training field {name!r} must be a positive finite number, got {value!r}"
+                )
         if self.prompt_init not in ("vocab", "random", "text"):
-            raise ContinualError(f"training field 'prompt_init' must be 'vocab', 'random' or "
-                                 f"'text', got {self.prompt_init!r}")
+            raise ContinualError(
+                f"training field 'prompt_init' must be 'vocab', 'random' or "
+                f"'text', got {self.prompt_init!r}"
+            )
         if self.prompt_text is not None and not isinstance(self.prompt_text, str):
-            raise ContinualError(f"training field 'prompt_text' must be text or null, got "
-                                 f"{self.prompt_text!r}")
+            raise ContinualError(
+                f"training field 'prompt_text' must be text or null, got {self.prompt_text!r}"
+            )
         if self.prompt_init == "text" and not (self.prompt_text or "").strip():
-            raise ContinualError("training field 'prompt_text' must be a non-empty text when "
-                                 "'prompt_init' is 'text'")
+            raise ContinualError(
+                "training field 'prompt_text' must be a non-empty text when 'prompt_init' is 'text'"
+            )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -121,12 +132,16 @@ def train_task(
         raise ContinualError(f"unknown head {config.head!r}; use 'linear' or 'verbalizer'")
     optimizer = torch.optim.Adam(groups)
     texts = [text for text, _ in task.train]
-    targets = torch.tensor([task.label_index(label) for _, label in task.train],
-                           device=backbone.device)
+    targets = torch.tensor(
+        [task.label_index(label) for _, label in task.train], device=backbone.device
+    )
     steps_per_epoch = math.ceil(len(texts) / config.batch_size)
     # (validation accuracy, (prompt, head weight, head bias), epoch)
     best: tuple[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, int] = (
-        -1.0, None, 0)
+        -1.0,
+        None,
+        0,
+    )
     stale = 0
     start = time.perf_counter()
     bar = Progress(config.epochs * steps_per_epoch, f"learn {task.name}", enabled=progress)
@@ -153,8 +168,11 @@ def train_task(
         accuracy = _accuracy(backbone, prompt, head, task, task.validation, config.batch_size)
         bar.checkpoint(f"epoch {epoch + 1}/{config.epochs}", val=f"{accuracy:.1%}")
         if accuracy > best[0]:
-            state = (prompt.vectors.detach().clone(), head.weight.detach().clone(),
-                     head.bias.detach().clone())
+            state = (
+                prompt.vectors.detach().clone(),
+                head.weight.detach().clone(),
+                head.bias.detach().clone(),
+            )
             best = (accuracy, state, epoch + 1)
             stale = 0
         else:
@@ -172,14 +190,20 @@ def train_task(
         "best_epoch": best[2] if best[1] is not None else epochs_run,
         "validation_accuracy": None if best[1] is None else round(100 * best[0], 2),
         "train_seconds": round(time.perf_counter() - start, 2),
-        "trainable_parameters": prompt.vectors.numel() + (
-            weight.numel() + bias.numel() if config.head == "linear" else 0),
+        "trainable_parameters": prompt.vectors.numel()
+        + (weight.numel() + bias.numel() if config.head == "linear" else 0),
         "head": config.head,
         "seed": seed,
     }
     # Entries live on the CPU: that is how they are stored, and the pool moves them as needed.
-    return TaskEntry(name=task.name, labels=list(task.labels), prompt=vectors.cpu().clone(),
-                     head_weight=weight.cpu().clone(), head_bias=bias.cpu().clone(), stats=stats)
+    return TaskEntry(
+        name=task.name,
+        labels=list(task.labels),
+        prompt=vectors.cpu().clone(),
+        head_weight=weight.cpu().clone(),
+        head_bias=bias.cpu().clone(),
+        stats=stats,
+    )
 
 
 def _new_head(hidden: int, classes: int, generator: torch.Generator) -> nn.Linear:
@@ -209,7 +233,8 @@ def _accuracy(
             backbone, prompt(len(chunk)), batch["input_ids"], batch["attention_mask"]
         )
         predicted = head(features).argmax(1)
-        gold = torch.tensor([task.label_index(label) for _, label in chunk],
-                            device=head.weight.device)
+        gold = torch.tensor(
+            [task.label_index(label) for _, label in chunk], device=head.weight.device
+        )
         correct += int((predicted == gold).sum())
     return correct / max(len(examples), 1)

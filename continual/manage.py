@@ -7,6 +7,7 @@ previous pool. An exported task is one safetensors file (tensors plus string met
 labels, stats, selector config and the backbone fingerprint); importing checks all of it against
 the pool before anything is written.
 """
+
 from __future__ import annotations
 
 import os
@@ -60,13 +61,20 @@ def entry_from_export(
             )
     hidden = backbone["hidden_size"]
     if tuple(tensors["prompt"].shape) != (prompt_length, hidden):
-        raise PoolFormatError(f"{path}: prompt shape {tuple(tensors['prompt'].shape)}, the pool "
-                              f"needs {(prompt_length, hidden)}")
+        raise PoolFormatError(
+            f"{path}: prompt shape {tuple(tensors['prompt'].shape)}, the pool "
+            f"needs {(prompt_length, hidden)}"
+        )
     if info["selector"] != selector.name:
-        raise PoolFormatError(f"{path}: the task's selector state is for the {info['selector']!r} "
-                              f"selector and the pool routes with {selector.name!r}")
-    state = {key.removeprefix("selector."): value for key, value in tensors.items()
-             if key.startswith("selector.")}
+        raise PoolFormatError(
+            f"{path}: the task's selector state is for the {info['selector']!r} "
+            f"selector and the pool routes with {selector.name!r}"
+        )
+    state = {
+        key.removeprefix("selector."): value
+        for key, value in tensors.items()
+        if key.startswith("selector.")
+    }
     problem = selector.check_state(state, hidden)
     if problem:
         raise PoolFormatError(f"{path}: {problem}")
@@ -75,11 +83,19 @@ def entry_from_export(
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise TaskDataError(f"task name {name!r} must be non-empty, without surrounding spaces")
     if name in tasks:
-        raise TaskDataError(f"{path}: task {name!r} is already in the pool; import it under "
-                            "another name (--as NAME)")
-    return TaskEntry(name=name, labels=list(info["labels"]), prompt=tensors["prompt"],
-                     head_weight=tensors["head.weight"], head_bias=tensors["head.bias"],
-                     selector_state=state, stats=dict(info["stats"]))
+        raise TaskDataError(
+            f"{path}: task {name!r} is already in the pool; import it under "
+            "another name (--as NAME)"
+        )
+    return TaskEntry(
+        name=name,
+        labels=list(info["labels"]),
+        prompt=tensors["prompt"],
+        head_weight=tensors["head.weight"],
+        head_bias=tensors["head.bias"],
+        selector_state=state,
+        stats=dict(info["stats"]),
+    )
 
 
 def _record(manifest: dict, pool_dir: Path, name: str) -> dict:
@@ -116,13 +132,24 @@ def export_task(pool_dir: str | os.PathLike, name: str, out: str | os.PathLike) 
     labels = record.get("labels")
     if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
         raise PoolFormatError(f"{pool_dir / MANIFEST}: task {name!r} has bad labels")
-    return write_export_file(out, tensors, name=name, labels=labels,
-                             stats=dict(record.get("stats") or {}),
-                             selector=manifest["selector"], backbone=manifest["backbone"])
+    return write_export_file(
+        out,
+        tensors,
+        name=name,
+        labels=labels,
+        stats=dict(record.get("stats") or {}),
+        selector=manifest["selector"],
+        backbone=manifest["backbone"],
+    )
 
 
-def import_task(pool_dir: str | os.PathLike, file: str | os.PathLike, *,
-                name: str | None = None, wait: float = 0.0) -> TaskEntry:
+def import_task(
+    pool_dir: str | os.PathLike,
+    file: str | os.PathLike,
+    *,
+    name: str | None = None,
+    wait: float = 0.0,
+) -> TaskEntry:
     """Add an exported task to the pool on disk (created from the file's settings if missing).
 
     Refuses, before writing anything, a task from another backbone, for another selector or
@@ -153,13 +180,25 @@ def import_task(pool_dir: str | os.PathLike, file: str | os.PathLike, *,
             where = pool_dir / MANIFEST if manifest["tasks"] else file
             raise PoolFormatError(f"{where}: bad selector config ({error})") from None
         entry = entry_from_export(
-            file, tensors, info, name=name, backbone=manifest["backbone"],
-            prompt_length=manifest["prompt_length"], selector=selector,
+            file,
+            tensors,
+            info,
+            name=name,
+            backbone=manifest["backbone"],
+            prompt_length=manifest["prompt_length"],
+            selector=selector,
             tasks=[record.get("name") for record in manifest["tasks"]],
         )
         relative, digest = write_task_file(pool_dir, entry.tensors())
-        manifest["tasks"].append({"name": entry.name, "labels": entry.labels, "file": relative,
-                                  "sha256": digest, "stats": entry.stats})
+        manifest["tasks"].append(
+            {
+                "name": entry.name,
+                "labels": entry.labels,
+                "file": relative,
+                "sha256": digest,
+                "stats": entry.stats,
+            }
+        )
         write_manifest(pool_dir, manifest)
         remove_unreferenced(pool_dir, {r["file"] for r in manifest["tasks"]})
     return entry

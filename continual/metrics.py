@@ -26,6 +26,7 @@ Entries above the diagonal (tasks not yet learned) may be NaN; they are ignored 
 metric except FWT, which reads the first superdiagonal R[j-1][j]. Every entry a metric reads
 must be finite; anything else raises ValueError naming the cell.
 """
+
 from __future__ import annotations
 
 import math
@@ -129,7 +130,9 @@ def forward_transfer(R: ArrayLike, baseline: Sequence[float | None] | None) -> f
     except (TypeError, ValueError) as error:
         raise ValueError(f"baseline must contain only numbers: {error}") from None
     if base.ndim != 1 or base.shape[0] != tasks:
-        raise ValueError(f"baseline must have one accuracy per task ({tasks}), got shape {base.shape}")
+        raise ValueError(
+            f"baseline must have one accuracy per task ({tasks}), got shape {base.shape}"
+        )
     if tasks == 1:
         return None
     differences = []
@@ -145,7 +148,9 @@ def forward_transfer(R: ArrayLike, baseline: Sequence[float | None] | None) -> f
     return float(np.mean(differences))
 
 
-def summarize(R: ArrayLike, baseline: Sequence[float | None] | None = None) -> dict[str, float | None]:
+def summarize(
+    R: ArrayLike, baseline: Sequence[float | None] | None = None
+) -> dict[str, float | None]:
     """All headline metrics of one run: keys average_accuracy, forgetting, bwt, fwt."""
     return {
         "average_accuracy": average_accuracy(R),
@@ -165,7 +170,9 @@ def mean_std(values: Iterable[float | None]) -> dict[str, float | None]:
     if not kept:
         return {"mean": None, "std": None}
     if not all(math.isfinite(value) for value in kept):
-        raise ValueError(f"mean_std got a non-finite value among {kept}; use None for a missing run")
+        raise ValueError(
+            f"mean_std got a non-finite value among {kept}; use None for a missing run"
+        )
     array = np.array(kept)
     return {"mean": float(array.mean()), "std": float(array.std(ddof=0))}
 
@@ -208,5 +215,9 @@ class Score:
     routed_to: dict[str | None, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"task": self.task, "examples": self.examples, "accuracy": self.accuracy,
-                "routing_accuracy": self.routing_accuracy}
+        return {
+            "task": self.task,
+            "examples": self.examples,
+            "accuracy": self.accuracy,
+            "routing_accuracy": self.routing_accuracy,
+        }

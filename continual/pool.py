@@ -7,6 +7,7 @@ one; the only way to get an old task wrong is to route its input to another task
 Prediction is batched across tasks: every row gathers its routed task's prompt and head, and one
 forward pass of the backbone serves the whole mixed batch.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -65,8 +66,12 @@ class Prediction:
     routing_score: float  # the selector's match score for ``task``
 
     def to_dict(self) -> dict[str, Any]:
-        return {"text": self.text, "task": self.task, "label": self.label,
-                "score": round(self.score, 6)}
+        return {
+            "text": self.text,
+            "task": self.task,
+            "label": self.label,
+            "score": round(self.score, 6),
+        }
 
 
 class PromptPool:
@@ -99,8 +104,11 @@ class PromptPool:
         self.training = training or TrainingConfig()
         self.entries: list[TaskEntry] = []
         self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) \
-                or prompt_length < 1:
+        if (
+            isinstance(prompt_length, bool)
+            or not isinstance(prompt_length, int)
+            or prompt_length < 1
+        ):
             raise ContinualError(f"prompt_length must be a positive integer, got {prompt_length!r}")
         limit = backbone.position_limit
         if limit is not None and prompt_length + backbone.max_length > limit:
@@ -115,19 +123,29 @@ class PromptPool:
         """Names of the learned tasks, in the order they were learned."""
         return [entry.name for entry in self.entries]
 
-    def learn(self, task: Task, *, seed: int = 0, progress: bool = True,
-              training: TrainingConfig | None = None) -> TaskEntry:
+    def learn(
+        self,
+        task: Task,
+        *,
+        seed: int = 0,
+        progress: bool = True,
+        training: TrainingConfig | None = None,
+    ) -> TaskEntry:
         """Train a new prompt, head and selector state for ``task`` and add them to the pool.
 
         Earlier entries are not touched. ``training`` overrides the pool's `TrainingConfig`
         for this task only. Raises `TaskDataError` for a name already in the pool.
         """
         if task.name in self.tasks:
-            raise TaskDataError(
-                f"task {task.name!r} is already in the pool; choose another name"
-            )
-        trained = train_task(self.backbone, task, self.prompt_length, training or self.training,
-                             seed=seed, progress=progress)
+            raise TaskDataError(f"task {task.name!r} is already in the pool; choose another name")
+        trained = train_task(
+            self.backbone,
+            task,
+            self.prompt_length,
+            training or self.training,
+            seed=seed,
+            progress=progress,
+        )
         return self.add_trained(task, trained, seed=seed)
 
     def add_trained(self, task: Task, trained: TaskEntry, *, seed: int = 0) -> TaskEntry:
@@ -188,14 +206,16 @@ class PromptPool:
         queries = self.backbone.query(list(texts), with_last=self.selector.with_last)
         return self.selector.route(queries, self._states())
 
-    def route_tokens(self, input_ids: torch.Tensor,
-                     attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def route_tokens(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """`route` for token ids (B, n) that are already tokenized (not cached)."""
         if not self.entries:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
         device = self.backbone.device
-        queries = self.backbone.query_ids(input_ids.to(device), attention_mask.to(device),
-                                          with_last=self.selector.with_last)
+        queries = self.backbone.query_ids(
+            input_ids.to(device), attention_mask.to(device), with_last=self.selector.with_last
+        )
         return self.selector.route(queries.cpu(), self._states())
 
     @torch.no_grad()
@@ -225,14 +245,19 @@ class PromptPool:
             names = [tasks] * len(texts) if isinstance(tasks, str) else list(tasks)
             if len(names) != len(texts):
                 raise TaskDataError(f"{len(names)} task names for {len(texts)} texts")
-            unknown = sorted({repr(name) for name in names if name is not None}
-                             - {repr(name) for name in self.tasks})
+            unknown = sorted(
+                {repr(name) for name in names if name is not None}
+                - {repr(name) for name in self.tasks}
+            )
             if unknown:
-                raise TaskDataError(f"unknown task(s) [{', '.join(unknown)}]; "
-                                    f"the pool has {self.tasks}")
+                raise TaskDataError(
+                    f"unknown task(s) [{', '.join(unknown)}]; the pool has {self.tasks}"
+                )
             positions = {name: index for index, name in enumerate(self.tasks)}
-            routed = torch.tensor([UNKNOWN_TASK if name is None else positions[name]
-                                   for name in names], dtype=torch.long)
+            routed = torch.tensor(
+                [UNKNOWN_TASK if name is None else positions[name] for name in names],
+                dtype=torch.long,
+            )
             route_scores = torch.ones(len(texts))
             open_rows = [i for i, name in enumerate(names) if name is None]
             if open_rows:
@@ -252,8 +277,11 @@ class PromptPool:
         scores = [0.0] * len(texts)
         # Similar lengths in one batch waste less compute on padding.
         lengths = [len(text) for text in texts]
-        kept = [i for i in sorted(range(len(texts)), key=lengths.__getitem__)
-                if routed[i] != UNKNOWN_TASK]
+        kept = [
+            i
+            for i in sorted(range(len(texts)), key=lengths.__getitem__)
+            if routed[i] != UNKNOWN_TASK
+        ]
         for start in range(0, len(kept), batch_size):
             rows = kept[start : start + batch_size]
             index = routed[rows].to(self.backbone.device)  # (B,)
@@ -306,8 +334,9 @@ class PromptPool:
             self._stacked = (prompts, weights, biases)
         return self._stacked
 
-    def evaluate(self, task: Task | str, examples: Sequence[Example] | None = None, *,
-                 oracle: bool = False) -> Score:
+    def evaluate(
+        self, task: Task | str, examples: Sequence[Example] | None = None, *, oracle: bool = False
+    ) -> Score:
         """Accuracy (%) on ``examples`` (default: the task's test split) and routing accuracy.
 
         An input counts as correct only if it was routed to ``task`` and labelled right.
@@ -325,13 +354,16 @@ class PromptPool:
         labels = set(self.entries[self.tasks.index(name)].labels)
         for row, (_, gold) in enumerate(examples, start=1):
             if gold not in labels:
-                raise TaskDataError(f"task {name!r}, example {row}: label {gold!r} is not one of "
-                                    f"the task's labels {sorted(labels)}")
+                raise TaskDataError(
+                    f"task {name!r}, example {row}: label {gold!r} is not one of "
+                    f"the task's labels {sorted(labels)}"
+                )
         texts = [text for text, _ in examples]
         predictions = self.predict(texts, tasks=name if oracle else None)
         routed = sum(p.task == name for p in predictions)
-        correct = sum(p.task == name and p.label == gold
-                      for p, (_, gold) in zip(predictions, examples))
+        correct = sum(
+            p.task == name and p.label == gold for p, (_, gold) in zip(predictions, examples)
+        )
         return Score(
             task=name,
             examples=len(examples),
@@ -376,9 +408,14 @@ class PromptPool:
         return pool_dir
 
     @classmethod
-    def load(cls, path: str | os.PathLike,
-             backbone: Backbone | str | os.PathLike | None = None, *,
-             device: str | torch.device = "cpu", dtype: str | None = None) -> PromptPool:
+    def load(
+        cls,
+        path: str | os.PathLike,
+        backbone: Backbone | str | os.PathLike | None = None,
+        *,
+        device: str | torch.device = "cpu",
+        dtype: str | None = None,
+    ) -> PromptPool:
         """Load a saved pool, verifying checksums and that ``backbone`` is the one it was built on.
 
         ``backbone`` is a loaded `Backbone`, or a model name or folder to load (with the
@@ -420,8 +457,10 @@ class PromptPool:
                     f"{saved.get(key)!r})"
                 )
         if manifest["hidden_size"] != backbone.hidden_size:
-            raise PoolFormatError(f"{where}: hidden_size {manifest['hidden_size']} does not match "
-                                  f"the backbone's {backbone.hidden_size}")
+            raise PoolFormatError(
+                f"{where}: hidden_size {manifest['hidden_size']} does not match "
+                f"the backbone's {backbone.hidden_size}"
+            )
         try:
             training = TrainingConfig(**manifest.get("training", {}))
         except (TypeError, ContinualError) as error:
@@ -431,8 +470,12 @@ class PromptPool:
         except Exception as error:
             raise PoolFormatError(f"{where}: bad field 'selector' ({error})") from None
         try:
-            pool = cls(backbone, prompt_length=manifest["prompt_length"], selector=selector,
-                       training=training)
+            pool = cls(
+                backbone,
+                prompt_length=manifest["prompt_length"],
+                selector=selector,
+                training=training,
+            )
             for entry in read_entries(pool_dir, manifest):
                 pool.add(entry)
         except ContinualError as error:
@@ -440,7 +483,6 @@ class PromptPool:
             prefix = "" if message.startswith(str(pool_dir)) else f"{where}: "
             raise PoolFormatError(f"{prefix}{message}") from None
         return pool
-
 
     # -- managing tasks -----------------------------------------------------------------------
     def remove(self, name: str) -> TaskEntry:
@@ -461,9 +503,15 @@ class PromptPool:
         if name not in self.tasks:
             raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
         entry = self.entries[self.tasks.index(name)]
-        return write_export_file(path, entry.tensors(), name=entry.name, labels=entry.labels,
-                                 stats=entry.stats, selector=self.selector.config(),
-                                 backbone=self.backbone.fingerprint())
+        return write_export_file(
+            path,
+            entry.tensors(),
+            name=entry.name,
+            labels=entry.labels,
+            stats=entry.stats,
+            selector=self.selector.config(),
+            backbone=self.backbone.fingerprint(),
+        )
 
     def import_task(self, path: str | os.PathLike, *, name: str | None = None) -> TaskEntry:
         """Add a task from a file written by `export_task` (in memory; `save` makes it stick).
@@ -477,8 +525,14 @@ class PromptPool:
 
         tensors, info = read_export_file(path)
         entry = entry_from_export(
-            Path(path), tensors, info, name=name, backbone=self.backbone.fingerprint(),
-            prompt_length=self.prompt_length, selector=self.selector, tasks=self.tasks,
+            Path(path),
+            tensors,
+            info,
+            name=name,
+            backbone=self.backbone.fingerprint(),
+            prompt_length=self.prompt_length,
+            selector=self.selector,
+            tasks=self.tasks,
         )
         self.add(entry)
         return entry
@@ -491,40 +545,58 @@ class PromptPool:
 def _check_fingerprint(fingerprint: dict, where: Path) -> None:
     """Each backbone field the manifest holds has the right type and range (a missing one is
     reported by the comparison with the backbone)."""
+
     def bad(key: str, expected: str) -> PoolFormatError:
-        return PoolFormatError(f"{where}: field 'backbone.{key}' must be {expected}, got "
-                               f"{fingerprint[key]!r}")
+        return PoolFormatError(
+            f"{where}: field 'backbone.{key}' must be {expected}, got {fingerprint[key]!r}"
+        )
 
     for key in ("name", "model_type"):
-        if key in fingerprint and (not isinstance(fingerprint[key], str)
-                                   or not fingerprint[key].strip()):
+        if key in fingerprint and (
+            not isinstance(fingerprint[key], str) or not fingerprint[key].strip()
+        ):
             raise bad(key, "a non-empty string")
     for key in ("hidden_size", "num_layers", "vocab_size", "max_length"):
         if key in fingerprint and (type(fingerprint[key]) is not int or fingerprint[key] < 1):
             raise bad(key, "a positive integer")
-    if "query_layer" in fingerprint and fingerprint["query_layer"] is not None and (
-            type(fingerprint["query_layer"]) is not int or fingerprint["query_layer"] < 1):
+    if (
+        "query_layer" in fingerprint
+        and fingerprint["query_layer"] is not None
+        and (type(fingerprint["query_layer"]) is not int or fingerprint["query_layer"] < 1)
+    ):
         raise bad("query_layer", "a positive integer or null")
     if "weights_sha256" in fingerprint and not (
-            isinstance(fingerprint["weights_sha256"], str)
-            and re.fullmatch(r"[0-9a-f]{64}", fingerprint["weights_sha256"])):
+        isinstance(fingerprint["weights_sha256"], str)
+        and re.fullmatch(r"[0-9a-f]{64}", fingerprint["weights_sha256"])
+    ):
         raise bad("weights_sha256", "64 lowercase hex digits")
 
 
-def _backbone_for(fingerprint: dict, where: Path, given: str | os.PathLike | None = None,
-                  device: str | torch.device = "cpu", dtype: str | None = None) -> Backbone:
+def _backbone_for(
+    fingerprint: dict,
+    where: Path,
+    given: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: str | None = None,
+) -> Backbone:
     name = fingerprint.get("name")
-    options: dict[str, Any] = {"max_length": fingerprint.get("max_length", 128),
-                               "query_layer": fingerprint.get("query_layer"),
-                               "device": device,
-                               "dtype": dtype or fingerprint.get("dtype", "float32"),
-                               "pooling": fingerprint.get("pooling")}
+    options: dict[str, Any] = {
+        "max_length": fingerprint.get("max_length", 128),
+        "query_layer": fingerprint.get("query_layer"),
+        "device": device,
+        "dtype": dtype or fingerprint.get("dtype", "float32"),
+        "pooling": fingerprint.get("pooling"),
+    }
     if given is not None:
         load: str | os.PathLike | None = given
     elif name == DEFAULT_MODEL_NAME:
         load = None  # the packaged copy, offline
-    elif (isinstance(name, str) and _HUB_NAME.fullmatch(name) and ".." not in name
-          and not os.path.lexists(name)):
+    elif (
+        isinstance(name, str)
+        and _HUB_NAME.fullmatch(name)
+        and ".." not in name
+        and not os.path.lexists(name)
+    ):
         load = name
     else:
         raise PoolFormatError(
@@ -537,12 +609,14 @@ def _backbone_for(fingerprint: dict, where: Path, given: str | os.PathLike | Non
         return Backbone.load(load, **options)
     except ContinualError as error:
         shown = name if given is None else os.fspath(given)
-        raise PoolFormatError(f"{where}: cannot load the pool's backbone {shown!r}: {error}") \
-            from None
+        raise PoolFormatError(
+            f"{where}: cannot load the pool's backbone {shown!r}: {error}"
+        ) from None
 
 
 def _thresholds(min_score: object, count: int) -> list[float | None]:
     """One routing-score threshold (or None) per text from a number or a per-text list."""
+
     def check(value: object) -> float | None:
         if value is None:
             return None

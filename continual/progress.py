@@ -4,6 +4,7 @@ On a terminal, a live tqdm bar. Elsewhere (output sent to a file or a pipe), a r
 write thousands of carriage-return frames into the log, so a few plain lines are printed
 instead: one when the work starts and one at each ``checkpoint`` (an epoch, a task).
 """
+
 from __future__ import annotations
 
 import sys
@@ -23,8 +24,15 @@ class Progress:
     Use as a context manager; call `update` per step and `checkpoint` at natural boundaries.
     """
 
-    def __init__(self, total: int | None, description: str, *, enabled: bool = True,
-                 stream: TextIO | None = None, unit: str = "step") -> None:
+    def __init__(
+        self,
+        total: int | None,
+        description: str,
+        *,
+        enabled: bool = True,
+        stream: TextIO | None = None,
+        unit: str = "step",
+    ) -> None:
         self.stream = stream or sys.stderr
         self.description = description
         self.total = total
@@ -36,8 +44,9 @@ class Progress:
         if enabled and _is_terminal(self.stream):
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=description, unit=unit, leave=False,
-                             file=self.stream)
+            self._bar = tqdm(
+                total=total, desc=description, unit=unit, leave=False, file=self.stream
+            )
 
     def __enter__(self) -> Progress:
         return self

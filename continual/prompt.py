@@ -3,6 +3,7 @@
 Prompt tuning (Lester et al. 2021): the backbone stays frozen and only these vectors learn.
 How they start matters on small data; three initialisations are offered, as in the paper.
 """
+
 from __future__ import annotations
 
 from typing import Literal
@@ -62,7 +63,9 @@ class SoftPrompt(nn.Module):
         elif init == "vocab":
             # Skip the first 1000 ids: in BERT vocabularies they are special and unused tokens.
             low = 1000 if table.shape[0] > 2000 else 0
-            ids = torch.randint(low, table.shape[0], (length,), generator=generator).to(table.device)
+            ids = torch.randint(low, table.shape[0], (length,), generator=generator).to(
+                table.device
+            )
             vectors = table[ids]
         elif init == "text":
             if not text or not text.strip():
@@ -94,8 +97,9 @@ def prompted_features(
     """
     batch, length, _ = prompts.shape
     embeds = torch.cat([prompts, backbone.embed(input_ids)], dim=1)  # (B, L + n, H)
-    prompt_mask = torch.ones(batch, length, dtype=attention_mask.dtype,
-                             device=attention_mask.device)
+    prompt_mask = torch.ones(
+        batch, length, dtype=attention_mask.dtype, device=attention_mask.device
+    )
     mask = torch.cat([prompt_mask, attention_mask], dim=1)
     pool_mask = torch.cat([torch.zeros_like(prompt_mask), attention_mask], dim=1)
     return backbone.encode(embeds, mask, pool_mask)

@@ -5,6 +5,7 @@ per-task state (prototypes, a key) that the pool stores in that task's entry; ``
 states of all tasks. So learning a new task never touches what earlier tasks stored, and no raw
 training data is kept: only statistics of the frozen backbone's features.
 """
+
 from __future__ import annotations
 
 import re
@@ -40,7 +41,9 @@ class Selector:
         """How well each input matches each task: (B, H) → (B, T), higher is better."""
         raise NotImplementedError
 
-    def route(self, queries: torch.Tensor, states: list[State]) -> tuple[torch.Tensor, torch.Tensor]:
+    def route(
+        self, queries: torch.Tensor, states: list[State]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Task index (B,) and score (B,) per input; `UNKNOWN_TASK` where refused."""
         if not states:
             raise ContinualError("the pool has no task yet: learn one before predicting")
@@ -63,8 +66,10 @@ class Selector:
         """Why ``state`` cannot serve this selector, or None when it fits."""
         expected = self.state_shapes(hidden)
         if set(state) != set(expected):
-            return f"selector state holds {sorted(state)}, the {self.name} selector needs " \
-                   f"{sorted(expected)}"
+            return (
+                f"selector state holds {sorted(state)}, the {self.name} selector needs "
+                f"{sorted(expected)}"
+            )
         for key, shape in expected.items():
             actual = tuple(state[key].shape)
             if len(actual) != len(shape) or any(e not in (-1, a) for e, a in zip(shape, actual)):
@@ -93,8 +98,11 @@ class PrototypeSelector(Selector):
     name = "prototypes"
 
     def __init__(self, prototypes_per_task: int = 8, min_score: float | None = None) -> None:
-        if isinstance(prototypes_per_task, bool) or not isinstance(prototypes_per_task, int) \
-                or prototypes_per_task < 1:
+        if (
+            isinstance(prototypes_per_task, bool)
+            or not isinstance(prototypes_per_task, int)
+            or prototypes_per_task < 1
+        ):
             raise ContinualError("prototypes_per_task must be an integer of at least 1")
         self.prototypes_per_task = prototypes_per_task
         self.min_score = _check_min_score(min_score)
@@ -214,8 +222,11 @@ class GaussianSelector(Selector):
     name = "gaussian"
 
     def __init__(self, shrinkage: float = 0.1, min_score: float | None = None) -> None:
-        if isinstance(shrinkage, bool) or not isinstance(shrinkage, (int, float)) \
-                or not 0.0 < shrinkage <= 1.0:
+        if (
+            isinstance(shrinkage, bool)
+            or not isinstance(shrinkage, (int, float))
+            or not 0.0 < shrinkage <= 1.0
+        ):
             # Without shrinkage the covariance of fewer examples than dimensions is singular.
             raise ContinualError(f"shrinkage must be a number in (0, 1], got {shrinkage!r}")
         self.shrinkage = float(shrinkage)
@@ -317,8 +328,14 @@ class OracleSelector(Selector):
 DEFAULT_SELECTOR = "gaussian_views"
 
 SELECTORS: dict[str, type[Selector]] = {
-    cls.name: cls for cls in (GaussianSelector, ViewGaussianSelector, PrototypeSelector,
-                              KeySelector, OracleSelector)
+    cls.name: cls
+    for cls in (
+        GaussianSelector,
+        ViewGaussianSelector,
+        PrototypeSelector,
+        KeySelector,
+        OracleSelector,
+    )
 }
 
 

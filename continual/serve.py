@@ -104,8 +104,13 @@ class PoolHolder:
             self._signature, self._digest = signature, digest
             self.reload_error = None
             self.reloads += 1
-            log.warning("reloaded %s: tasks %s (added %s, removed %s)", self.path, pool.tasks,
-                        sorted(set(pool.tasks) - before), sorted(before - set(pool.tasks)))
+            log.warning(
+                "reloaded %s: tasks %s (added %s, removed %s)",
+                self.path,
+                pool.tasks,
+                sorted(set(pool.tasks) - before),
+                sorted(before - set(pool.tasks)),
+            )
             return True
 
     def poll_forever(self, interval: float, stop: threading.Event) -> None:
@@ -151,9 +156,12 @@ class MicroBatcher:
         import torch
 
         # The worker thread runs with the thread count set where the batcher was made.
-        self._executor = ThreadPoolExecutor(1, thread_name_prefix="continual-predict",
-                                            initializer=torch.set_num_threads,
-                                            initargs=(torch.get_num_threads(),))
+        self._executor = ThreadPoolExecutor(
+            1,
+            thread_name_prefix="continual-predict",
+            initializer=torch.set_num_threads,
+            initargs=(torch.get_num_threads(),),
+        )
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -168,8 +176,9 @@ class MicroBatcher:
                 pass
         self._executor.shutdown(wait=True)
 
-    async def submit(self, pool, texts: list[str], task: str | None,
-                     min_score: float | None) -> list:
+    async def submit(
+        self, pool, texts: list[str], task: str | None, min_score: float | None
+    ) -> list:
         future = asyncio.get_running_loop().create_future()
         self._pending.append(_Job(pool, texts, task, min_score, future))
         assert self._wakeup is not None, "start() the batcher first"
@@ -232,8 +241,9 @@ class MicroBatcher:
                 tasks += [job.task] * len(job.texts)
                 thresholds += [job.min_score] * len(job.texts)
             try:
-                predictions = pool.predict(texts, tasks=tasks, min_score=thresholds,
-                                           batch_size=max(len(texts), 1))
+                predictions = pool.predict(
+                    texts, tasks=tasks, min_score=thresholds, batch_size=max(len(texts), 1)
+                )
             except Exception as error:
                 for number in numbers:
                     outcomes[number] = error
@@ -273,8 +283,9 @@ def parse_predict_request(body: bytes, pool, *, max_texts: int, max_chars: int) 
         if not text.strip():
             raise RequestError(422, f"texts[{number}] is empty")
         if len(text) > max_chars:
-            raise RequestError(413, f"texts[{number}] has {len(text)} characters; "
-                               f"at most {max_chars}")
+            raise RequestError(
+                413, f"texts[{number}] has {len(text)} characters; at most {max_chars}"
+            )
     task = payload.get("task")
     if task is not None:
         if not isinstance(task, str):
@@ -283,8 +294,11 @@ def parse_predict_request(body: bytes, pool, *, max_texts: int, max_chars: int) 
             raise RequestError(404, f"unknown task {task!r}; the pool has {pool.tasks}")
     min_score = payload.get("min_score")
     if min_score is not None:
-        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) \
-                or not math.isfinite(min_score):
+        if (
+            isinstance(min_score, bool)
+            or not isinstance(min_score, (int, float))
+            or not math.isfinite(min_score)
+        ):
             raise RequestError(422, "field 'min_score' must be a finite number or null")
         min_score = float(min_score)
     return texts, task, min_score
@@ -326,8 +340,12 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app):
         batcher.start()
-        poller = threading.Thread(target=holder.poll_forever, args=(poll_interval, stop),
-                                  name="continual-pool-poller", daemon=True)
+        poller = threading.Thread(
+            target=holder.poll_forever,
+            args=(poll_interval, stop),
+            name="continual-pool-poller",
+            daemon=True,
+        )
         poller.start()
         try:
             yield
@@ -355,7 +373,8 @@ def create_app(
         body = b"".join(chunks)
         try:
             texts, task, min_score = parse_predict_request(
-                body, pool, max_texts=max_texts, max_chars=max_chars)
+                body, pool, max_texts=max_texts, max_chars=max_chars
+            )
         except RequestError as bad:
             return error(bad.status, bad.message)
         try:
@@ -370,14 +389,18 @@ def create_app(
     @app.get("/tasks")
     async def tasks():
         pool = holder.pool
-        return {"tasks": [{"name": entry.name, "labels": entry.labels}
-                          for entry in pool.entries]}
+        return {"tasks": [{"name": entry.name, "labels": entry.labels} for entry in pool.entries]}
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "tasks": len(holder.pool.entries), "reloads": holder.reloads,
-                "reload_error": holder.reload_error, "batches": batcher.batches,
-                "rows": batcher.rows}
+        return {
+            "status": "ok",
+            "tasks": len(holder.pool.entries),
+            "reloads": holder.reloads,
+            "reload_error": holder.reload_error,
+            "batches": batcher.batches,
+            "rows": batcher.rows,
+        }
 
     return app
 
@@ -402,13 +425,20 @@ def build_server(app, sock: socket.socket):
     import uvicorn
 
     host, port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False,
-                            lifespan="on")
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level="warning", access_log=False, lifespan="on"
+    )
     return uvicorn.Server(config)
 
 
-def run_server(pool_path: str | os.PathLike, *, host: str = "127.0.0.1", port: int = 8000,
-               threads: int | None = None, **settings) -> None:
+def run_server(
+    pool_path: str | os.PathLike,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    threads: int | None = None,
+    **settings,
+) -> None:
     """Load the pool, bind ``host:port`` and serve until interrupted.
 
     ``threads`` sets torch's intra-op threads for the forward passes (default: torch's own);
@@ -426,6 +456,10 @@ def run_server(pool_path: str | os.PathLike, *, host: str = "127.0.0.1", port: i
     sock = bind(host, port)
     bound = sock.getsockname()[1]
     pool = app.state.holder.pool
-    print(f"serving {pool_path} ({len(pool.tasks)} task(s): {', '.join(pool.tasks)}) on "
-          f"http://{host}:{bound}", file=sys.stderr, flush=True)
+    print(
+        f"serving {pool_path} ({len(pool.tasks)} task(s): {', '.join(pool.tasks)}) on "
+        f"http://{host}:{bound}",
+        file=sys.stderr,
+        flush=True,
+    )
     build_server(app, sock).run(sockets=[sock])

@@ -11,6 +11,7 @@ bit-identical. The manifest is replaced atomically and is the single commit poin
 before it leaves the previous manifest, which names only complete files. Loading reads JSON and
 safetensors only; nothing is ever unpickled.
 """
+
 from __future__ import annotations
 
 import errno
@@ -60,8 +61,12 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         # The usual permissions (0o666 less the umask), as open() gives.
-        handle = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-                         | os.O_CLOEXEC, 0o666, dir_fd=directory)
+        handle = os.open(
+            temporary,
+            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+            0o666,
+            dir_fd=directory,
+        )
         try:
             try:
                 _write_all(handle, data)
@@ -108,8 +113,9 @@ def write_task_file(pool_dir: Path, tensors: dict[str, torch.Tensor]) -> tuple[s
 def _same_regular_file(path: Path, digest: str) -> bool:
     """Whether ``path`` is a regular file (not a link) holding bytes with this sha256."""
     try:
-        data = files.read_regular_file(path, limit=files.MAX_TASK_FILE_BYTES,
-                                       error=PoolFormatError, follow_symlinks=False)
+        data = files.read_regular_file(
+            path, limit=files.MAX_TASK_FILE_BYTES, error=PoolFormatError, follow_symlinks=False
+        )
     except PoolFormatError:
         return False
     return hashlib.sha256(data).hexdigest() == digest
@@ -183,8 +189,9 @@ def check_pool_folder(pool_dir: str | os.PathLike) -> Path:
     except FileNotFoundError:
         return pool_dir
     except OSError as error:
-        raise PoolFormatError(f"{pool_dir}: cannot use as a pool folder ({error.strerror})") \
-            from None
+        raise PoolFormatError(
+            f"{pool_dir}: cannot use as a pool folder ({error.strerror})"
+        ) from None
     if not stat.S_ISDIR(mode):
         raise PoolFormatError(f"{pool_dir}: not a folder; give a new folder or a pool's folder")
     for name, wanted in ((MANIFEST, stat.S_ISREG), (LOCK, stat.S_ISREG)):
@@ -194,18 +201,25 @@ def check_pool_folder(pool_dir: str | os.PathLike) -> Path:
             continue
         if not wanted(mode):
             what = "a symbolic link" if stat.S_ISLNK(mode) else "not a regular file"
-            raise PoolFormatError(f"{pool_dir / name}: is {what}; a pool writes only its own "
-                                  "regular files (remove it, or use another folder)")
+            raise PoolFormatError(
+                f"{pool_dir / name}: is {what}; a pool writes only its own "
+                "regular files (remove it, or use another folder)"
+            )
     tasks = _own_tasks_dir(pool_dir)
     if (pool_dir / MANIFEST).exists():
         read_manifest(pool_dir)  # a manifest.json that is not a pool's makes no pool
         return pool_dir
-    foreign = [path.name for path in sorted(pool_dir.iterdir())
-               if path.name not in (LOCK, TASKS_DIR)
-               and not MANIFEST_TEMPORARY.fullmatch(path.name)]
+    foreign = [
+        path.name
+        for path in sorted(pool_dir.iterdir())
+        if path.name not in (LOCK, TASKS_DIR) and not MANIFEST_TEMPORARY.fullmatch(path.name)
+    ]
     if tasks is not None:
-        foreign += [f"{TASKS_DIR}/{path.name}" for path in sorted(tasks.iterdir())
-                    if not (TASK_FILE.fullmatch(path.name) or TASK_TEMPORARY.fullmatch(path.name))]
+        foreign += [
+            f"{TASKS_DIR}/{path.name}"
+            for path in sorted(tasks.iterdir())
+            if not (TASK_FILE.fullmatch(path.name) or TASK_TEMPORARY.fullmatch(path.name))
+        ]
     if foreign:
         shown = ", ".join(repr(name) for name in foreign[:3])
         shown += ", ..." if len(foreign) > 3 else ""
@@ -227,13 +241,20 @@ def read_manifest(pool_dir: str | os.PathLike) -> dict:
             f"{pool_dir}: not a pool (no {MANIFEST}); give a folder made by PromptPool.save "
             "or 'continual learn'"
         )
-    raw = files.read_regular_file(path, limit=files.MAX_MANIFEST_BYTES, error=PoolFormatError,
-                                  what="manifest", follow_symlinks=False)
+    raw = files.read_regular_file(
+        path,
+        limit=files.MAX_MANIFEST_BYTES,
+        error=PoolFormatError,
+        what="manifest",
+        follow_symlinks=False,
+    )
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         # ValueError covers JSONDecodeError and over-long numbers; RecursionError, deep nesting.
-        raise PoolFormatError(f"{path}: not valid JSON ({error}); the manifest is corrupt") from None
+        raise PoolFormatError(
+            f"{path}: not valid JSON ({error}); the manifest is corrupt"
+        ) from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PoolFormatError(f"{path}: not a continual pool manifest (field 'format')")
     version = manifest.get("format_version")
@@ -242,8 +263,13 @@ def read_manifest(pool_dir: str | os.PathLike) -> dict:
             f"{path}: format_version {version!r} is not supported (this version reads "
             f"{FORMAT_VERSION}); use the continual release that wrote it"
         )
-    for field, kind in (("backbone", dict), ("tasks", list), ("prompt_length", int),
-                        ("hidden_size", int), ("selector", dict)):
+    for field, kind in (
+        ("backbone", dict),
+        ("tasks", list),
+        ("prompt_length", int),
+        ("hidden_size", int),
+        ("selector", dict),
+    ):
         if not isinstance(manifest.get(field), kind):
             raise PoolFormatError(f"{path}: field {field!r} is missing or not a {kind.__name__}")
     return manifest
@@ -251,17 +277,23 @@ def read_manifest(pool_dir: str | os.PathLike) -> dict:
 
 def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torch.Tensor]:
     """One task's tensors, after checking the file's sha256 against the manifest."""
-    if (not isinstance(relative, str) or not relative.startswith(f"{TASKS_DIR}/")
-            or ".." in relative or "\x00" in relative):
+    if (
+        not isinstance(relative, str)
+        or not relative.startswith(f"{TASKS_DIR}/")
+        or ".." in relative
+        or "\x00" in relative
+    ):
         raise PoolFormatError(
             f"{pool_dir / MANIFEST}: bad task file name {relative!r}; task files lie in the "
             f"pool's {TASKS_DIR}/ folder (the manifest was edited or is not trusted)"
         )
     path = pool_dir / relative
-    name = relative[len(TASKS_DIR) + 1:]
+    name = relative[len(TASKS_DIR) + 1 :]
     if not name or "/" in name or name in (".", ".."):
-        raise PoolFormatError(f"{path}: cannot read the task file (not a file name inside "
-                              f"the pool's {TASKS_DIR}/ folder)")
+        raise PoolFormatError(
+            f"{path}: cannot read the task file (not a file name inside "
+            f"the pool's {TASKS_DIR}/ folder)"
+        )
     try:
         tasks = _own_tasks_dir(pool_dir)
     except PoolFormatError as error:
@@ -269,9 +301,13 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
     if tasks is None:
         raise PoolFormatError(f"{path}: task file missing; the pool is incomplete")
     try:
-        data = files.read_regular_file(path, limit=files.MAX_TASK_FILE_BYTES,
-                                       error=PoolFormatError, what="task file",
-                                       follow_symlinks=False)
+        data = files.read_regular_file(
+            path,
+            limit=files.MAX_TASK_FILE_BYTES,
+            error=PoolFormatError,
+            what="task file",
+            follow_symlinks=False,
+        )
     except PoolFormatError as error:
         if "task file not found" in str(error):
             raise PoolFormatError(f"{path}: task file missing; the pool is incomplete") from None
@@ -299,8 +335,13 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
 
 def task_record(entry: TaskEntry, file: str, sha256: str) -> dict:
     """The manifest's record of one task saved as ``file``."""
-    return {"name": entry.name, "labels": entry.labels, "file": file, "sha256": sha256,
-            "stats": entry.stats}
+    return {
+        "name": entry.name,
+        "labels": entry.labels,
+        "file": file,
+        "sha256": sha256,
+        "stats": entry.stats,
+    }
 
 
 def write_entries(pool_dir: Path, entries: list[TaskEntry]) -> list[dict]:
@@ -312,8 +353,10 @@ def read_entries(pool_dir: str | os.PathLike, manifest: dict | None = None) -> l
     """Every task entry of a saved pool, checked against the manifest; no backbone needed."""
     pool_dir = Path(pool_dir)
     manifest = manifest if manifest is not None else read_manifest(pool_dir)
-    return [_entry_from_record(pool_dir, record, number)
-            for number, record in enumerate(manifest["tasks"])]
+    return [
+        _entry_from_record(pool_dir, record, number)
+        for number, record in enumerate(manifest["tasks"])
+    ]
 
 
 def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry:
@@ -359,17 +402,23 @@ class PoolLock:
         check_pool_folder(self.pool_dir)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            handle = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK
-                             | os.O_CLOEXEC, 0o666)
+            handle = os.open(
+                self.path,
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                0o666,
+            )
         except OSError as error:
             if error.errno == errno.ELOOP:
-                raise PoolFormatError(f"{self.path}: is a symbolic link; a pool's lock must be "
-                                      "a regular file (remove the link)") from None
+                raise PoolFormatError(
+                    f"{self.path}: is a symbolic link; a pool's lock must be "
+                    "a regular file (remove the link)"
+                ) from None
             raise
         if not stat.S_ISREG(os.fstat(handle).st_mode):
             os.close(handle)
-            raise PoolFormatError(f"{self.path}: not a regular file; a pool's lock must be one "
-                                  "(remove it)")
+            raise PoolFormatError(
+                f"{self.path}: not a regular file; a pool's lock must be one (remove it)"
+            )
         self._descriptor = handle
         deadline = time.monotonic() + self.timeout
         while True:
@@ -405,12 +454,28 @@ class PoolLock:
 # -- one task as one self-describing file (continual export / import) ----------------------------
 TASK_FORMAT = "continual-task"
 TASK_FORMAT_VERSION = "1"
-_BACKBONE_KEYS = ("name", "model_type", "hidden_size", "num_layers", "vocab_size",
-                  "weights_sha256", "max_length", "query_layer")
+_BACKBONE_KEYS = (
+    "name",
+    "model_type",
+    "hidden_size",
+    "num_layers",
+    "vocab_size",
+    "weights_sha256",
+    "max_length",
+    "query_layer",
+)
 
 
-def write_export_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor], *, name: str,
-                      labels: list[str], stats: dict, selector: dict, backbone: dict) -> Path:
+def write_export_file(
+    path: str | os.PathLike,
+    tensors: dict[str, torch.Tensor],
+    *,
+    name: str,
+    labels: list[str],
+    stats: dict,
+    selector: dict,
+    backbone: dict,
+) -> Path:
     """Write one task as a single safetensors file whose string metadata describes it.
 
     The tensors are the task's prompt, head and ``selector.*`` state; the metadata holds its
@@ -428,8 +493,9 @@ def write_export_file(path: str | os.PathLike, tensors: dict[str, torch.Tensor],
         "selector_config": json.dumps(selector),
         "backbone": json.dumps(backbone),
     }
-    data = save_safetensors({key: value.contiguous() for key, value in tensors.items()},
-                            metadata=metadata)
+    data = save_safetensors(
+        {key: value.contiguous() for key, value in tensors.items()}, metadata=metadata
+    )
     atomic_write_bytes(path, data)
     return path
 
@@ -442,22 +508,31 @@ def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     Every field and tensor is validated; errors name the file. Nothing is unpickled.
     """
     path = Path(path)
-    data = files.read_regular_file(path, limit=files.MAX_TASK_FILE_BYTES, error=PoolFormatError,
-                                   what="task file")
+    data = files.read_regular_file(
+        path, limit=files.MAX_TASK_FILE_BYTES, error=PoolFormatError, what="task file"
+    )
     metadata = _safetensors_metadata(path, data)
     if metadata.get("format") != TASK_FORMAT:
-        raise PoolFormatError(f"{path}: not an exported continual task (metadata 'format' is "
-                              f"{metadata.get('format')!r}); make one with 'continual export'")
+        raise PoolFormatError(
+            f"{path}: not an exported continual task (metadata 'format' is "
+            f"{metadata.get('format')!r}); make one with 'continual export'"
+        )
     if metadata.get("format_version") != TASK_FORMAT_VERSION:
-        raise PoolFormatError(f"{path}: task format_version {metadata.get('format_version')!r} "
-                              f"is not supported (this version reads {TASK_FORMAT_VERSION})")
+        raise PoolFormatError(
+            f"{path}: task format_version {metadata.get('format_version')!r} "
+            f"is not supported (this version reads {TASK_FORMAT_VERSION})"
+        )
     info: dict = {}
     name = metadata.get("name")
     if not isinstance(name, str) or not name.strip() or name != name.strip():
         raise PoolFormatError(f"{path}: metadata 'name' is missing, empty or padded with spaces")
     info["name"] = name
-    for field, kind in (("labels", list), ("stats", dict), ("selector_config", dict),
-                        ("backbone", dict)):
+    for field, kind in (
+        ("labels", list),
+        ("stats", dict),
+        ("selector_config", dict),
+        ("backbone", dict),
+    ):
         raw = metadata.get(field)
         if not isinstance(raw, str):
             raise PoolFormatError(f"{path}: metadata {field!r} is missing")
@@ -475,8 +550,10 @@ def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         raise PoolFormatError(f"{path}: metadata 'labels' has duplicates {labels}")
     selector = metadata.get("selector")
     if not isinstance(selector, str) or selector != info["selector_config"].get("name"):
-        raise PoolFormatError(f"{path}: metadata 'selector' {selector!r} does not match "
-                              f"'selector_config' {info['selector_config'].get('name')!r}")
+        raise PoolFormatError(
+            f"{path}: metadata 'selector' {selector!r} does not match "
+            f"'selector_config' {info['selector_config'].get('name')!r}"
+        )
     info["selector"] = selector
     backbone = info["backbone"]
     for key in _BACKBONE_KEYS:
@@ -496,15 +573,19 @@ def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         if key not in ("prompt", "head.weight", "head.bias") and not key.startswith("selector."):
             raise PoolFormatError(f"{path}: unexpected tensor {key!r}")
         if tensor.dtype != torch.float32:
-            raise PoolFormatError(f"{path}: tensor {key!r} is {tensor.dtype}, expected "
-                                  "torch.float32")
+            raise PoolFormatError(
+                f"{path}: tensor {key!r} is {tensor.dtype}, expected torch.float32"
+            )
     prompt, weight, bias = tensors["prompt"], tensors["head.weight"], tensors["head.bias"]
     if prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] != hidden:
-        raise PoolFormatError(f"{path}: prompt shape {tuple(prompt.shape)} is not "
-                              f"(length, {hidden})")
+        raise PoolFormatError(
+            f"{path}: prompt shape {tuple(prompt.shape)} is not (length, {hidden})"
+        )
     if tuple(weight.shape) != (len(labels), hidden) or tuple(bias.shape) != (len(labels),):
-        raise PoolFormatError(f"{path}: head shapes {tuple(weight.shape)}, {tuple(bias.shape)} "
-                              f"do not fit {len(labels)} labels of width {hidden}")
+        raise PoolFormatError(
+            f"{path}: head shapes {tuple(weight.shape)}, {tuple(bias.shape)} "
+            f"do not fit {len(labels)} labels of width {hidden}"
+        )
     return tensors, info
 
 
@@ -523,6 +604,8 @@ def _safetensors_metadata(path: Path, data: bytes) -> dict[str, str]:
     if not isinstance(metadata, dict) or not all(
         isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
     ):
-        raise PoolFormatError(f"{path}: not an exported continual task (no string metadata); "
-                              "make one with 'continual export'")
+        raise PoolFormatError(
+            f"{path}: not an exported continual task (no string metadata); "
+            "make one with 'continual export'"
+        )
     return metadata

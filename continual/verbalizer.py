@@ -6,6 +6,7 @@ of the label's first token: the head needs no training, and a hard prompt (a wri
 instruction) with it is a zero-shot classifier. The weight is an ordinary (C, H) head, so a
 verbalizer task is stored, batched and routed like any other.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -2,6 +2,7 @@
 
 The tiny backbone uses the packaged MiniLM tokenizer, so everything here runs offline.
 """
+
 from __future__ import annotations
 
 import os
@@ -128,9 +129,14 @@ def avalanche_backbone() -> Backbone:
 
     tokenizer = AutoTokenizer.from_pretrained(continual.backbone.default_model_path())
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64,
-                        max_position_embeddings=64)
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=64,
+    )
     return Backbone(BertModel(config), tokenizer, "tiny-bert", max_length=16)
 
 
@@ -139,8 +145,13 @@ def avalanche_tasks() -> list[Task]:
     """Two tiny tasks: sport (win/loss) and food (yum/yuck/meh), with validation splits."""
     sport = Task(
         "sport",
-        train=[("The Match was WON", "win"), ("They lost the game", "loss"),
-               ("A late goal won it", "win"), ("It's a heavy defeat.", "loss")] * 3,
+        train=[
+            ("The Match was WON", "win"),
+            ("They lost the game", "loss"),
+            ("A late goal won it", "win"),
+            ("It's a heavy defeat.", "loss"),
+        ]
+        * 3,
         test=[("A great win", "win"), ("A bad loss", "loss")],
         validation=[("Won again", "win"), ("Lost again", "loss")],
     )

@@ -1,4 +1,5 @@
 """The frozen backbone and soft prompt initialisation, on the tiny random BERT."""
+
 from __future__ import annotations
 
 import copy
@@ -89,8 +90,9 @@ def test_query_layers_differ(tiny_backbone):
 @pytest.mark.parametrize("layer", [0, 3, -1])
 def test_query_layer_out_of_range_is_refused(tiny_backbone, layer):
     with pytest.raises(ContinualError, match="query_layer"):
-        Backbone(tiny_backbone.model, tiny_backbone.tokenizer, "tiny", max_length=32,
-                 query_layer=layer)
+        Backbone(
+            tiny_backbone.model, tiny_backbone.tokenizer, "tiny", max_length=32, query_layer=layer
+        )
 
 
 def test_max_length_beyond_positions_is_refused(tiny_backbone):
@@ -132,8 +134,7 @@ def test_fingerprint_changes_when_embedding_weights_change(tiny_backbone):
     with torch.no_grad():
         model.get_input_embeddings().weight[1234, 0] += 1e-3
     changed = Backbone(model, tiny_backbone.tokenizer, "tiny-bert", max_length=32)
-    assert (changed.fingerprint()["weights_sha256"]
-            != tiny_backbone.fingerprint()["weights_sha256"])
+    assert changed.fingerprint()["weights_sha256"] != tiny_backbone.fingerprint()["weights_sha256"]
 
 
 def test_fingerprint_changes_when_only_encoder_weights_change(tiny_backbone):
@@ -142,8 +143,7 @@ def test_fingerprint_changes_when_only_encoder_weights_change(tiny_backbone):
         model.encoder.layer[0].attention.self.query.weight[0, 0] *= 1.5
     changed = Backbone(model, tiny_backbone.tokenizer, "tiny-bert", max_length=32)
     assert torch.equal(changed.embedding_matrix, tiny_backbone.embedding_matrix)
-    assert (changed.fingerprint()["weights_sha256"]
-            != tiny_backbone.fingerprint()["weights_sha256"])
+    assert changed.fingerprint()["weights_sha256"] != tiny_backbone.fingerprint()["weights_sha256"]
 
 
 def test_fingerprint_records_shape_and_settings(tiny_backbone):
@@ -169,14 +169,18 @@ def test_loading_the_packaged_model_changes_no_process_state():
         "assert not logging.is_progress_bar_enabled();"
         "assert backbone.device.type == 'cpu'"
     )
-    env = {key: value for key, value in os.environ.items()
-           if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
+    }
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=300)
 
 
 def test_query_cache_is_bounded(tiny_backbone):
-    small = Backbone(tiny_backbone.model, tiny_backbone.tokenizer, "tiny-bert", max_length=32,
-                     query_cache_size=2)
+    small = Backbone(
+        tiny_backbone.model, tiny_backbone.tokenizer, "tiny-bert", max_length=32, query_cache_size=2
+    )
     first = small.query(TEXTS)  # three texts through a cache of two
     assert len(small._query_cache) == 2
     # Recomputed in other batches (other padding): equal up to float rounding.

@@ -4,6 +4,7 @@ offset positions (RoBERTa), T5 encoders, and decoder-only language models (Llama
 Each family learns two tasks; a mixed-task batch equals each row alone; the first entry stays
 bit-identical; a pool saves and loads; queries equal the middle layer of a full pass.
 """
+
 from __future__ import annotations
 
 import copy
@@ -24,28 +25,58 @@ def _config(family: str, vocab: int):
 
     if family == "distilbert":
         return hf.DistilBertModel, hf.DistilBertConfig(
-            vocab_size=vocab, dim=32, n_layers=2, n_heads=2, hidden_dim=64,
-            max_position_embeddings=128)
+            vocab_size=vocab,
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=64,
+            max_position_embeddings=128,
+        )
     if family == "roberta":
         # pad_token_id 0 is the MiniLM tokenizer's [PAD]: positions start at 1.
         return hf.RobertaModel, hf.RobertaConfig(
-            vocab_size=vocab, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=130, pad_token_id=0)
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=130,
+            pad_token_id=0,
+        )
     if family == "t5":
         return hf.T5EncoderModel, hf.T5Config(
-            vocab_size=vocab, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2)
+            vocab_size=vocab, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2
+        )
     if family == "llama":
         return hf.LlamaModel, hf.LlamaConfig(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
     if family == "gpt2":
         return hf.GPT2Model, hf.GPT2Config(
-            vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128,
-            bos_token_id=None, eos_token_id=None)
+            vocab_size=vocab,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=128,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
     if family == "qwen2":
         return hf.Qwen2Model, hf.Qwen2Config(
-            vocab_size=vocab, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128)
+            vocab_size=vocab,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=2,
+            max_position_embeddings=128,
+        )
     raise AssertionError(family)
 
 
@@ -56,8 +87,9 @@ DECODERS = {"llama", "gpt2", "qwen2"}
 def make_backbone(family: str, tokenizer, seed: int = 0, **options) -> Backbone:
     cls, config = _config(family, len(tokenizer))
     torch.manual_seed(seed)
-    return Backbone(cls(config), copy.deepcopy(tokenizer), f"tiny-{family}", max_length=32,
-                    **options)
+    return Backbone(
+        cls(config), copy.deepcopy(tokenizer), f"tiny-{family}", max_length=32, **options
+    )
 
 
 @pytest.fixture(scope="module", params=FAMILIES)
@@ -69,8 +101,9 @@ def family(request, tokenizer):
 def grown(family, synthetic_tasks, tmp_path_factory):
     name, backbone = family
     colours, animals = synthetic_tasks
-    pool = PromptPool(backbone, prompt_length=4, selector="prototypes",
-                      training=TrainingConfig(epochs=1))
+    pool = PromptPool(
+        backbone, prompt_length=4, selector="prototypes", training=TrainingConfig(epochs=1)
+    )
     pool.learn(colours, progress=False)
     first = {key: value.clone() for key, value in pool.entries[0].tensors().items()}
     pool.learn(animals, progress=False)
@@ -84,8 +117,9 @@ def test_family_is_recognised(family):
     assert backbone.is_decoder == (name in DECODERS)
     assert backbone.pooling == "mean"  # measured better than the last token on SmolLM2
     # Token types only where the model has a table for them: never for GPT-2 or DistilBERT.
-    assert backbone.extra_inputs(torch.ones(1, 2)).get("token_type_ids") is None or \
-        name == "roberta"
+    assert (
+        backbone.extra_inputs(torch.ones(1, 2)).get("token_type_ids") is None or name == "roberta"
+    )
     assert backbone.tokenizer.padding_side == "right"
 
 
@@ -105,8 +139,7 @@ def test_mixed_batch_equals_each_row_alone(grown):
     mixed = pool.task_logits(tasks, batch["input_ids"], batch["attention_mask"])
     for row, text in enumerate(texts):
         alone = backbone.tokenize([text])
-        logits = pool.task_logits(tasks[row : row + 1], alone["input_ids"],
-                                  alone["attention_mask"])
+        logits = pool.task_logits(tasks[row : row + 1], alone["input_ids"], alone["attention_mask"])
         assert torch.allclose(mixed[row], logits[0], atol=1e-5), row
 
 
@@ -129,9 +162,12 @@ def test_query_is_the_query_layer_of_a_full_pass(family):
     _, backbone = family
     batch = backbone.tokenize(TEXTS)
     with torch.no_grad():
-        out = backbone.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                             output_hidden_states=True,
-                             **backbone.extra_inputs(batch["attention_mask"]))
+        out = backbone.model(
+            input_ids=batch["input_ids"],
+            attention_mask=batch["attention_mask"],
+            output_hidden_states=True,
+            **backbone.extra_inputs(batch["attention_mask"]),
+        )
     expected = backbone.pool(out.hidden_states[backbone.query_layer], batch["attention_mask"])
     assert torch.allclose(backbone.query(TEXTS), expected, atol=1e-5)
 
@@ -139,11 +175,16 @@ def test_query_is_the_query_layer_of_a_full_pass(family):
 def test_query_layer_view_stops_early_and_leaves_the_model_whole(family):
     _, backbone = family
     calls = []
-    stack = next(m for m in backbone.model.modules() if isinstance(m, torch.nn.ModuleList)
-             and len(m) == backbone.num_layers)
+    stack = next(
+        m
+        for m in backbone.model.modules()
+        if isinstance(m, torch.nn.ModuleList) and len(m) == backbone.num_layers
+    )
     before = [dict(layer._forward_hooks) for layer in stack]
-    handles = [layer.register_forward_hook(lambda *_, i=i: calls.append(i))
-               for i, layer in enumerate(stack)]
+    handles = [
+        layer.register_forward_hook(lambda *_, i=i: calls.append(i))
+        for i, layer in enumerate(stack)
+    ]
     try:
         fresh = Backbone(backbone.model, backbone.tokenizer, "x", max_length=32, query_layer=1)
         fresh.query(["a dog"])
@@ -161,8 +202,9 @@ def test_decoder_last_pooling_is_the_last_real_token(tokenizer):
     embeds = backbone.embed(batch["input_ids"])
     with torch.no_grad():
         pooled = backbone.encode(embeds, batch["attention_mask"])
-        hidden = backbone.model(inputs_embeds=embeds, attention_mask=batch["attention_mask"]
-                                ).last_hidden_state
+        hidden = backbone.model(
+            inputs_embeds=embeds, attention_mask=batch["attention_mask"]
+        ).last_hidden_state
     lengths = batch["attention_mask"].sum(1) - 1
     assert torch.allclose(pooled, hidden[torch.arange(3), lengths], atol=1e-6)
     assert make_backbone("llama", tokenizer).pooling == "mean"
@@ -208,8 +250,9 @@ def test_model_without_input_embeddings_is_refused(tokenizer):
 def test_pool_refuses_another_pooling_or_architecture(grown, tokenizer):
     _name, backbone, _, _, directory = grown
     other = "mean" if backbone.pooling == "last" else "last"
-    repooled = Backbone(backbone.model, backbone.tokenizer, backbone.name, max_length=32,
-                        pooling=other)
+    repooled = Backbone(
+        backbone.model, backbone.tokenizer, backbone.name, max_length=32, pooling=other
+    )
     with pytest.raises(PoolFormatError, match="pooling"):
         PromptPool.load(directory, repooled)
     manifest = json.loads((directory / MANIFEST).read_text())
@@ -232,8 +275,12 @@ def test_bfloat16_backbone_keeps_prompts_and_heads_float32(tokenizer, synthetic_
     entry = pool.learn(synthetic_tasks[0], progress=False)
     assert entry.prompt.dtype == entry.head_weight.dtype == torch.float32
     batch = backbone.tokenize(TEXTS)
-    features = prompted_features(backbone, entry.prompt.unsqueeze(0).expand(3, -1, -1),
-                                 batch["input_ids"], batch["attention_mask"])
+    features = prompted_features(
+        backbone,
+        entry.prompt.unsqueeze(0).expand(3, -1, -1),
+        batch["input_ids"],
+        batch["attention_mask"],
+    )
     assert features.dtype == torch.float32
     assert backbone.fingerprint()["dtype"] == "bfloat16"
 
@@ -250,19 +297,58 @@ def test_cli_learns_and_predicts_on_a_decoder_folder(tokenizer, tmp_path, capsys
     train = tmp_path / "train.csv"
     train.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
     pool = tmp_path / "pool"
-    assert main(["learn", str(pool), "--task", "colours", "--train", str(train),
-                 "--test", str(train), "--backbone", str(folder), "--epochs", "1",
-                 "--prompt-length", "4", "--max-length", "32", "--device", "cpu",
-                 "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "learn",
+                str(pool),
+                "--task",
+                "colours",
+                "--train",
+                str(train),
+                "--test",
+                str(train),
+                "--backbone",
+                str(folder),
+                "--epochs",
+                "1",
+                "--prompt-length",
+                "4",
+                "--max-length",
+                "32",
+                "--device",
+                "cpu",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     # A local model folder is named again: a pool never loads one by itself.
     assert main(["predict", str(pool), "the red one", "--device", "auto"]) == 2
     assert "--backbone" in capsys.readouterr().err
-    assert main(["predict", str(pool), "the red one", "--device", "auto",
-                 "--backbone", str(folder)]) == 0
+    assert (
+        main(["predict", str(pool), "the red one", "--device", "auto", "--backbone", str(folder)])
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["label"] in ("warm", "cool")
     saved = json.loads((pool / MANIFEST).read_text())["backbone"]
     assert saved["architecture"] == "GPT2Model" and saved["pooling"] == "mean"
-    assert main(["evaluate", str(pool), "--task", "colours", "--test", str(train),
-                 "--backbone", str(folder), "--dtype", "bfloat16"]) == 2  # built in float32
+    assert (
+        main(
+            [
+                "evaluate",
+                str(pool),
+                "--task",
+                "colours",
+                "--test",
+                str(train),
+                "--backbone",
+                str(folder),
+                "--dtype",
+                "bfloat16",
+            ]
+        )
+        == 2
+    )  # built in float32
     assert "dtype" in capsys.readouterr().err

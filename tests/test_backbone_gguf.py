@@ -1,4 +1,5 @@
 """GGUF files, devices and precision: one line and exit 2 for what cannot load."""
+
 from __future__ import annotations
 
 import pytest
@@ -28,8 +29,20 @@ def run_cli(argv, capsys):
 def test_damaged_gguf_is_one_line_and_exit_2(tmp_path, train_csv, capsys):
     damaged = tmp_path / "model.gguf"
     damaged.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
-    code, err = run_cli(["learn", str(tmp_path / "pool"), "--task", "t", "--train",
-                         str(train_csv), "--backbone", str(damaged), "--no-progress"], capsys)
+    code, err = run_cli(
+        [
+            "learn",
+            str(tmp_path / "pool"),
+            "--task",
+            "t",
+            "--train",
+            str(train_csv),
+            "--backbone",
+            str(damaged),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 2
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err
     assert "model.gguf" in err
@@ -44,8 +57,20 @@ def test_unknown_gguf_architecture_is_one_line_and_exit_2(tmp_path, train_csv, c
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    code, err = run_cli(["learn", str(tmp_path / "pool"), "--task", "t", "--train",
-                         str(train_csv), "--backbone", str(path), "--no-progress"], capsys)
+    code, err = run_cli(
+        [
+            "learn",
+            str(tmp_path / "pool"),
+            "--task",
+            "t",
+            "--train",
+            str(train_csv),
+            "--backbone",
+            str(path),
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 2 and "\n" not in err and "odd.gguf" in err
 
 
@@ -70,8 +95,20 @@ def test_devices_and_dtypes_are_checked():
 def test_cli_refuses_a_missing_gpu_in_one_line(tmp_path, train_csv, capsys):
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    code, err = run_cli(["learn", str(tmp_path / "pool"), "--task", "t", "--train",
-                         str(train_csv), "--device", "cuda", "--no-progress"], capsys)
+    code, err = run_cli(
+        [
+            "learn",
+            str(tmp_path / "pool"),
+            "--task",
+            "t",
+            "--train",
+            str(train_csv),
+            "--device",
+            "cuda",
+            "--no-progress",
+        ],
+        capsys,
+    )
     assert code == 2 and "CUDA" in err and "\n" not in err
 
 
@@ -91,8 +128,7 @@ def test_pool_learned_on_gpu_loads_on_cpu(tiny_backbone, synthetic_tasks, tmp_pa
     entry = pool.learn(synthetic_tasks[0], progress=False)
     assert entry.prompt.device.type == "cpu" and entry.prompt.dtype == torch.float32
     pool.save(tmp_path)
-    cpu = Backbone(copy.deepcopy(model).cpu(), tiny_backbone.tokenizer, "tiny-bert",
-                   max_length=32)
+    cpu = Backbone(copy.deepcopy(model).cpu(), tiny_backbone.tokenizer, "tiny-bert", max_length=32)
     loaded = PromptPool.load(tmp_path, cpu)
     texts = [text for text, _ in synthetic_tasks[0].test]
     assert [p.label for p in loaded.predict(texts)][:5] is not None

@@ -1,4 +1,5 @@
 """The real SmolLM2-135M GGUF, where ``$CONTINUAL_SMOLLM2_GGUF`` names it (slow: ~40 s load)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -10,8 +11,10 @@ import pytest
 from continual import Backbone
 
 GGUF = os.environ.get("CONTINUAL_SMOLLM2_GGUF")
-pytestmark = [pytest.mark.slow,
-              pytest.mark.skipif(not GGUF, reason="set CONTINUAL_SMOLLM2_GGUF to a .gguf file")]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not GGUF, reason="set CONTINUAL_SMOLLM2_GGUF to a .gguf file"),
+]
 
 
 def test_smollm2_gguf_loads_as_a_decoder_with_its_digest():

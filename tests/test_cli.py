@@ -3,6 +3,7 @@
 One small pool (two tasks, tiny data, one epoch) is built per module; tests that change a pool
 work on a copy of it.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,20 +18,64 @@ import pytest
 from continual.cli import main
 
 COLOUR_ROWS = {
-    "warm": ["red roses", "an orange sunset", "yellow sunflowers", "a crimson scarf",
-             "golden sand", "pink blossom", "amber light", "a scarlet door", "red brick walls",
-             "orange flames", "a yellow taxi", "a crimson sky"],
-    "cool": ["blue water", "a green meadow", "purple grapes", "a cyan wall", "teal paint",
-             "a navy coat", "violet flowers", "a turquoise sea", "blue ice", "green leaves",
-             "a purple robe", "an indigo night"],
+    "warm": [
+        "red roses",
+        "an orange sunset",
+        "yellow sunflowers",
+        "a crimson scarf",
+        "golden sand",
+        "pink blossom",
+        "amber light",
+        "a scarlet door",
+        "red brick walls",
+        "orange flames",
+        "a yellow taxi",
+        "a crimson sky",
+    ],
+    "cool": [
+        "blue water",
+        "a green meadow",
+        "purple grapes",
+        "a cyan wall",
+        "teal paint",
+        "a navy coat",
+        "violet flowers",
+        "a turquoise sea",
+        "blue ice",
+        "green leaves",
+        "a purple robe",
+        "an indigo night",
+    ],
 }
 ANIMAL_ROWS = {
-    1: ["my dog sleeps", "the cat purrs", "a hamster in a cage", "our rabbit eats carrots",
-        "the parrot talks", "a puppy plays", "the kitten naps", "a goldfish swims in a bowl",
-        "my dog fetches", "the cat climbs", "a guinea pig squeaks", "the puppy barks"],
-    0: ["a lion roars", "the tiger hunts", "wolves howl", "a bear catches salmon",
-        "the eagle soars", "a shark circles", "the leopard climbs", "a wild boar digs",
-        "the lion sleeps", "a tiger stalks", "a bear in the forest", "the wolf pack runs"],
+    1: [
+        "my dog sleeps",
+        "the cat purrs",
+        "a hamster in a cage",
+        "our rabbit eats carrots",
+        "the parrot talks",
+        "a puppy plays",
+        "the kitten naps",
+        "a goldfish swims in a bowl",
+        "my dog fetches",
+        "the cat climbs",
+        "a guinea pig squeaks",
+        "the puppy barks",
+    ],
+    0: [
+        "a lion roars",
+        "the tiger hunts",
+        "wolves howl",
+        "a bear catches salmon",
+        "the eagle soars",
+        "a shark circles",
+        "the leopard climbs",
+        "a wild boar digs",
+        "the lion sleeps",
+        "a tiger stalks",
+        "a bear in the forest",
+        "the wolf pack runs",
+    ],
 }
 
 
@@ -49,16 +94,22 @@ def write_csv(path: Path, rows: dict) -> Path:
 
 def write_jsonl(path: Path, rows: dict) -> Path:
     # JSONL labels are strings: a bare number is refused, never silently turned into one.
-    lines = [json.dumps({"text": text, "label": str(label)})
-             for label, texts in rows.items() for text in texts]
+    lines = [
+        json.dumps({"text": text, "label": str(label)})
+        for label, texts in rows.items()
+        for text in texts
+    ]
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
 
 
 def pool_state(pool: Path) -> dict[str, bytes]:
     """Every file of a pool directory but its lock, by relative path."""
-    return {str(p.relative_to(pool)): p.read_bytes()
-            for p in sorted(pool.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(pool)): p.read_bytes()
+        for p in sorted(pool.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 LEARN = ("--epochs", "1", "--prompt-length", "4", "--no-progress")
@@ -73,8 +124,15 @@ def built(tmp_path_factory):
     first = invoke("learn", pool, "--task", "colours", "--train", colours, *LEARN)
     after_first = pool_state(pool)
     second = invoke("learn", pool, "--task", "animals", "--train", animals, *LEARN)
-    return SimpleNamespace(root=root, pool=pool, colours=colours, animals=animals,
-                           first=first, second=second, after_first=after_first)
+    return SimpleNamespace(
+        root=root,
+        pool=pool,
+        colours=colours,
+        animals=animals,
+        first=first,
+        second=second,
+        after_first=after_first,
+    )
 
 
 @pytest.fixture
@@ -126,8 +184,9 @@ def test_second_learn_adds_a_task_and_keeps_the_first_file(built):
 
 def test_learn_with_an_existing_name_exits_2_and_leaves_the_pool(built, pool_copy):
     before = pool_state(pool_copy)
-    code, out, err = invoke("learn", pool_copy, "--task", "colours", "--train", built.animals,
-                            *LEARN)
+    code, out, err = invoke(
+        "learn", pool_copy, "--task", "colours", "--train", built.animals, *LEARN
+    )
     assert code == 2
     assert out == ""
     assert "'colours' is already in" in err and "--task" in err
@@ -136,8 +195,9 @@ def test_learn_with_an_existing_name_exits_2_and_leaves_the_pool(built, pool_cop
 
 def test_learn_resume_skips_an_existing_task(built, pool_copy):
     before = pool_state(pool_copy)
-    code, out, err = invoke("learn", pool_copy, "--task", "colours", "--train", built.colours,
-                            "--resume", *LEARN)
+    code, out, err = invoke(
+        "learn", pool_copy, "--task", "colours", "--train", built.colours, "--resume", *LEARN
+    )
     assert code == 0
     assert out == ""
     assert "nothing to do" in err
@@ -185,15 +245,17 @@ def test_predict_needs_input(built):
 
 
 def test_evaluate_json(built):
-    code, out, _ = invoke("evaluate", built.pool, "--task", "animals", "--test", built.animals,
-                          "--json")
+    code, out, _ = invoke(
+        "evaluate", built.pool, "--task", "animals", "--test", built.animals, "--json"
+    )
     assert code == 0
     result = json.loads(out)
     assert result["task"] == "animals"
     assert result["examples"] == 24
     assert 0.0 <= result["accuracy"] <= result["routing_accuracy"] <= 100.0
-    code, out, _ = invoke("evaluate", built.pool, "--task", "animals", "--test", built.animals,
-                          "--json", "--oracle")
+    code, out, _ = invoke(
+        "evaluate", built.pool, "--task", "animals", "--test", built.animals, "--json", "--oracle"
+    )
     assert code == 0
     oracle = json.loads(out)
     assert oracle["routing_accuracy"] is None
@@ -234,8 +296,9 @@ def test_info_text(built):
 
 
 def test_explain_prints_similarity_and_routing(built):
-    code, out, _ = invoke("explain", built.pool, "a scarlet rose", "the tiger hunts",
-                          "--tokens", "2")
+    code, out, _ = invoke(
+        "explain", built.pool, "a scarlet rose", "the tiger hunts", "--tokens", "2"
+    )
     assert code == 0
     lines = out.splitlines()
     assert lines[0] == "prompt similarity (cosine):"
@@ -253,7 +316,8 @@ def test_explain_prints_similarity_and_routing(built):
         best = max(item["routing"], key=item["routing"].get)
         assert item["task"] == best
         assert item["margin"] == pytest.approx(
-            abs(item["routing"]["colours"] - item["routing"]["animals"]), abs=2e-4)
+            abs(item["routing"]["colours"] - item["routing"]["animals"]), abs=2e-4
+        )
 
 
 # -- bad input: exit 2, a message naming the file, row or field, the pool untouched ---------------
@@ -265,13 +329,17 @@ def test_explain_prints_similarity_and_routing(built):
         ("absent.csv", None, ["absent.csv", "not found"]),
         ("nolabel.csv", "text,category\nhello,a\nbye,b\n", ["nolabel.csv", "row 1", "'label'"]),
         ("empty.csv", "text,label\nhello,a\n  ,b\nbye,b\n", ["empty.csv", "row 2", "'text'"]),
-        ("single.csv", "text,label\n" + "".join(f"text {i},same\n" for i in range(10)),
-         ["'lonely'", "at least 2 distinct labels"]),
+        (
+            "single.csv",
+            "text,label\n" + "".join(f"text {i},same\n" for i in range(10)),
+            ["'lonely'", "at least 2 distinct labels"],
+        ),
         ("broken.jsonl", '{"text": "a", "label": "x"}\n{"text": \n', ["broken.jsonl", "row 2"]),
     ],
 )
-def test_bad_training_data_exits_2_and_leaves_the_pool(pool_copy, tmp_path, name, content,
-                                                     fragments):
+def test_bad_training_data_exits_2_and_leaves_the_pool(
+    pool_copy, tmp_path, name, content, fragments
+):
     path = tmp_path / name
     if content is not None:
         path.write_text(content, encoding="utf-8")
@@ -292,8 +360,11 @@ def test_predict_from_a_missing_file_exits_2(built, tmp_path):
 def test_corrupt_pool_exits_2_and_is_not_overwritten(built, pool_copy):
     (pool_copy / "manifest.json").write_text("{ not json", encoding="utf-8")
     before = pool_state(pool_copy)
-    for argv in (["predict", pool_copy, "a red rose"], ["info", pool_copy],
-                 ["learn", pool_copy, "--task", "more", "--train", built.colours, *LEARN]):
+    for argv in (
+        ["predict", pool_copy, "a red rose"],
+        ["info", pool_copy],
+        ["learn", pool_copy, "--task", "more", "--train", built.colours, *LEARN],
+    ):
         code, out, err = invoke(*argv)
         assert code == 2 and out == "", argv
         assert "manifest.json" in err and "not valid JSON" in err, err

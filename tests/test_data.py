@@ -1,4 +1,5 @@
 """Task files: CSV/JSONL/plain-text loading, error messages that name the file and row, splits."""
+
 from __future__ import annotations
 
 import json
@@ -22,10 +23,15 @@ def write(path, text: str | bytes):
 
 
 def test_csv_labels_are_kept_as_written(tmp_path):
-    path = write(tmp_path / "t.csv",
-                 'text,label\nfine day,1\n"a, quoted\ntext",0\nlead zero,01\nspaced, yes \n')
+    path = write(
+        tmp_path / "t.csv",
+        'text,label\nfine day,1\n"a, quoted\ntext",0\nlead zero,01\nspaced, yes \n',
+    )
     assert read_labelled(path) == [
-        ("fine day", "1"), ("a, quoted\ntext", "0"), ("lead zero", "01"), ("spaced", " yes "),
+        ("fine day", "1"),
+        ("a, quoted\ntext", "0"),
+        ("lead zero", "01"),
+        ("spaced", " yes "),
     ]
 
 
@@ -35,13 +41,17 @@ def test_csv_extra_columns_in_any_order_are_ignored(tmp_path):
 
 
 def test_jsonl_text_numbers_become_strings_and_label_numbers_are_refused(tmp_path):
-    lines = [{"text": 12, "label": "1"}, {"text": "bad", "label": "0"},
-             {"text": 2.5, "label": "0", "extra": [1]}]
+    lines = [
+        {"text": 12, "label": "1"},
+        {"text": "bad", "label": "0"},
+        {"text": 2.5, "label": "0", "extra": [1]},
+    ]
     path = write(tmp_path / "t.jsonl", "\n".join(json.dumps(line) for line in lines) + "\n\n")
     assert read_labelled(path) == [("12", "1"), ("bad", "0"), ("2.5", "0")]
     # 1 and "1" would become one label, 1e2 would become "100.0": labels must be strings.
-    path = write(tmp_path / "n.jsonl",
-                 '{"text": "good", "label": "1"}\n{"text": "x", "label": 1}\n')
+    path = write(
+        tmp_path / "n.jsonl", '{"text": "good", "label": "1"}\n{"text": "x", "label": 1}\n'
+    )
     raises_naming(path, "row 2", "'label'", "must be a JSON string")
 
 
@@ -55,8 +65,9 @@ def test_bom_is_dropped(tmp_path):
 def test_crlf_line_endings_are_handled(tmp_path):
     path = write(tmp_path / "t.csv", 'text,label\r\nhello,a\r\n"two\r\nlines",b\r\n')
     assert read_labelled(path) == [("hello", "a"), ("two\r\nlines", "b")]
-    path = write(tmp_path / "t.jsonl", '{"text": "hello", "label": "a"}\r\n'
-                                       '{"text": "bye", "label": "b"}\r\n')
+    path = write(
+        tmp_path / "t.jsonl", '{"text": "hello", "label": "a"}\r\n{"text": "bye", "label": "b"}\r\n'
+    )
     assert read_labelled(path) == [("hello", "a"), ("bye", "b")]
 
 
@@ -135,8 +146,10 @@ def test_too_many_fields_names_its_row(tmp_path):
 
 
 def test_invalid_json_line_names_its_row(tmp_path):
-    path = write(tmp_path / "t.jsonl",
-                 '{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n{"text": "c", \n')
+    path = write(
+        tmp_path / "t.jsonl",
+        '{"text": "a", "label": "x"}\n{"text": "b", "label": "y"}\n{"text": "c", \n',
+    )
     raises_naming(path, "row 3", "invalid JSON")
 
 
@@ -224,7 +237,10 @@ def test_split_is_deterministic_per_seed():
     task_a = Task.from_pairs("t", examples, seed=5)
     task_b = Task.from_pairs("t", list(examples), seed=5)
     assert (task_a.train, task_a.validation, task_a.test) == (
-        task_b.train, task_b.validation, task_b.test)
+        task_b.train,
+        task_b.validation,
+        task_b.test,
+    )
 
 
 def test_split_keeps_a_training_example_for_rare_labels():

@@ -1,4 +1,5 @@
 """Explanations: nearest tokens of prompt vectors, prompt similarity, routing decisions."""
+
 from __future__ import annotations
 
 import pytest
@@ -65,8 +66,9 @@ def test_prompt_similarity_is_the_cosine_of_flattened_prompts(pool):
 def test_explain_routing_matches_the_selector_and_predictions(pool):
     texts = COLOUR_TEXTS + ANIMAL_TEXTS
     explained = explain_routing(pool, texts)
-    scores = pool.selector.task_scores(pool.backbone.query(texts),
-                                       [e.selector_state for e in pool.entries])
+    scores = pool.selector.task_scores(
+        pool.backbone.query(texts), [e.selector_state for e in pool.entries]
+    )
     predictions = pool.predict(texts)
     assert [item["text"] for item in explained] == texts
     for item, row, prediction in zip(explained, scores.tolist(), predictions):

@@ -3,6 +3,7 @@
 Pools here sit on a tiny random BERT saved to a folder, so the command line can load their
 backbone by path like any other model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -20,10 +21,17 @@ from continual.cli import main
 from continual.errors import PoolFormatError, TaskDataError
 from continual.storage import MANIFEST, read_export_file, write_export_file
 
-TEXTS = ["the red and the blue here", "the dog and the lion now", "the cat and the wolf",
-         "the teal and the gold today", "the eagle and the puppy outside"]
-SIZE_ROWS = {"small": ["ant", "mouse", "pea", "seed", "bean", "pin", "crumb"],
-             "big": ["whale", "mountain", "tower", "ship", "elephant", "planet", "bus"]}
+TEXTS = [
+    "the red and the blue here",
+    "the dog and the lion now",
+    "the cat and the wolf",
+    "the teal and the gold today",
+    "the eagle and the puppy outside",
+]
+SIZE_ROWS = {
+    "small": ["ant", "mouse", "pea", "seed", "bean", "pin", "crumb"],
+    "big": ["whale", "mountain", "tower", "ship", "elephant", "planet", "bus"],
+}
 
 
 def invoke(*argv) -> tuple[int, str, str]:
@@ -34,8 +42,11 @@ def invoke(*argv) -> tuple[int, str, str]:
 
 
 def files(pool: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(pool)): p.read_bytes()
-            for p in sorted(pool.rglob("*")) if p.is_file() and p.name != ".lock"}
+    return {
+        str(p.relative_to(pool)): p.read_bytes()
+        for p in sorted(pool.rglob("*"))
+        if p.is_file() and p.name != ".lock"
+    }
 
 
 def same(a, b) -> bool:
@@ -57,15 +68,21 @@ def backbone(model_dir) -> Backbone:
 
 
 def new_pool(backbone, selector="prototypes", prompt_length=4) -> PromptPool:
-    return PromptPool(backbone, prompt_length=prompt_length, selector=selector,
-                      training=TrainingConfig(epochs=1, batch_size=32))
+    return PromptPool(
+        backbone,
+        prompt_length=prompt_length,
+        selector=selector,
+        training=TrainingConfig(epochs=1, batch_size=32),
+    )
 
 
 @pytest.fixture(scope="module")
 def tasks() -> list[Task]:
-    return [Task.from_pairs("colours", synthetic_pairs(COLOURS, 20, seed=1), seed=0),
-            Task.from_pairs("animals", synthetic_pairs(ANIMALS, 20, seed=2), seed=0),
-            Task.from_pairs("sizes", synthetic_pairs(SIZE_ROWS, 20, seed=3), seed=0)]
+    return [
+        Task.from_pairs("colours", synthetic_pairs(COLOURS, 20, seed=1), seed=0),
+        Task.from_pairs("animals", synthetic_pairs(ANIMALS, 20, seed=2), seed=0),
+        Task.from_pairs("sizes", synthetic_pairs(SIZE_ROWS, 20, seed=3), seed=0),
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -131,8 +148,7 @@ def test_predict_mixes_forced_and_routed_rows_and_refuses_below_min_score(saved,
         assert (prediction.task is None) == (score < cut)
         if prediction.task is None:
             assert prediction.label is None
-    everything = pool.predict(TEXTS, tasks=[None, "animals", None, "animals", None],
-                              min_score=1e9)
+    everything = pool.predict(TEXTS, tasks=[None, "animals", None, "animals", None], min_score=1e9)
     assert [p.task for p in everything] == [None, "animals", None, "animals", None]
     per_row = pool.predict(TEXTS, min_score=[1e9, None, None, None, 1e9])
     assert [p.task is None for p in per_row] == [True, False, False, False, True]
@@ -178,8 +194,7 @@ def test_cli_export_import_round_trip_into_a_fresh_pool(pool_dir, backbone, tmp_
     fresh_dir = tmp_path / "fresh"
     code, out, err = invoke("import", fresh_dir, out_file)
     assert code == 0, err
-    assert json.loads(out) == {"pool": str(fresh_dir), "task": "animals",
-                               "labels": ["pet", "wild"]}
+    assert json.loads(out) == {"pool": str(fresh_dir), "task": "animals", "labels": ["pet", "wild"]}
     # A pool on a local model folder loads only with that folder given, never by itself.
     with pytest.raises(PoolFormatError, match="does not load a local model by itself"):
         PromptPool.load(fresh_dir)
@@ -192,8 +207,7 @@ def test_cli_export_import_round_trip_into_a_fresh_pool(pool_dir, backbone, tmp_
     assert code == 0, err
     fresh = PromptPool.load(fresh_dir, backbone)
     assert fresh.tasks == ["animals", "animals-2"]
-    assert same(fresh.predict(TEXTS, tasks="animals-2"),
-                original.predict(TEXTS, tasks="animals"))
+    assert same(fresh.predict(TEXTS, tasks="animals-2"), original.predict(TEXTS, tasks="animals"))
     # Both names share one content-addressed file; removing one keeps the other loadable.
     assert invoke("remove", fresh_dir, "--task", "animals")[0] == 0
     assert PromptPool.load(fresh_dir, backbone).tasks == ["animals-2"]
@@ -220,8 +234,9 @@ def refuse(pool: Path, *argv) -> str:
     return err
 
 
-def test_cli_import_refusals(pool_dir, saved, backbone, make_tiny_model, tokenizer, tasks,
-                             tmp_path):
+def test_cli_import_refusals(
+    pool_dir, saved, backbone, make_tiny_model, tokenizer, tasks, tmp_path
+):
     exported = tmp_path / "colours.safetensors"
     assert invoke("export", saved, "--task", "colours", "--out", exported)[0] == 0
 
@@ -251,9 +266,15 @@ def test_cli_import_refusals(pool_dir, saved, backbone, make_tiny_model, tokeniz
     # A selector state that does not fit: prototypes of the wrong width.
     tensors, info = read_export_file(exported)
     tensors["selector.prototypes"] = torch.zeros(3, 7)
-    bad_state = write_export_file(tmp_path / "bad-state.safetensors", tensors,
-                                  name="odd", labels=info["labels"], stats=info["stats"],
-                                  selector=info["selector_config"], backbone=info["backbone"])
+    bad_state = write_export_file(
+        tmp_path / "bad-state.safetensors",
+        tensors,
+        name="odd",
+        labels=info["labels"],
+        stats=info["stats"],
+        selector=info["selector_config"],
+        backbone=info["backbone"],
+    )
     assert "selector state 'prototypes' has shape (3, 7)" in refuse(pool_dir, bad_state)
 
     # Files that are not exports, or whose metadata is broken: the error names the file.
@@ -275,7 +296,7 @@ def test_cli_import_refusals(pool_dir, saved, backbone, make_tiny_model, tokeniz
 
 
 def test_export_refuses_an_unknown_task(saved, tmp_path):
-    code, out, err = invoke("export", saved, "--task", "nope", "--out", tmp_path / "x")
+    code, _out, err = invoke("export", saved, "--task", "nope", "--out", tmp_path / "x")
     assert code == 2 and "no task 'nope'" in err and not (tmp_path / "x").exists()
 
 
@@ -289,8 +310,13 @@ def test_export_file_is_checked_field_by_field(saved, backbone, tmp_path):
         ("labels", ["warm", "warm"], "duplicates"),
         ("backbone", {"name": "x"}, "lacks"),
     ]:
-        meta = dict(name=info["name"], labels=info["labels"], stats=info["stats"],
-                    selector=info["selector_config"], backbone=info["backbone"])
+        meta = dict(
+            name=info["name"],
+            labels=info["labels"],
+            stats=info["stats"],
+            selector=info["selector_config"],
+            backbone=info["backbone"],
+        )
         meta[field] = value
         bad = write_export_file(tmp_path / f"bad-{field}.safetensors", tensors, **meta)
         with pytest.raises(PoolFormatError, match=message) as caught:

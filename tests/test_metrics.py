@@ -1,4 +1,5 @@
 """Metrics against small matrices whose values were worked out by hand."""
+
 from __future__ import annotations
 
 import math
@@ -107,7 +108,9 @@ def test_summarize_keys_and_values() -> None:
 def test_metrics_are_unit_agnostic() -> None:
     fractions = np.array(R_FULL) / 100
     summary = summarize(fractions, np.array(BASELINE) / 100)
-    assert summary == pytest.approx({"average_accuracy": 0.8, "forgetting": 0.175, "bwt": -0.15, "fwt": 0.47})
+    assert summary == pytest.approx(
+        {"average_accuracy": 0.8, "forgetting": 0.175, "bwt": -0.15, "fwt": 0.47}
+    )
 
 
 def test_single_task() -> None:
@@ -119,7 +122,12 @@ def test_single_task() -> None:
     assert backward_transfer(single) is None
     assert avalanche_forgetting(single) is None
     assert forward_transfer(single, [50.0]) is None
-    assert summarize(single, [50.0]) == {"average_accuracy": 80.0, "forgetting": None, "bwt": None, "fwt": None}
+    assert summarize(single, [50.0]) == {
+        "average_accuracy": 80.0,
+        "forgetting": None,
+        "bwt": None,
+        "fwt": None,
+    }
 
 
 def test_numpy_input_and_python_floats_out() -> None:

@@ -1,4 +1,5 @@
 """The prompt pool: no forgetting by construction, mixed-task batching, persistence, selectors."""
+
 from __future__ import annotations
 
 import hashlib
@@ -45,8 +46,14 @@ def grown(tiny_backbone, synthetic_tasks, tmp_path_factory):
     bytes_before = task_file.read_bytes()
     pool.learn(animals, seed=0, progress=False)
     pool.save(directory)
-    return SimpleNamespace(pool=pool, first=first, dir=directory, task_file=task_file,
-                           bytes_before=bytes_before, manifest_before=manifest_before)
+    return SimpleNamespace(
+        pool=pool,
+        first=first,
+        dir=directory,
+        task_file=task_file,
+        bytes_before=bytes_before,
+        manifest_before=manifest_before,
+    )
 
 
 # -- no forgetting ----------------------------------------------------------------------------
@@ -70,8 +77,9 @@ def test_earlier_task_file_is_byte_identical_after_saving_a_new_task(grown):
     assert manifest["tasks"][1]["file"] != manifest["tasks"][0]["file"]
 
 
-def test_backbone_weights_unchanged_and_frozen_after_learn(tiny_backbone, synthetic_tasks,
-                                                           tiny_pool_factory):
+def test_backbone_weights_unchanged_and_frozen_after_learn(
+    tiny_backbone, synthetic_tasks, tiny_pool_factory
+):
     before = {name: p.detach().clone() for name, p in tiny_backbone.named_parameters()}
     assert before, "the backbone has parameters"
     pool = tiny_pool_factory()
@@ -82,8 +90,9 @@ def test_backbone_weights_unchanged_and_frozen_after_learn(tiny_backbone, synthe
         assert parameter.grad is None, name
 
 
-def test_learn_trains_the_prompt_away_from_its_initialisation(tiny_backbone, synthetic_tasks,
-                                                             tiny_pool_factory):
+def test_learn_trains_the_prompt_away_from_its_initialisation(
+    tiny_backbone, synthetic_tasks, tiny_pool_factory
+):
     from continual import SoftPrompt
 
     pool = tiny_pool_factory()
@@ -129,8 +138,9 @@ def test_predictions_follow_the_routed_tasks_labels(grown, synthetic_tasks):
 # -- determinism ------------------------------------------------------------------------------
 
 
-def test_same_seed_gives_bit_identical_tensors_and_another_seed_differs(tiny_pool_factory,
-                                                                       synthetic_tasks):
+def test_same_seed_gives_bit_identical_tensors_and_another_seed_differs(
+    tiny_pool_factory, synthetic_tasks
+):
     task = synthetic_tasks[1]
     first, second, third = tiny_pool_factory(), tiny_pool_factory(), tiny_pool_factory()
     a = first.learn(task, seed=7, progress=False).tensors()
@@ -220,8 +230,7 @@ def test_unknown_task_name_and_wrong_task_count_are_refused(grown):
         grown.pool.evaluate("plants", [("the dog", "pet")])
 
 
-def test_refused_inputs_get_no_task_and_no_label(tiny_backbone, synthetic_tasks,
-                                                 tiny_pool_factory):
+def test_refused_inputs_get_no_task_and_no_label(tiny_backbone, synthetic_tasks, tiny_pool_factory):
     # A cosine threshold above 1 refuses every input.
     pool = tiny_pool_factory(selector=PrototypeSelector(min_score=1.01))
     pool.learn(synthetic_tasks[0], progress=False)
@@ -308,15 +317,17 @@ def real_tasks():
 
     # BBC has 5 topics and the reviews 2 labels: about 40 training and 40 test texts each.
     bbc = load_corpus("bbc", train_per_label=8, test_per_label=8, validation_per_label=0, seed=0)
-    reviews = load_corpus("reviews", train_per_label=20, test_per_label=20,
-                          validation_per_label=0, seed=0)
+    reviews = load_corpus(
+        "reviews", train_per_label=20, test_per_label=20, validation_per_label=0, seed=0
+    )
     return bbc, reviews
 
 
 @pytest.fixture(scope="module")
 def real_pool(minilm, real_tasks):
-    pool = PromptPool(minilm, prompt_length=4, selector=PrototypeSelector(),
-                      training=TrainingConfig(epochs=1))
+    pool = PromptPool(
+        minilm, prompt_length=4, selector=PrototypeSelector(), training=TrainingConfig(epochs=1)
+    )
     for task in real_tasks:
         pool.learn(task, progress=False)
     return pool
@@ -335,8 +346,9 @@ def test_real_minilm_save_load_round_trip(real_pool, real_tasks, minilm, tmp_pat
     loaded = PromptPool.load(tmp_path / "pool", minilm)
     texts = [text for task in real_tasks for text, _ in task.test[:6]]
     before, after = real_pool.predict(texts), loaded.predict(texts)
-    assert [(p.task, p.label, p.score) for p in after] == [(p.task, p.label, p.score)
-                                                           for p in before]
+    assert [(p.task, p.label, p.score) for p in after] == [
+        (p.task, p.label, p.score) for p in before
+    ]
     manifest = json.loads((tmp_path / "pool" / MANIFEST).read_text())
     assert manifest["backbone"]["name"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert manifest["backbone"]["max_length"] == 64

@@ -1,4 +1,5 @@
 """Progress output: a live bar on a terminal, a few plain lines in a log."""
+
 from __future__ import annotations
 
 import io

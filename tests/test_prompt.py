@@ -1,4 +1,5 @@
 """Soft prompts: initialisation and the prompted forward pass, on the tiny random BERT."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +31,9 @@ def test_vocab_init_rows_are_rows_of_the_embedding_matrix(tiny_backbone):
         matches = (table == row).all(dim=1).nonzero().flatten().tolist()
         assert matches, "each vector is a vocabulary embedding"
         assert all(index >= 1000 for index in matches), "special and unused ids are skipped"
-    again = SoftPrompt.initialise(tiny_backbone, 6, "vocab",
-                                  generator=torch.Generator().manual_seed(0))
+    again = SoftPrompt.initialise(
+        tiny_backbone, 6, "vocab", generator=torch.Generator().manual_seed(0)
+    )
     assert torch.equal(again.vectors, prompt.vectors)
 
 
@@ -58,25 +60,30 @@ def test_bad_prompt_settings_are_refused(tiny_backbone, kwargs, message):
 
 
 def test_prompt_expands_per_batch_and_steers_features(tiny_backbone):
-    prompt = SoftPrompt.initialise(tiny_backbone, 3, "vocab",
-                                   generator=torch.Generator().manual_seed(0))
+    prompt = SoftPrompt.initialise(
+        tiny_backbone, 3, "vocab", generator=torch.Generator().manual_seed(0)
+    )
     assert prompt(4).shape == (4, 3, 32)
     batch = tiny_backbone.tokenize(TEXTS)
     with torch.no_grad():
-        plain = tiny_backbone.encode(tiny_backbone.embed(batch["input_ids"]),
-                                     batch["attention_mask"])
-        prompted = prompted_features(tiny_backbone, prompt(3), batch["input_ids"],
-                                     batch["attention_mask"])
+        plain = tiny_backbone.encode(
+            tiny_backbone.embed(batch["input_ids"]), batch["attention_mask"]
+        )
+        prompted = prompted_features(
+            tiny_backbone, prompt(3), batch["input_ids"], batch["attention_mask"]
+        )
     assert prompted.shape == plain.shape == (3, 32)
     assert not torch.allclose(prompted, plain, atol=1e-4)
 
 
 def test_prompt_gradients_reach_the_prompt_only(tiny_backbone):
-    prompt = SoftPrompt.initialise(tiny_backbone, 2, "vocab",
-                                   generator=torch.Generator().manual_seed(0))
+    prompt = SoftPrompt.initialise(
+        tiny_backbone, 2, "vocab", generator=torch.Generator().manual_seed(0)
+    )
     batch = tiny_backbone.tokenize(TEXTS[:2])
-    features = prompted_features(tiny_backbone, prompt(2), batch["input_ids"],
-                                 batch["attention_mask"])
+    features = prompted_features(
+        tiny_backbone, prompt(2), batch["input_ids"], batch["attention_mask"]
+    )
     features.sum().backward()
     assert prompt.vectors.grad is not None and prompt.vectors.grad.abs().sum() > 0
     assert all(p.grad is None for p in tiny_backbone.parameters())

@@ -1,4 +1,5 @@
 """Selectors on synthetic features: routing, state shapes, seeding, refusal."""
+
 from __future__ import annotations
 
 import pytest
@@ -30,8 +31,13 @@ def gaussian_clusters(count: int = 3, dim: int = 16, per_cluster: int = 60, seed
 
 @pytest.mark.parametrize(
     "selector",
-    [PrototypeSelector(prototypes_per_task=3), PrototypeSelector(prototypes_per_task=1),
-     KeySelector(steps=100), GaussianSelector(), ViewGaussianSelector()],
+    [
+        PrototypeSelector(prototypes_per_task=3),
+        PrototypeSelector(prototypes_per_task=1),
+        KeySelector(steps=100),
+        GaussianSelector(),
+        ViewGaussianSelector(),
+    ],
     ids=["prototypes-3", "prototypes-1", "keys", "gaussian", "gaussian_views"],
 )
 def test_selector_routes_separable_clusters(selector):

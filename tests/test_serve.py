@@ -3,6 +3,7 @@
 The pool sits on a tiny random BERT saved to a folder. A task is imported into (and removed
 from) the pool on disk by another process while the server runs.
 """
+
 from __future__ import annotations
 
 import os
@@ -21,11 +22,18 @@ from continual import Backbone, PromptPool, Task, TrainingConfig
 from continual.manage import import_task
 from continual.serve import PoolHolder, bind, build_server, create_app
 
-SIZES = {"small": ["ant", "mouse", "pea", "seed", "bean", "pin", "crumb"],
-         "big": ["whale", "mountain", "tower", "ship", "elephant", "planet", "bus"]}
-TEXTS = ["the red and the blue here", "the dog and the lion now", "the cat and the wolf",
-         "the teal and the gold today", "the eagle and the puppy outside",
-         "the whale and the ant again"]
+SIZES = {
+    "small": ["ant", "mouse", "pea", "seed", "bean", "pin", "crumb"],
+    "big": ["whale", "mountain", "tower", "ship", "elephant", "planet", "bus"],
+}
+TEXTS = [
+    "the red and the blue here",
+    "the dog and the lion now",
+    "the cat and the wolf",
+    "the teal and the gold today",
+    "the eagle and the puppy outside",
+    "the whale and the ant again",
+]
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -38,8 +46,12 @@ def model_dir(tmp_path_factory, make_tiny_model, tokenizer) -> Path:
 
 
 def new_pool(backbone) -> PromptPool:
-    return PromptPool(backbone, prompt_length=4, selector="prototypes",
-                      training=TrainingConfig(epochs=1, batch_size=32))
+    return PromptPool(
+        backbone,
+        prompt_length=4,
+        selector="prototypes",
+        training=TrainingConfig(epochs=1, batch_size=32),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +74,18 @@ def setup(tmp_path_factory, model_dir):
 @pytest.fixture(scope="module")
 def server(setup, model_dir):
     pool_dir, _, _ = setup
-    app = create_app(pool_dir, backbone=str(model_dir), max_batch=16, max_wait=0.05, max_texts=8, max_body_bytes=4096,
-                     poll_interval=0.2)
+    app = create_app(
+        pool_dir,
+        backbone=str(model_dir),
+        max_batch=16,
+        max_wait=0.05,
+        max_texts=8,
+        max_body_bytes=4096,
+        poll_interval=0.2,
+    )
     sock = bind("127.0.0.1", 0)
     uvicorn_server = build_server(app, sock)
-    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]},
-                              daemon=True)
+    thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not uvicorn_server.started:
@@ -96,10 +114,12 @@ def assert_one_line_error(response: httpx.Response, status: int, fragment: str) 
 def test_health_and_tasks(server):
     health = server.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "ok"
-    assert server.get("/tasks").json() == {"tasks": [
-        {"name": "colours", "labels": ["cool", "warm"]},
-        {"name": "animals", "labels": ["pet", "wild"]},
-    ]}
+    assert server.get("/tasks").json() == {
+        "tasks": [
+            {"name": "colours", "labels": ["cool", "warm"]},
+            {"name": "animals", "labels": ["pet", "wild"]},
+        ]
+    }
 
 
 def test_predict_routed_forced_and_refused(server, setup):
@@ -113,17 +133,22 @@ def test_predict_routed_forced_and_refused(server, setup):
     assert {row["task"] for row in forced.json()["predictions"]} == {"animals"}
 
     refused = server.post("/predict", json={"texts": TEXTS, "min_score": 1e9})
-    assert [(r["task"], r["label"]) for r in refused.json()["predictions"]] == \
-        [(None, None)] * len(TEXTS)
+    assert [(r["task"], r["label"]) for r in refused.json()["predictions"]] == [(None, None)] * len(
+        TEXTS
+    )
     # min_score never refuses texts whose task was given.
     kept = server.post("/predict", json={"texts": TEXTS[:2], "task": "colours", "min_score": 1e9})
     assert [r["task"] for r in kept.json()["predictions"]] == ["colours", "colours"]
 
 
 def test_concurrent_mixed_requests_share_forward_passes(server, setup):
-    requests = [({"texts": [TEXTS[i % len(TEXTS)], TEXTS[(i + 1) % len(TEXTS)]]}
-                 | ({"task": ["colours", "animals"][i % 2]} if i % 3 else {}))
-                for i in range(24)]
+    requests = [
+        (
+            {"texts": [TEXTS[i % len(TEXTS)], TEXTS[(i + 1) % len(TEXTS)]]}
+            | ({"task": ["colours", "animals"][i % 2]} if i % 3 else {})
+        )
+        for i in range(24)
+    ]
     before = server.get("/health").json()
     with ThreadPoolExecutor(12) as workers:
         responses = list(workers.map(lambda body: server.post("/predict", json=body), requests))
@@ -137,27 +162,32 @@ def test_concurrent_mixed_requests_share_forward_passes(server, setup):
     assert batches < len(requests)  # several requests, of mixed tasks, shared a forward pass
 
 
-@pytest.mark.parametrize("content, status, fragment", [
-    (b'{"texts": ["a", ', 400, "malformed JSON"),
-    (b"\xff\xfe", 400, "malformed JSON"),
-    (b'["a list"]', 422, "JSON object"),
-    (b'{"text": ["typo"]}', 422, "unknown field"),
-    (b'{"task": "colours"}', 422, "missing field 'texts'"),
-    (b'{"texts": "one string"}', 422, "must be a list"),
-    (b'{"texts": []}', 422, "is empty"),
-    (b'{"texts": ["fine", 3]}', 422, "texts[1] is a int"),
-    (b'{"texts": ["fine", "   "]}', 422, "texts[1] is empty"),
-    (b'{"texts": ["fine"], "task": "nope"}', 404, "unknown task 'nope'"),
-    (b'{"texts": ["fine"], "task": 7}', 422, "'task' must be"),
-    (b'{"texts": ["fine"], "min_score": "high"}', 422, "'min_score'"),
-    (b'{"texts": ["fine"], "min_score": true}', 422, "'min_score'"),
-    (b'{"texts": ["a","b","c","d","e","f","g","h","i"]}', 413, "at most 8"),
-    (b'{"texts": ["' + b"long " * 1000 + b'"]}', 413, "request body over 4096 bytes"),
-])
-def test_bad_requests_get_a_one_line_4xx_and_the_server_keeps_serving(server, content, status,
-                                                                      fragment):
-    response = server.post("/predict", content=content,
-                           headers={"content-type": "application/json"})
+@pytest.mark.parametrize(
+    "content, status, fragment",
+    [
+        (b'{"texts": ["a", ', 400, "malformed JSON"),
+        (b"\xff\xfe", 400, "malformed JSON"),
+        (b'["a list"]', 422, "JSON object"),
+        (b'{"text": ["typo"]}', 422, "unknown field"),
+        (b'{"task": "colours"}', 422, "missing field 'texts'"),
+        (b'{"texts": "one string"}', 422, "must be a list"),
+        (b'{"texts": []}', 422, "is empty"),
+        (b'{"texts": ["fine", 3]}', 422, "texts[1] is a int"),
+        (b'{"texts": ["fine", "   "]}', 422, "texts[1] is empty"),
+        (b'{"texts": ["fine"], "task": "nope"}', 404, "unknown task 'nope'"),
+        (b'{"texts": ["fine"], "task": 7}', 422, "'task' must be"),
+        (b'{"texts": ["fine"], "min_score": "high"}', 422, "'min_score'"),
+        (b'{"texts": ["fine"], "min_score": true}', 422, "'min_score'"),
+        (b'{"texts": ["a","b","c","d","e","f","g","h","i"]}', 413, "at most 8"),
+        (b'{"texts": ["' + b"long " * 1000 + b'"]}', 413, "request body over 4096 bytes"),
+    ],
+)
+def test_bad_requests_get_a_one_line_4xx_and_the_server_keeps_serving(
+    server, content, status, fragment
+):
+    response = server.post(
+        "/predict", content=content, headers={"content-type": "application/json"}
+    )
     assert_one_line_error(response, status, fragment)
     assert server.post("/predict", json={"texts": ["still here"]}).status_code == 200
 
@@ -178,10 +208,19 @@ def test_holder_swaps_one_reference_and_keeps_the_old_pool_usable(setup, tmp_pat
 
 
 def cli(argv) -> None:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    done = subprocess.run([sys.executable, "-m", "continual.cli", *map(str, argv)], env=env,
-                          capture_output=True, text=True, timeout=120)
+    env = dict(
+        os.environ,
+        PYTHONPATH=os.pathsep.join(
+            [str(REPO)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        ),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "continual.cli", *map(str, argv)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -214,6 +253,7 @@ def test_a_task_imported_on_disk_is_served_without_restart(server, setup):
 
     cli(["remove", pool_dir, "--task", "sizes"])
     wait_for(lambda: "sizes" not in task_names(server))
-    assert_one_line_error(server.post("/predict", json={"texts": TEXTS, "task": "sizes"}), 404,
-                          "unknown task 'sizes'")
+    assert_one_line_error(
+        server.post("/predict", json={"texts": TEXTS, "task": "sizes"}), 404, "unknown task 'sizes'"
+    )
     assert server.get("/health").json()["reload_error"] is None

@@ -1,4 +1,5 @@
 """Verbalizer heads and the zero-shot hard-prompt baseline, on a tiny random Llama."""
+
 from __future__ import annotations
 
 import copy
@@ -15,12 +16,20 @@ from continual.verbalizer import label_token_ids, verbalizer_weight
 def llama(tokenizer) -> Backbone:
     from transformers import LlamaConfig, LlamaModel
 
-    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64,
-                         num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-                         max_position_embeddings=256, tie_word_embeddings=True)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
     torch.manual_seed(0)
-    return Backbone(LlamaModel(config), copy.deepcopy(tokenizer), "tiny-llama", max_length=32,
-                    pooling="last")
+    return Backbone(
+        LlamaModel(config), copy.deepcopy(tokenizer), "tiny-llama", max_length=32, pooling="last"
+    )
 
 
 def test_verbalizer_needs_last_token_pooling(llama):
@@ -36,8 +45,7 @@ def test_verbalizer_weight_is_the_label_words_output_embeddings(llama):
 
 
 def test_verbalizer_head_is_not_trained(llama, synthetic_tasks):
-    pool = PromptPool(llama, prompt_length=4, training=TrainingConfig(epochs=1,
-                                                                      head="verbalizer"))
+    pool = PromptPool(llama, prompt_length=4, training=TrainingConfig(epochs=1, head="verbalizer"))
     entry = pool.learn(synthetic_tasks[0], progress=False)
     assert torch.equal(entry.head_weight, verbalizer_weight(llama, entry.labels))
     assert torch.equal(entry.head_bias, torch.zeros(2))
@@ -58,8 +66,12 @@ def test_hard_prompt_is_zero_shot_and_class_incremental(llama, synthetic_tasks):
     first = method.evaluate(colours)
     method.learn(animals)
     both = method.evaluate(colours)
-    assert method.classes == [("colours", "cool"), ("colours", "warm"),
-                              ("animals", "pet"), ("animals", "wild")]
+    assert method.classes == [
+        ("colours", "cool"),
+        ("colours", "warm"),
+        ("animals", "pet"),
+        ("animals", "wild"),
+    ]
     assert 0 <= both.accuracy <= 100 and first.routing_accuracy == 100.0
     assert sum(both.routed_to.values()) == len(colours.test)
     assert method.cost().trainable_parameters == 0

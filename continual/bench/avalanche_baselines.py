@@ -3,6 +3,7 @@
 These are baselines of the benchmark harness only; the library's Avalanche bridge is
 `continual.integrations.avalanche`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -111,8 +112,13 @@ def _without_avalanche_deprecations() -> Iterator[None]:
         )
         if not internal:
             # A registry of our own: each re-issued warning shows once, as by default.
-            warnings.warn_explicit(warning.message, warning.category, warning.filename,
-                                   warning.lineno, registry=_REISSUED)
+            warnings.warn_explicit(
+                warning.message,
+                warning.category,
+                warning.filename,
+                warning.lineno,
+                registry=_REISSUED,
+            )
 
 
 class AvalancheMethod:
@@ -170,19 +176,42 @@ class AvalancheMethod:
         # The classifier's initialisation draws from the global generator: fork it, seeded.
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self._build(strategy, backbone, epochs, batch_size, lr, head_lr, ewc_lambda,
-                        lwf_alpha, lwf_temperature, mem_size, progress)
+            self._build(
+                strategy,
+                backbone,
+                epochs,
+                batch_size,
+                lr,
+                head_lr,
+                ewc_lambda,
+                lwf_alpha,
+                lwf_temperature,
+                mem_size,
+                progress,
+            )
         self.classes: list[tuple[str, str]] = []  # (task, label) of each global class id
         self._offsets: dict[str, int] = {}  # task name -> its first global class id
 
-    def _build(self, strategy: str, backbone: Backbone, epochs: int, batch_size: int, lr: float,
-               head_lr: float, ewc_lambda: float, lwf_alpha: float, lwf_temperature: float,
-               mem_size: int, progress: bool) -> None:
+    def _build(
+        self,
+        strategy: str,
+        backbone: Backbone,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        head_lr: float,
+        ewc_lambda: float,
+        lwf_alpha: float,
+        lwf_temperature: float,
+        mem_size: int,
+        progress: bool,
+    ) -> None:
         encoder = copy.deepcopy(backbone.model)
         for parameter in encoder.parameters():
             parameter.requires_grad_(True)
-        self.model = EncoderClassifier(encoder, backbone.hidden_size,
-                                       pad_token_id(backbone.tokenizer))
+        self.model = EncoderClassifier(
+            encoder, backbone.hidden_size, pad_token_id(backbone.tokenizer)
+        )
         optimizer = torch.optim.AdamW(
             [
                 {"params": list(self.model.encoder.parameters()), "lr": lr},
@@ -215,10 +244,12 @@ class AvalancheMethod:
 
     def _tensors(self, task: Task, examples: Sequence[Example]) -> tuple[torch.Tensor, ...]:
         offset = self._offsets[task.name]
-        ids = encode_texts(self.backbone.tokenizer, [text for text, _ in examples],
-                           self.backbone.max_length)
-        targets = torch.tensor([offset + task.label_index(label) for _, label in examples],
-                               dtype=torch.long)
+        ids = encode_texts(
+            self.backbone.tokenizer, [text for text, _ in examples], self.backbone.max_length
+        )
+        targets = torch.tensor(
+            [offset + task.label_index(label) for _, label in examples], dtype=torch.long
+        )
         return ids, targets
 
     def learn(self, task: Task) -> None:
@@ -229,8 +260,7 @@ class AvalancheMethod:
         self.classes += [(task.name, label) for label in task.labels]
         train = self._tensors(task, task.train)
         # Avalanche benchmarks need a test stream; it is never used (evaluate() has its own loop).
-        benchmark = tensors_benchmark(train_tensors=[train], test_tensors=[train],
-                                      task_labels=[0])
+        benchmark = tensors_benchmark(train_tensors=[train], test_tensors=[train], task_labels=[0])
         if self.strategy.plugins:
             for plugin in self.strategy.plugins:
                 if isinstance(plugin, _ProgressBar):

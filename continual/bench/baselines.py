@@ -14,6 +14,7 @@ Avalanche's EWC, LwF and Replay are in `continual.bench.avalanche_baselines`. Ra
 (initialisation, data order, dropout while fine-tuning) comes from the method's seed alone: the
 global random state is forked, never changed.
 """
+
 from __future__ import annotations
 
 import copy
@@ -69,14 +70,14 @@ class ClassIncremental:
         self.generator = torch.Generator().manual_seed(seed)
         # Fine-tuned in float32 whatever the frozen backbone's precision (.to, not .float(): a
         # model dequantized from GGUF refuses .float()).
-        self.encoder = (copy.deepcopy(backbone.model).to(torch.float32) if finetune
-                        else None)
+        self.encoder = copy.deepcopy(backbone.model).to(torch.float32) if finetune else None
         if self.encoder is not None:
             for parameter in self.encoder.parameters():
                 parameter.requires_grad_(True)
         self.prompt = (
             SoftPrompt.initialise(backbone, prompt_length, "vocab", generator=self.generator)
-            if prompt_length else None
+            if prompt_length
+            else None
         )
         self.head: nn.Linear | None = None  # created by the first task
         self.classes: list[tuple[str, str]] = []  # (task, label) per output
@@ -91,16 +92,18 @@ class ClassIncremental:
         if self.prompt is not None:
             return prompted_features(self.backbone, self.prompt(len(texts)), ids, mask)
         if self.encoder is not None:
-            hidden = self.encoder(input_ids=ids, attention_mask=mask,
-                                  **self.backbone.extra_inputs(mask)).last_hidden_state
+            hidden = self.encoder(
+                input_ids=ids, attention_mask=mask, **self.backbone.extra_inputs(mask)
+            ).last_hidden_state
             return self.backbone.pool(hidden, mask)
         missing = [text for text in dict.fromkeys(texts) if text not in self._frozen]
         if missing:
             with torch.no_grad():
                 # The backbone is frozen here: each text's features are computed once.
                 batch = self.backbone.tokenize(missing)
-                computed = self.backbone.encode(self.backbone.embed(batch["input_ids"]),
-                                                batch["attention_mask"])
+                computed = self.backbone.encode(
+                    self.backbone.embed(batch["input_ids"]), batch["attention_mask"]
+                )
             self._frozen.update(zip(missing, computed))
         return torch.stack([self._frozen[text] for text in texts])
 
@@ -168,8 +171,9 @@ class ClassIncremental:
         if self.encoder is not None:
             self.encoder.train()  # dropout on while fine-tuning, as usual
         self._fits += 1
-        bar = Progress(self.epochs * steps, f"{self.name} {task_name or 'all'}",
-                       enabled=self.progress)
+        bar = Progress(
+            self.epochs * steps, f"{self.name} {task_name or 'all'}", enabled=self.progress
+        )
         devices = [self.backbone.device] if self.backbone.device.type == "cuda" else []
         # Dropout draws from the global generator: fork it, seeded per fit, so this method's
         # runs do not depend on what ran before it and change nothing for what runs after.
@@ -199,11 +203,13 @@ class ClassIncremental:
         for start in range(0, len(task.test), 64):
             chunk = task.test[start : start + 64]
             predicted = head(self.features([text for text, _ in chunk])).argmax(1)
-            gold = torch.tensor([index[(task.name, label)] for _, label in chunk],
-                                device=predicted.device)
+            gold = torch.tensor(
+                [index[(task.name, label)] for _, label in chunk], device=predicted.device
+            )
             correct += int((predicted == gold).sum())
-        return Score(task=task.name, examples=len(task.test),
-                     accuracy=100.0 * correct / len(task.test))
+        return Score(
+            task=task.name, examples=len(task.test), accuracy=100.0 * correct / len(task.test)
+        )
 
     def cost(self) -> Cost:
         assert self.head is not None, "cost() before any task was learned"

@@ -1,4 +1,5 @@
 """The ``continual run`` and ``continual plot`` commands."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,9 +14,12 @@ from .methods import METHODS
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--sequence", default="text4", help="text4, or a TOML file of tasks")
-    parser.add_argument("--methods", nargs="+", metavar="METHOD",
-                        help=f"any of: {' '.join(METHODS)} (default: all; with --quick, "
-                             f"{' '.join(QUICK_METHODS)})")
+    parser.add_argument(
+        "--methods",
+        nargs="+",
+        metavar="METHOD",
+        help=f"any of: {' '.join(METHODS)} (default: all; with --quick, {' '.join(QUICK_METHODS)})",
+    )
     parser.add_argument("--out", type=Path, help="result folder (default results/<sequence>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--orders", type=int, help="task orders to average over (default 1)")
@@ -23,20 +27,34 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--test-per-label", type=int)
     parser.add_argument("--epochs", type=int, help="prompt-tuning epochs at most")
     parser.add_argument("--finetune-epochs", type=int, help="full fine-tuning epochs")
-    parser.add_argument("--backbone", help="HF model name, folder or .gguf file "
-                        "(default: the packaged all-MiniLM-L6-v2)")
-    parser.add_argument("--query-layer", type=int,
-                        help="layer the selectors route on (default: 3 for the packaged "
-                        "MiniLM, the middle layer of another --backbone)")
+    parser.add_argument(
+        "--backbone",
+        help="HF model name, folder or .gguf file (default: the packaged all-MiniLM-L6-v2)",
+    )
+    parser.add_argument(
+        "--query-layer",
+        type=int,
+        help="layer the selectors route on (default: 3 for the packaged "
+        "MiniLM, the middle layer of another --backbone)",
+    )
     parser.add_argument("--max-length", type=int, help="tokens per input (default 64)")
-    parser.add_argument("--device", default="cpu",
-                        help="cpu, cuda, cuda:1... or auto (the GPU if there is one)")
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
-                        help="precision of the frozen backbone (prompts and heads stay float32)")
-    parser.add_argument("--quick", action="store_true",
-                        help="small data, one order: a few minutes on a laptop CPU")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue an interrupted run in --out with the same options")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu, cuda, cuda:1... or auto (the GPU if there is one)"
+    )
+    parser.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="precision of the frozen backbone (prompts and heads stay float32)",
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="small data, one order: a few minutes on a laptop CPU"
+    )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted run in --out with the same options",
+    )
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -50,10 +68,13 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         if value is not None and value < 1:
             option = "--" + key.replace("_", "-")
             raise ContinualError(f"{option} must be at least 1, got {value}")
-    config = BenchmarkConfig(sequence=args.sequence, seed=args.seed,
-                             methods=tuple(name for name, spec in METHODS.items()
-                                           if not spec.language_model_only),
-                             device=args.device, dtype=args.dtype)
+    config = BenchmarkConfig(
+        sequence=args.sequence,
+        seed=args.seed,
+        methods=tuple(name for name, spec in METHODS.items() if not spec.language_model_only),
+        device=args.device,
+        dtype=args.dtype,
+    )
     if args.backbone:
         # MiniLM's query layer 3 means nothing for another model: its middle layer instead.
         config = replace(config, backbone=args.backbone, query_layer=None)
@@ -61,8 +82,15 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         config = quick(config)
     if args.methods:
         config = replace(config, methods=tuple(args.methods))
-    for key in ("orders", "train_per_label", "test_per_label", "epochs", "finetune_epochs",
-                "query_layer", "max_length"):
+    for key in (
+        "orders",
+        "train_per_label",
+        "test_per_label",
+        "epochs",
+        "finetune_epochs",
+        "query_layer",
+        "max_length",
+    ):
         value = getattr(args, key)
         if value is not None:
             config = replace(config, **{key: value})
@@ -77,8 +105,9 @@ def run_from_args(args: argparse.Namespace) -> int:
     stem = Path(config.sequence).stem if config.sequence.endswith(".toml") else config.sequence
     out = args.out or Path("results") / (stem + ("-quick" if args.quick else ""))
     command = "continual " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
-    summary = run_benchmark(config, out, resume=args.resume, progress=not args.no_progress,
-                            command=command.strip())
+    summary = run_benchmark(
+        config, out, resume=args.resume, progress=not args.no_progress, command=command.strip()
+    )
     print(render_report(summary))
     print(f"results in {out}/ (results.json, report.md, *.png)", file=sys.stderr)
     return 0

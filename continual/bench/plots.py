@@ -9,6 +9,7 @@ figure lingers in pyplot's registry.
 Missing data is expected (a method that crashed, a metric that is undefined for one task):
 a None method, None value or NaN cell is skipped, and a panel with nothing to show says so.
 """
+
 from __future__ import annotations
 
 import io
@@ -84,7 +85,9 @@ def _matrix(method: str, R: Any, tasks: int) -> np.ndarray:
     try:
         matrix = np.array(R, dtype=float)
     except (TypeError, ValueError) as error:
-        raise ValueError(f"accuracy matrix of {method!r} must contain only numbers: {error}") from None
+        raise ValueError(
+            f"accuracy matrix of {method!r} must contain only numbers: {error}"
+        ) from None
     if matrix.shape != (tasks, tasks):
         raise ValueError(
             f"accuracy matrix of {method!r} has shape {matrix.shape}, expected ({tasks}, {tasks}) "
@@ -162,13 +165,15 @@ def plot_forgetting(
             steps = np.arange(j, tasks)
             values = matrix[j:, j]
             if np.isfinite(values).any():
-                panel.plot(steps, values, label=task_names[j], linewidth=1.4, markersize=4, **_style(j))
+                panel.plot(
+                    steps, values, label=task_names[j], linewidth=1.4, markersize=4, **_style(j)
+                )
         panel.set_title(method, fontsize=10)
         panel.set_ylim(0, y_max)
         panel.set_xlim(-0.3, tasks - 0.7)
         panel.grid(True, alpha=0.3)
         _task_axis(panel, task_names)
-    for panel in grid.flat[len(prepared):]:
+    for panel in grid.flat[len(prepared) :]:
         panel.set_axis_off()
     for row in grid:
         row[0].set_ylabel("accuracy")
@@ -219,14 +224,22 @@ def plot_accuracy_heatmaps(
                 if np.isfinite(value):
                     # Dark text on the bright (high) end of viridis, light text on the dark end.
                     colour = "black" if value > 0.55 * y_max else "white"
-                    panel.text(j, i, f"{value:.1f}", ha="center", va="center", fontsize=font_size, color=colour)
+                    panel.text(
+                        j,
+                        i,
+                        f"{value:.1f}",
+                        ha="center",
+                        va="center",
+                        fontsize=font_size,
+                        color=colour,
+                    )
         panel.set_title(method, fontsize=10)
         _task_axis(panel, task_names)
         panel.set_yticks(range(tasks))
         panel.set_yticklabels(task_names, fontsize=8)
         panel.set_xlabel("accuracy on task", fontsize=9)
         panel.set_ylabel("after learning task", fontsize=9)
-    for panel in grid.flat[len(prepared):]:
+    for panel in grid.flat[len(prepared) :]:
         panel.set_axis_off()
     if image is not None:
         figure.colorbar(image, ax=grid, shrink=0.8, label="accuracy")
@@ -264,7 +277,13 @@ def plot_accuracy_vs_forgetting(summary: Mapping[str, Any], path: PathLike) -> P
             markersize=7,
             label=str(method),
         )
-        axes.annotate(str(method), (forgotten, accuracy), xytext=(6, 5), textcoords="offset points", fontsize=8)
+        axes.annotate(
+            str(method),
+            (forgotten, accuracy),
+            xytext=(6, 5),
+            textcoords="offset points",
+            fontsize=8,
+        )
         shown += 1
     if shown:
         axes.axvline(0, color="grey", linewidth=0.8, linestyle="--")
@@ -279,7 +298,9 @@ def plot_accuracy_vs_forgetting(summary: Mapping[str, Any], path: PathLike) -> P
     axes.set_title("Average accuracy vs forgetting (mean ± std over task orders)")
     if skipped:
         # supxlabel gets its own space from the constrained layout, below the axis labels.
-        figure.supxlabel("not shown (missing values): " + ", ".join(skipped), fontsize=8, color="grey")
+        figure.supxlabel(
+            "not shown (missing values): " + ", ".join(skipped), fontsize=8, color="grey"
+        )
     return _save(figure, path)
 
 
@@ -302,7 +323,14 @@ def _format_tick(value: float) -> str:
 # key, title, y label, log scale, bar-label formatter, tick formatter
 _COST_PANELS = (
     ("bytes_per_task", "storage per task", "bytes (log scale)", True, format_bytes, format_bytes),
-    ("trainable_parameters", "trainable parameters", "parameters (log scale)", True, _format_count, _format_count),
+    (
+        "trainable_parameters",
+        "trainable parameters",
+        "parameters (log scale)",
+        True,
+        _format_count,
+        _format_count,
+    ),
     ("train_seconds", "training time", "seconds", False, _format_seconds, _format_tick),
 )
 
@@ -325,9 +353,14 @@ def plot_cost(costs: Mapping[str, Any], path: PathLike) -> Path:
     grid = figure.subplots(1, len(_COST_PANELS), squeeze=False)[0]
     positions = np.arange(len(names))
     for panel, (key, title, label, log_scale, formatter, tick_formatter) in zip(grid, _COST_PANELS):
-        values = [_mean_std(entry.get(key))[0] if isinstance(entry, Mapping) else None for entry in methods.values()]
+        values = [
+            _mean_std(entry.get(key))[0] if isinstance(entry, Mapping) else None
+            for entry in methods.values()
+        ]
         drawable = [value for value in values if value is not None and (value > 0 or not log_scale)]
-        heights = [value if value is not None and (value > 0 or not log_scale) else 0.0 for value in values]
+        heights = [
+            value if value is not None and (value > 0 or not log_scale) else 0.0 for value in values
+        ]
         colours = [_style(index)["color"] for index in range(len(names))]
         panel.bar(positions, heights, color=colours, width=0.7)
         if drawable and max(drawable) > 0:
@@ -350,14 +383,39 @@ def plot_cost(costs: Mapping[str, Any], path: PathLike) -> Path:
         floor = panel.get_xaxis_transform()
         for x, value, height in zip(positions, values, heights):
             if value is None:
-                panel.text(x, 0.02, "n/a", transform=floor, ha="center", va="bottom", fontsize=7, color="grey", rotation=90)
+                panel.text(
+                    x,
+                    0.02,
+                    "n/a",
+                    transform=floor,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    color="grey",
+                    rotation=90,
+                )
             elif height > 0:
                 panel.annotate(
-                    formatter(value), (x, height), xytext=(0, 3), textcoords="offset points",
-                    ha="center", va="bottom", fontsize=7, rotation=90,
+                    formatter(value),
+                    (x, height),
+                    xytext=(0, 3),
+                    textcoords="offset points",
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    rotation=90,
                 )
             else:
-                panel.text(x, 0.02, formatter(value), transform=floor, ha="center", va="bottom", fontsize=7, rotation=90)
+                panel.text(
+                    x,
+                    0.02,
+                    formatter(value),
+                    transform=floor,
+                    ha="center",
+                    va="bottom",
+                    fontsize=7,
+                    rotation=90,
+                )
         panel.set_xticks(positions)
         panel.set_xticklabels(names, rotation=45, ha="right", fontsize=8)
         panel.set_title(title, fontsize=10)

@@ -1,4 +1,5 @@
 """The benchmark's Markdown report and plots, drawn from a results.json summary."""
+
 from __future__ import annotations
 
 import json
@@ -24,8 +25,11 @@ def render_report(summary: dict) -> str:
         + "".join(f", continued by `{c}`" for c in summary.get("resumed_with", [])),
         "",
         f"{config['orders']} task order(s), seed {config['seed']}; tasks: "
-        + ", ".join(f"{t['name']} ({len(t['labels'])} labels, {t['train']} train / "
-                    f"{t['test']} test)" for t in summary["tasks"]) + ".",
+        + ", ".join(
+            f"{t['name']} ({len(t['labels'])} labels, {t['train']} train / {t['test']} test)"
+            for t in summary["tasks"]
+        )
+        + ".",
         "Every method is scored with no task id (except `prompt-pool-oracle`): an input counts "
         "only if the method picks its task's right label among all labels seen so far.",
         "",
@@ -73,8 +77,10 @@ def render_report(summary: dict) -> str:
             "| task | " + " | ".join(names) + " |",
             "|---|" + "---|" * len(names),
         ]
-        lines += [f"| {row} | " + " | ".join(str(confusion[row].get(col, 0)) for col in names)
-                  + " |" for row in names]
+        lines += [
+            f"| {row} | " + " | ".join(str(confusion[row].get(col, 0)) for col in names) + " |"
+            for row in names
+        ]
     lines += [
         "",
         f"Versions: {json.dumps(summary.get('versions', {}))}. "
@@ -94,25 +100,40 @@ def draw_plots(directory: str | Path) -> list[Path]:
         methods = summary["methods"]
     except (OSError, ValueError, KeyError) as error:
         raise ContinualError(f"{path}: not a benchmark result ({error})") from None
-    sequential = {name: entry for name, entry in methods.items()
-                  if not entry["runs"][0].get("final_only")}
+    sequential = {
+        name: entry for name, entry in methods.items() if not entry["runs"][0].get("final_only")
+    }
     first = next(iter(sequential.values()), None) or next(iter(methods.values()))
     names = first["task_order"]
     # Matrices of the first order, whose task order all methods share.
-    matrices = {name: entry["accuracy_matrix"] for name, entry in sequential.items()
-                if entry["task_order"] == names}
+    matrices = {
+        name: entry["accuracy_matrix"]
+        for name, entry in sequential.items()
+        if entry["task_order"] == names
+    }
     written = [
         plots.plot_forgetting(names, matrices, directory / "forgetting.png"),
         plots.plot_accuracy_heatmaps(names, matrices, directory / "accuracy_matrices.png"),
         plots.plot_accuracy_vs_forgetting(
-            {name: {"average_accuracy": entry["average_accuracy"],
-                    "forgetting": entry["forgetting"]} for name, entry in methods.items()},
-            directory / "accuracy_vs_forgetting.png"),
+            {
+                name: {
+                    "average_accuracy": entry["average_accuracy"],
+                    "forgetting": entry["forgetting"],
+                }
+                for name, entry in methods.items()
+            },
+            directory / "accuracy_vs_forgetting.png",
+        ),
         plots.plot_cost(
-            {name: {"bytes_per_task": entry["bytes_per_task"],
+            {
+                name: {
+                    "bytes_per_task": entry["bytes_per_task"],
                     "train_seconds": entry["train_seconds"]["mean"],
-                    "trainable_parameters": entry["trainable_parameters"]}
-             for name, entry in methods.items()},
-            directory / "cost.png"),
+                    "trainable_parameters": entry["trainable_parameters"],
+                }
+                for name, entry in methods.items()
+            },
+            directory / "cost.png",
+        ),
     ]
     return written

@@ -1,4 +1,5 @@
 """Typed results of a benchmark run: costs and one method's run, kept typed until written as JSON."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
@@ -47,10 +48,14 @@ class MethodRun:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> MethodRun:
         """A run read back from results.json (for ``--resume``)."""
-        known = {key: value for key, value in data.items()
-                 if key not in ("trainable_parameters", "bytes_per_task")}
-        return cls(**known, cost=Cost(int(data["trainable_parameters"]),
-                                      float(data["bytes_per_task"])))
+        known = {
+            key: value
+            for key, value in data.items()
+            if key not in ("trainable_parameters", "bytes_per_task")
+        }
+        return cls(
+            **known, cost=Cost(int(data["trainable_parameters"]), float(data["bytes_per_task"]))
+        )
 
 
 def empty_matrix(size: int) -> Matrix:

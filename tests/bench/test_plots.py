@@ -1,4 +1,5 @@
 """Each plot writes a readable PNG atomically and copes with missing data."""
+
 from __future__ import annotations
 
 import os
@@ -32,7 +33,9 @@ def assert_png(path: Path, min_side: int = 200) -> None:
 
 
 def assert_no_temp_files(directory: Path) -> None:
-    leftovers = [name for name in os.listdir(directory) if name.endswith(".tmp") or name.startswith(".")]
+    leftovers = [
+        name for name in os.listdir(directory) if name.endswith(".tmp") or name.startswith(".")
+    ]
     assert leftovers == []
 
 
@@ -80,10 +83,19 @@ def test_matrix_shape_must_match_task_names(tmp_path: Path) -> None:
 
 def test_plot_accuracy_vs_forgetting(tmp_path: Path) -> None:
     summary = {
-        "prompt-pool": {"average_accuracy": {"mean": 88.7, "std": 0.4}, "forgetting": {"mean": 2.0, "std": 0.5}},
-        "finetune": {"average_accuracy": {"mean": 53.0, "std": None}, "forgetting": {"mean": 51.0, "std": 3.0}},
+        "prompt-pool": {
+            "average_accuracy": {"mean": 88.7, "std": 0.4},
+            "forgetting": {"mean": 2.0, "std": 0.5},
+        },
+        "finetune": {
+            "average_accuracy": {"mean": 53.0, "std": None},
+            "forgetting": {"mean": 51.0, "std": 3.0},
+        },
         "bare-numbers": {"average_accuracy": 70.0, "forgetting": 10.0},
-        "single-task": {"average_accuracy": {"mean": 90.0, "std": 0.0}, "forgetting": {"mean": None, "std": None}},
+        "single-task": {
+            "average_accuracy": {"mean": 90.0, "std": 0.0},
+            "forgetting": {"mean": None, "std": None},
+        },
         "crashed": None,
     }
     target = tmp_path / "acc_vs_forgetting.png"
@@ -95,15 +107,25 @@ def test_plot_accuracy_vs_forgetting(tmp_path: Path) -> None:
 
 def test_plot_cost(tmp_path: Path) -> None:
     costs = {
-        "prompt-pool": {"bytes_per_task": 87_100.0, "train_seconds": 120.5, "trainable_parameters": 15_360},
-        "finetune": {"bytes_per_task": 5e8, "train_seconds": 900.0, "trainable_parameters": 125_000_000},
+        "prompt-pool": {
+            "bytes_per_task": 87_100.0,
+            "train_seconds": 120.5,
+            "trainable_parameters": 15_360,
+        },
+        "finetune": {
+            "bytes_per_task": 5e8,
+            "train_seconds": 900.0,
+            "trainable_parameters": 125_000_000,
+        },
         "zero-shot": {"bytes_per_task": 0.0, "train_seconds": None, "trainable_parameters": 0},
         "crashed": None,
     }
     target = tmp_path / "cost.png"
     assert plots.plot_cost(costs, target) == target
     assert_png(target)
-    all_missing = {"a": {"bytes_per_task": None, "train_seconds": None, "trainable_parameters": None}}
+    all_missing = {
+        "a": {"bytes_per_task": None, "train_seconds": None, "trainable_parameters": None}
+    }
     assert_png(plots.plot_cost(all_missing, tmp_path / "missing.png"))
     assert_png(plots.plot_cost({}, tmp_path / "empty.png"))
     assert_no_temp_files(tmp_path)
@@ -111,7 +133,11 @@ def test_plot_cost(tmp_path: Path) -> None:
 
 def test_plot_data_efficiency(tmp_path: Path) -> None:
     results = {
-        "prompt-pool": {1: {"mean": 50.0, "std": 3.0}, 4: {"mean": 70.0, "std": 2.0}, 16: {"mean": 85.0, "std": 1.0}},
+        "prompt-pool": {
+            1: {"mean": 50.0, "std": 3.0},
+            4: {"mean": 70.0, "std": 2.0},
+            16: {"mean": 85.0, "std": 1.0},
+        },
         # Keys as they come back from JSON, a missing point and a bare mean.
         "finetune": {"1": {"mean": 40.0, "std": None}, "4": None, "16": 80.0},
         "crashed": None,
@@ -132,7 +158,9 @@ def test_overwrite_replaces_the_file(tmp_path: Path) -> None:
     assert_no_temp_files(tmp_path)
 
 
-def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_failed_write_keeps_old_file_and_leaves_no_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     target = tmp_path / "cost.png"
     target.write_bytes(b"old")
 
@@ -141,6 +169,8 @@ def test_failed_write_keeps_old_file_and_leaves_no_temp(tmp_path: Path, monkeypa
 
     monkeypatch.setattr(plots.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk went away"):
-        plots.plot_cost({"a": {"bytes_per_task": 1.0, "train_seconds": 1.0, "trainable_parameters": 1}}, target)
+        plots.plot_cost(
+            {"a": {"bytes_per_task": 1.0, "train_seconds": 1.0, "trainable_parameters": 1}}, target
+        )
     assert target.read_bytes() == b"old"
     assert sorted(os.listdir(tmp_path)) == ["cost.png"]

@@ -1,5 +1,6 @@
 """The benchmark runner end to end: a two-task TOML sequence through `continual run` on the
 packaged MiniLM, with a pool, its oracle and one baseline, then `--resume`."""
+
 from __future__ import annotations
 
 import json
@@ -18,16 +19,29 @@ def write_sequence(folder: Path) -> Path:
         write_csv(folder / f"{name}_train.csv", {label: texts[:8] for label, texts in rows.items()})
         write_csv(folder / f"{name}_test.csv", {label: texts[8:] for label, texts in rows.items()})
     toml = folder / "seq.toml"
-    toml.write_text("".join(
-        f'[[task]]\nname = "{name}"\ntrain = "{name}_train.csv"\ntest = "{name}_test.csv"\n'
-        for name in ("colours", "animals")))
+    toml.write_text(
+        "".join(
+            f'[[task]]\nname = "{name}"\ntrain = "{name}_train.csv"\ntest = "{name}_test.csv"\n'
+            for name in ("colours", "animals")
+        )
+    )
     return toml
 
 
 def test_run_writes_results_and_resume_continues_without_retraining(tmp_path):
     out = tmp_path / "out"
-    argv = ["run", "--sequence", write_sequence(tmp_path), "--methods", *METHODS,
-            "--out", out, "--epochs", "1", "--no-progress"]
+    argv = [
+        "run",
+        "--sequence",
+        write_sequence(tmp_path),
+        "--methods",
+        *METHODS,
+        "--out",
+        out,
+        "--epochs",
+        "1",
+        "--no-progress",
+    ]
     code, _stdout, stderr = invoke(*argv)
     assert code == 0, stderr
     summary = json.loads((out / "results.json").read_text())
@@ -45,15 +59,22 @@ def test_run_writes_results_and_resume_continues_without_retraining(tmp_path):
     # Every final test input of each task is counted once in the routing table.
     pool = next(run for run in summary["runs"] if run["method"] == "prompt-pool")
     confusion = pool["routing_confusion"]
-    assert {task: sum(row.values()) for task, row in confusion.items()} == \
-        {"colours": 8, "animals": 8}
+    assert {task: sum(row.values()) for task, row in confusion.items()} == {
+        "colours": 8,
+        "animals": 8,
+    }
     own = [100 * confusion[task].get(task, 0) / 8 for task in ("colours", "animals")]
-    assert summary["methods"]["prompt-pool"]["routing_accuracy"]["mean"] == \
-        pytest.approx(sum(own) / 2)
+    assert summary["methods"]["prompt-pool"]["routing_accuracy"]["mean"] == pytest.approx(
+        sum(own) / 2
+    )
     report = (out / "report.md").read_text()
     assert "| prompt-pool |" in report and "Where `prompt-pool` sent" in report
     assert {path.name for path in out.glob("*.png")} == {
-        "forgetting.png", "accuracy_matrices.png", "accuracy_vs_forgetting.png", "cost.png"}
+        "forgetting.png",
+        "accuracy_matrices.png",
+        "accuracy_vs_forgetting.png",
+        "cost.png",
+    }
 
     code, _, stderr = invoke(*argv, "--resume")
     assert code == 0, stderr

@@ -1,4 +1,5 @@
 """The Avalanche integration: converters and PromptPoolStrategy inside Avalanche."""
+
 from __future__ import annotations
 
 import math
@@ -49,8 +50,13 @@ def test_converters_round_trip(avalanche_backbone: Backbone, avalanche_tasks: li
     assert ids.shape == (len(tasks[1].train), avalanche_backbone.max_length)
     assert ids.dtype == torch.long
     # The mask is derivable from the ids; the padding is the tokenizer's pad id.
-    expected = tokenizer([t for t, _ in tasks[1].train], padding="max_length", truncation=True,
-                         max_length=avalanche_backbone.max_length, return_tensors="pt")
+    expected = tokenizer(
+        [t for t, _ in tasks[1].train],
+        padding="max_length",
+        truncation=True,
+        max_length=avalanche_backbone.max_length,
+        return_tensors="pt",
+    )
     assert torch.equal(ids, expected["input_ids"])
     assert torch.equal(attention_mask(ids, tokenizer.pad_token_id), expected["attention_mask"])
     labels = tasks[1].labels  # ['meh', 'yuck', 'yum'] -> 2, 3, 4
@@ -80,10 +86,13 @@ def test_converters_round_trip(avalanche_backbone: Backbone, avalanche_tasks: li
 def _dataset(ids: torch.Tensor, targets: torch.Tensor, task_label: int):
     """An Avalanche classification dataset as users build one: targets and task labels."""
     task_labels = torch.full_like(targets, task_label)
-    return make_avalanche_dataset(TensorDataset(ids, targets), data_attributes=[
-        DataAttribute(targets, "targets"),
-        DataAttribute(task_labels, "targets_task_labels", use_in_getitem=True),
-    ])
+    return make_avalanche_dataset(
+        TensorDataset(ids, targets),
+        data_attributes=[
+            DataAttribute(targets, "targets"),
+            DataAttribute(task_labels, "targets_task_labels", use_in_getitem=True),
+        ],
+    )
 
 
 def _generic_benchmark(backbone: Backbone, tasks: list, *, task_labels: bool = True):
@@ -91,10 +100,12 @@ def _generic_benchmark(backbone: Backbone, tasks: list, *, task_labels: bool = T
     streams: dict[str, list] = {"train": [], "test": [], "valid": []}
     offset = 0
     for number, task in enumerate(tasks):
-        for stream, split in (("train", task.train), ("test", task.test),
-                              ("valid", task.validation)):
-            ids = encode_texts(backbone.tokenizer, [text for text, _ in split],
-                               backbone.max_length)
+        for stream, split in (
+            ("train", task.train),
+            ("test", task.test),
+            ("valid", task.validation),
+        ):
+            ids = encode_texts(backbone.tokenizer, [text for text, _ in split], backbone.max_length)
             targets = torch.tensor([offset + task.label_index(label) for _, label in split])
             streams[stream].append(_dataset(ids, targets, number if task_labels else 0))
         offset += len(task.labels)
@@ -102,12 +113,18 @@ def _generic_benchmark(backbone: Backbone, tasks: list, *, task_labels: bool = T
 
 
 def _pool(backbone: Backbone, **kwargs) -> PromptPool:
-    return PromptPool(backbone, prompt_length=2, selector=kwargs.pop("selector", "prototypes"),
-                      training=TrainingConfig(epochs=3, batch_size=8, patience=0), **kwargs)
+    return PromptPool(
+        backbone,
+        prompt_length=2,
+        selector=kwargs.pop("selector", "prototypes"),
+        training=TrainingConfig(epochs=3, batch_size=8, patience=0),
+        **kwargs,
+    )
 
 
-def test_generic_benchmark_with_plugins(avalanche_backbone: Backbone,
-                                       avalanche_tasks: list) -> None:
+def test_generic_benchmark_with_plugins(
+    avalanche_backbone: Backbone, avalanche_tasks: list
+) -> None:
     benchmark = _generic_benchmark(avalanche_backbone, avalanche_tasks)
     assert not hasattr(benchmark.train_stream[1], "classes_in_this_experience")
     pool = _pool(avalanche_backbone)
@@ -118,11 +135,21 @@ def test_generic_benchmark_with_plugins(avalanche_backbone: Backbone,
         timing_metrics(epoch=True, experience=True),
         loggers=[],
     )
-    stopper = EarlyStoppingPlugin(patience=1, val_stream_name="valid_stream",
-                                  metric_name="Top1_Acc_Stream", mode="max")
-    strategy = PromptPoolStrategy(pool=pool, train_mb_size=4, train_epochs=4, eval_mb_size=8,
-                                  device="cpu", lr=0.05, evaluator=evaluator, eval_every=1,
-                                  plugins=[stopper], validation=benchmark.valid_stream)
+    stopper = EarlyStoppingPlugin(
+        patience=1, val_stream_name="valid_stream", metric_name="Top1_Acc_Stream", mode="max"
+    )
+    strategy = PromptPoolStrategy(
+        pool=pool,
+        train_mb_size=4,
+        train_epochs=4,
+        eval_mb_size=8,
+        device="cpu",
+        lr=0.05,
+        evaluator=evaluator,
+        eval_every=1,
+        plugins=[stopper],
+        validation=benchmark.valid_stream,
+    )
     scheduler = LRSchedulerPlugin(StepLR(strategy.optimizer, step_size=1, gamma=0.5))
     strategy.plugins.append(scheduler)
     lrs: list[float] = []
@@ -146,13 +173,20 @@ def test_generic_benchmark_with_plugins(avalanche_backbone: Backbone,
     assert all(count == 3 for count in seen_parameters)  # prompt, head weight, head bias
     # Early stopping evaluated the validation stream every epoch and kept a best state.
     assert stopper.best_val is not None and stopper.best_state is not None
-    assert set(stopper.best_state) == {"candidate.prompt.vectors", "candidate.head.weight",
-                                       "candidate.head.bias"}
+    assert set(stopper.best_state) == {
+        "candidate.prompt.vectors",
+        "candidate.head.weight",
+        "candidate.head.bias",
+    }
     history = evaluator.get_all_metrics()
     assert any(name.startswith("Top1_Acc_Stream/eval_phase/valid_stream") for name in history)
     # Train-phase metrics exist.
-    for prefix in ("Top1_Acc_Epoch/train_phase", "Loss_Epoch/train_phase",
-                   "Loss_MB/train_phase", "Time_Epoch/train_phase"):
+    for prefix in (
+        "Top1_Acc_Epoch/train_phase",
+        "Loss_Epoch/train_phase",
+        "Loss_MB/train_phase",
+        "Time_Epoch/train_phase",
+    ):
         assert any(name.startswith(prefix) for name in history), prefix
     last = evaluator.get_last_metrics()
     loss = next(v for k, v in last.items() if k.startswith("Loss_Stream/eval_phase/test_stream"))
@@ -164,8 +198,9 @@ def test_generic_benchmark_with_plugins(avalanche_backbone: Backbone,
         assert entry.stats["validation_accuracy"] is not None
 
 
-def test_task_labels_route_and_eval_every_zero(avalanche_backbone: Backbone,
-                                               avalanche_tasks: list) -> None:
+def test_task_labels_route_and_eval_every_zero(
+    avalanche_backbone: Backbone, avalanche_tasks: list
+) -> None:
     from continual.selector import PrototypeSelector
 
     accuracies = {}
@@ -173,15 +208,16 @@ def test_task_labels_route_and_eval_every_zero(avalanche_backbone: Backbone,
         benchmark = _generic_benchmark(avalanche_backbone, avalanche_tasks, task_labels=labelled)
         # min_score 2 refuses every input the selector routes: only task labels route.
         pool = _pool(avalanche_backbone, selector=PrototypeSelector(min_score=2.0))
-        evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loss_metrics(stream=True),
-                                     loggers=[])
-        strategy = PromptPoolStrategy(pool=pool, evaluator=evaluator, eval_every=0,
-                                      validation=None)
+        evaluator = EvaluationPlugin(
+            accuracy_metrics(stream=True), loss_metrics(stream=True), loggers=[]
+        )
+        strategy = PromptPoolStrategy(pool=pool, evaluator=evaluator, eval_every=0, validation=None)
         for experience in benchmark.train_stream:
             strategy.train(experience)  # initial eval with an empty pool: no failure
         results = strategy.eval(benchmark.test_stream)
-        accuracies[labelled] = next(v for k, v in results.items()
-                                    if k.startswith("Top1_Acc_Stream"))
+        accuracies[labelled] = next(
+            v for k, v in results.items() if k.startswith("Top1_Acc_Stream")
+        )
         loss = next(v for k, v in results.items() if k.startswith("Loss_Stream"))
         assert 0.0 < loss <= -FLOOR_LOG_PROB + 1e-3
     assert accuracies[False] == 0.0  # all refused: no task labels to route by
@@ -191,16 +227,19 @@ def test_task_labels_route_and_eval_every_zero(avalanche_backbone: Backbone,
     from continual.selector import OracleSelector
 
     benchmark = _generic_benchmark(avalanche_backbone, avalanche_tasks)
-    oracle = PromptPoolStrategy(pool=_pool(avalanche_backbone, selector=OracleSelector()),
-                                evaluator=EvaluationPlugin(accuracy_metrics(stream=True),
-                                                           loggers=[]), validation=None)
+    oracle = PromptPoolStrategy(
+        pool=_pool(avalanche_backbone, selector=OracleSelector()),
+        evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
+        validation=None,
+    )
     oracle.train(benchmark.train_stream)
     results = oracle.eval(benchmark.test_stream)
     assert next(v for k, v in results.items() if k.startswith("Top1_Acc_Stream")) > 0.0
 
 
-def test_one_class_experiences_and_checkpoint(avalanche_backbone: Backbone,
-                                              avalanche_tasks: list, tmp_path) -> None:
+def test_one_class_experiences_and_checkpoint(
+    avalanche_backbone: Backbone, avalanche_tasks: list, tmp_path
+) -> None:
     # Class-incremental split: one class per experience, task label 0 everywhere.
     benchmark = tasks_to_benchmark(avalanche_tasks, avalanche_backbone, task_labels=False)
     ids, targets = experience_tensors(benchmark.train_stream[1])
@@ -208,8 +247,11 @@ def test_one_class_experiences_and_checkpoint(avalanche_backbone: Backbone,
     classes = targets.unique().tolist()
     split = benchmark_from_datasets(
         train=[_dataset(ids[targets == c], targets[targets == c], 0) for c in classes],
-        test=[_dataset(test_ids[test_targets == c], test_targets[test_targets == c], 0)
-              for c in classes])
+        test=[
+            _dataset(test_ids[test_targets == c], test_targets[test_targets == c], 0)
+            for c in classes
+        ],
+    )
     pool = _pool(avalanche_backbone)
     evaluator = EvaluationPlugin(accuracy_metrics(stream=True), loggers=[])
     with warnings.catch_warnings(record=True) as caught:
@@ -218,8 +260,11 @@ def test_one_class_experiences_and_checkpoint(avalanche_backbone: Backbone,
         strategy.train(split.train_stream)
     assert any("no validation stream" in str(w.message) for w in caught)
     assert strategy.class_ids == [[2], [3], [4]]
-    assert [entry.labels for entry in pool.entries] == [["2", "not 2"], ["3", "not 3"],
-                                                        ["4", "not 4"]]
+    assert [entry.labels for entry in pool.entries] == [
+        ["2", "not 2"],
+        ["3", "not 3"],
+        ["4", "not 4"],
+    ]
     results = strategy.eval(split.test_stream)
     assert 0.0 <= next(v for k, v in results.items() if k.startswith("Top1_Acc_Stream")) <= 1.0
 
@@ -228,8 +273,10 @@ def test_one_class_experiences_and_checkpoint(avalanche_backbone: Backbone,
     size = sum(path.stat().st_size for path in folder.rglob("*") if path.is_file())
     assert size < 100_000
     back = PromptPoolStrategy.load_checkpoint(
-        folder, avalanche_backbone,
-        evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]))
+        folder,
+        avalanche_backbone,
+        evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
+    )
     assert back.class_ids == strategy.class_ids
     assert back.clock.train_exp_counter == 3
     again = back.eval(split.test_stream)
@@ -242,8 +289,12 @@ def _stripped(pool: PromptPool) -> PromptPool:
     """A copy of ``pool`` whose entries carry no Avalanche class ids."""
     import dataclasses
 
-    copy = PromptPool(pool.backbone, prompt_length=pool.prompt_length, selector=pool.selector,
-                      training=pool.training)
+    copy = PromptPool(
+        pool.backbone,
+        prompt_length=pool.prompt_length,
+        selector=pool.selector,
+        training=pool.training,
+    )
     for entry in pool.entries:
         copy.add(dataclasses.replace(entry, stats={}))
     return copy

@@ -5,6 +5,7 @@ figures the README quotes (how many generated inputs a run checks) are measured,
 With ``$CONTINUAL_COUNTS`` set to a file, every count is appended there as one JSON line;
 ``benchmarks/guarantees.py`` runs the suites several times that way and writes the figures.
 """
+
 from __future__ import annotations
 
 import functools
@@ -32,7 +33,8 @@ class CountedProperties:
 
             self.expected[test.__name__] = max_examples
             return settings(max_examples=max_examples, **self.settings)(
-                given(*strategies, **named)(counted))
+                given(*strategies, **named)(counted)
+            )
 
         return decorate
 
@@ -45,8 +47,11 @@ class CountedProperties:
         ran = {name: self.runs[name] for name in self.expected if self.runs[name]}
         if not ran:
             return
-        short = {name: (count, self.expected[name]) for name, count in ran.items()
-                 if count < self.expected[name]}
+        short = {
+            name: (count, self.expected[name])
+            for name, count in ran.items()
+            if count < self.expected[name]
+        }
         assert not short, f"properties that ran fewer examples than asked: {short}"
         record_counts(module, {"examples": sum(ran.values()), **ran})
 

@@ -30,6 +30,7 @@ the test kills children with SIGKILL. Forking skips the ~10 s import of torch an
 per run, so dozens of kills fit in a short test. The parent never runs a torch operation, so
 the children start from a clean state (no thread pools to inherit).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,23 +45,41 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
 
 WORDS = {
-    "colours": {"warm": ["red", "orange", "yellow", "gold", "pink", "amber"],
-                "cool": ["blue", "green", "purple", "cyan", "teal", "navy"]},
-    "animals": {"pet": ["dog", "cat", "hamster", "rabbit", "parrot", "kitten"],
-                "wild": ["lion", "tiger", "wolf", "bear", "eagle", "shark"]},
-    "weather": {"wet": ["rain", "drizzle", "storm", "flood", "hail", "sleet"],
-                "dry": ["sun", "drought", "heat", "dust", "desert", "glare"]},
-    "food": {"sweet": ["cake", "candy", "honey", "jam", "fudge", "syrup"],
-             "salty": ["chips", "pretzel", "olive", "bacon", "anchovy", "salami"]},
-    "sport": {"ball": ["football", "tennis", "golf", "rugby", "hockey", "cricket"],
-              "water": ["swimming", "rowing", "sailing", "diving", "surfing", "kayak"]},
-    "music": {"string": ["violin", "guitar", "cello", "harp", "banjo", "viola"],
-              "wind": ["flute", "trumpet", "oboe", "clarinet", "tuba", "horn"]},
+    "colours": {
+        "warm": ["red", "orange", "yellow", "gold", "pink", "amber"],
+        "cool": ["blue", "green", "purple", "cyan", "teal", "navy"],
+    },
+    "animals": {
+        "pet": ["dog", "cat", "hamster", "rabbit", "parrot", "kitten"],
+        "wild": ["lion", "tiger", "wolf", "bear", "eagle", "shark"],
+    },
+    "weather": {
+        "wet": ["rain", "drizzle", "storm", "flood", "hail", "sleet"],
+        "dry": ["sun", "drought", "heat", "dust", "desert", "glare"],
+    },
+    "food": {
+        "sweet": ["cake", "candy", "honey", "jam", "fudge", "syrup"],
+        "salty": ["chips", "pretzel", "olive", "bacon", "anchovy", "salami"],
+    },
+    "sport": {
+        "ball": ["football", "tennis", "golf", "rugby", "hockey", "cricket"],
+        "water": ["swimming", "rowing", "sailing", "diving", "surfing", "kayak"],
+    },
+    "music": {
+        "string": ["violin", "guitar", "cello", "harp", "banjo", "viola"],
+        "wind": ["flute", "trumpet", "oboe", "clarinet", "tuba", "horn"],
+    },
 }
 TASK_NAMES = list(WORDS)
 ENDINGS = ["here", "there", "today", "again", "now", "outside"]
-PROBES = ["the red and the gold here", "a wolf and a bear today", "rain and hail again",
-          "cake with honey now", "the violin and the flute", "rowing and sailing outside"]
+PROBES = [
+    "the red and the gold here",
+    "a wolf and a bear today",
+    "rain and hail again",
+    "cake with honey now",
+    "the violin and the flute",
+    "rowing and sailing outside",
+]
 
 
 def say(*words) -> None:
@@ -77,8 +96,9 @@ def tasks(count: int):
             for i, first in enumerate(words):
                 for j, second in enumerate(words):
                     if i != j and (i + j) % 2 == 0:
-                        pairs.append((f"the {first} and the {second} {ENDINGS[(i + j) % 6]}",
-                                      label))
+                        pairs.append(
+                            (f"the {first} and the {second} {ENDINGS[(i + j) % 6]}", label)
+                        )
         result.append(Task.from_pairs(name, pairs, seed=0))
     return result
 
@@ -92,8 +112,14 @@ def tiny_backbone():
     from continual import Backbone
 
     tokenizer = AutoTokenizer.from_pretrained(continual.backbone.default_model_path())
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     return Backbone(BertModel(config), tokenizer, "tiny-bert", max_length=32)
 
@@ -162,8 +188,9 @@ def child(command: dict) -> None:
         os.close(null)
         kind = command["kind"]
         if kind == "learn":
-            code = learn(command["pool"], command["tasks"], command["saves"],
-                         command.get("predict", False))
+            code = learn(
+                command["pool"], command["tasks"], command["saves"], command.get("predict", False)
+            )
         elif kind == "lock":
             code = hold_lock(command["pool"], command["hold"])
         elif kind == "cli":

@@ -7,6 +7,7 @@ task files, a manifest naming a local model, values of the wrong type or range, 
 were not JSON or not safe to print. The command line runs in this process on a tiny random BERT
 saved as a model folder (``--backbone``), so the module needs no real model.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,11 @@ from continual import files as files_module
 from continual.cli import main
 from continual.storage import MANIFEST, PoolLock, remove_unreferenced
 
-SETTINGS = dict(deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = dict(
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 prop = CountedProperties(**SETTINGS)
 
 WARM = ["red", "orange", "yellow", "gold", "pink", "amber", "crimson", "scarlet"]
@@ -129,8 +133,14 @@ def model_dir(tokenizer, tmp_path_factory) -> Path:
     """A tiny random BERT saved as a model folder (safetensors), loadable with --backbone."""
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=256)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=256,
+    )
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("models") / "tiny-model"
     BertModel(config).save_pretrained(folder, safe_serialization=True)
@@ -154,8 +164,9 @@ LEARN = ("--epochs", "1", "--prompt-length", "4", "--no-progress")
 def built(model_dir, data, tmp_path_factory) -> Path:
     pool = tmp_path_factory.mktemp("built") / "pool"
     for task, train in (("colours", data.colours), ("animals", data.animals)):
-        code, _, err = invoke("learn", pool, "--task", task, "--train", train,
-                                "--backbone", model_dir, *LEARN)
+        code, _, err = invoke(
+            "learn", pool, "--task", task, "--train", train, "--backbone", model_dir, *LEARN
+        )
         assert code == 0, err
     return pool
 
@@ -185,7 +196,8 @@ def task_path(pool: Path, index: int = 0) -> Path:
 
 
 def test_learn_into_a_folder_that_is_not_a_pool_is_refused_and_deletes_nothing(
-        data, model_dir, tmp_path):
+    data, model_dir, tmp_path
+):
     """The reported case: the training file lay at myproj/tasks/task-1.csv and was deleted."""
     project = tmp_path / "myproj"
     (project / "tasks").mkdir(parents=True)
@@ -193,8 +205,9 @@ def test_learn_into_a_folder_that_is_not_a_pool_is_refused_and_deletes_nothing(
     shutil.copy(data.colours, train)
     (project / "notes.txt").write_text("mine")
     before = snapshot(project)
-    result = invoke("learn", project, "--task", "x", "--train", train, "--backbone", model_dir,
-                    *LEARN)
+    result = invoke(
+        "learn", project, "--task", "x", "--train", train, "--backbone", model_dir, *LEARN
+    )
     one_line(*result, str(project), "not a pool", "not empty")
     assert snapshot(project) == before  # no .lock either
 
@@ -204,13 +217,15 @@ def test_learn_into_an_empty_pool_path_is_refused(data, tmp_path, monkeypatch):
     (tmp_path / "tasks").mkdir()
     shutil.copy(data.colours, tmp_path / "tasks" / "task-1.csv")
     before = snapshot(tmp_path)
-    one_line(*invoke("learn", "", "--task", "x", "--train", "tasks/task-1.csv", *LEARN),
-             "empty path")
+    one_line(
+        *invoke("learn", "", "--task", "x", "--train", "tasks/task-1.csv", *LEARN), "empty path"
+    )
     assert snapshot(tmp_path) == before
 
 
-def test_save_refuses_a_non_empty_folder_that_is_not_a_pool(tiny_pool_factory, synthetic_tasks,
-                                                             tmp_path):
+def test_save_refuses_a_non_empty_folder_that_is_not_a_pool(
+    tiny_pool_factory, synthetic_tasks, tmp_path
+):
     pool = tiny_pool_factory()
     pool.learn(synthetic_tasks[0], progress=False)
     folder = tmp_path / "mine"
@@ -231,8 +246,9 @@ def test_save_refuses_a_non_empty_folder_that_is_not_a_pool(tiny_pool_factory, s
     pool.save(tmp_path / "empty2")
 
 
-def test_what_an_interrupted_first_save_leaves_is_still_the_pools(tiny_pool_factory,
-                                                                  synthetic_tasks, tmp_path):
+def test_what_an_interrupted_first_save_leaves_is_still_the_pools(
+    tiny_pool_factory, synthetic_tasks, tmp_path
+):
     """A kill during the first save leaves a lock, task files and temporaries but no manifest:
     the folder is still the pool's, and the next save cleans it."""
     pool = tiny_pool_factory()
@@ -248,8 +264,9 @@ def test_what_an_interrupted_first_save_leaves_is_still_the_pools(tiny_pool_fact
     assert names == [".lock", MANIFEST, "tasks", manifest_of(folder)["tasks"][0]["file"]]
 
 
-def test_cleanup_deletes_only_the_pools_own_unreferenced_files(tiny_pool_factory,
-                                                               synthetic_tasks, tmp_path):
+def test_cleanup_deletes_only_the_pools_own_unreferenced_files(
+    tiny_pool_factory, synthetic_tasks, tmp_path
+):
     pool = tiny_pool_factory()
     pool.learn(synthetic_tasks[0], progress=False)
     folder = pool.save(tmp_path / "pool")
@@ -278,30 +295,42 @@ def test_cleanup_deletes_only_the_pools_own_unreferenced_files(tiny_pool_factory
     assert not stale.exists()  # the pool's own unreferenced file goes
 
 
-def test_a_symlinked_tasks_folder_is_refused_for_learn_save_and_load(pool_copy, data, model_dir,
-                                                                     tmp_path, tiny_backbone):
+def test_a_symlinked_tasks_folder_is_refused_for_learn_save_and_load(
+    pool_copy, data, model_dir, tmp_path, tiny_backbone
+):
     elsewhere = tmp_path / "elsewhere"
     shutil.move(pool_copy / "tasks", elsewhere)
     (elsewhere / "task-1.csv").write_text("the user's")
     (pool_copy / "tasks").symlink_to(elsewhere)
     before = snapshot(elsewhere)
-    result = invoke("learn", pool_copy, "--task", "more", "--train", data.colours,
-                    "--backbone", model_dir, *LEARN)
+    result = invoke(
+        "learn",
+        pool_copy,
+        "--task",
+        "more",
+        "--train",
+        data.colours,
+        "--backbone",
+        model_dir,
+        *LEARN,
+    )
     one_line(*result, "tasks", "symbolic link")
     result = invoke("predict", pool_copy, "a red rose", "--backbone", model_dir)
     one_line(*result, "symbolic link")
     assert snapshot(elsewhere) == before
 
 
-def test_a_symlinked_lock_is_never_written_even_when_learn_fails(pool_copy, data, model_dir,
-                                                                 tmp_path):
+def test_a_symlinked_lock_is_never_written_even_when_learn_fails(
+    pool_copy, data, model_dir, tmp_path
+):
     target = tmp_path / "precious.txt"
     target.write_text("do not truncate")
     (pool_copy / ".lock").unlink()
     (pool_copy / ".lock").symlink_to(target)
     for train in (data.colours, tmp_path / "absent.csv"):
-        result = invoke("learn", pool_copy, "--task", "more", "--train", train,
-                        "--backbone", model_dir, *LEARN)
+        result = invoke(
+            "learn", pool_copy, "--task", "more", "--train", train, "--backbone", model_dir, *LEARN
+        )
         one_line(*result, ".lock", "symbolic link")
     with pytest.raises(PoolFormatError, match="symbolic link"), PoolLock(pool_copy):
         pass
@@ -309,8 +338,9 @@ def test_a_symlinked_lock_is_never_written_even_when_learn_fails(pool_copy, data
 
 
 @pytest.mark.parametrize("kind", ["symlink to a copy", "symlink to dev/zero", "fifo", "folder"])
-def test_task_files_that_are_not_regular_files_in_the_pool_are_refused(pool_copy, model_dir,
-                                                                       tmp_path, kind):
+def test_task_files_that_are_not_regular_files_in_the_pool_are_refused(
+    pool_copy, model_dir, tmp_path, kind
+):
     path = task_path(pool_copy)
     copy = tmp_path / "copy.safetensors"
     shutil.copy(path, copy)
@@ -341,8 +371,19 @@ def test_a_pool_naming_a_local_model_needs_the_backbone_given(built, model_dir):
     assert code == 0 and json.loads(out)["task"] in ("colours", "animals")
 
 
-@pytest.mark.parametrize("name", ["org/name", "./org/name", "../models/tiny", "/etc", "~/model",
-                                  "org/name/extra", "org/../x", "plain-local-folder"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "org/name",
+        "./org/name",
+        "../models/tiny",
+        "/etc",
+        "~/model",
+        "org/name/extra",
+        "org/../x",
+        "plain-local-folder",
+    ],
+)
 def test_a_manifest_never_makes_load_read_a_local_folder(pool_copy, tmp_path, monkeypatch, name):
     monkeypatch.chdir(tmp_path)
     for folder in ("org/name", "plain-local-folder"):
@@ -417,15 +458,22 @@ def test_dev_zero_through_a_symlink_is_refused_without_reading(tmp_path):
     one_line(*invoke("predict", tmp_path / "pool", "--file", link), "zero.txt", "device")
 
 
-def test_oversized_files_are_refused_naming_the_file_and_the_limit(pool_copy, data, model_dir,
-                                                                   monkeypatch):
+def test_oversized_files_are_refused_naming_the_file_and_the_limit(
+    pool_copy, data, model_dir, monkeypatch
+):
     monkeypatch.setattr(files_module, "MAX_DATA_FILE_BYTES", 100)
-    one_line(*invoke("learn", pool_copy, "--task", "x", "--train", data.colours, *LEARN),
-             str(data.colours), "over the limit of 100 bytes")
+    one_line(
+        *invoke("learn", pool_copy, "--task", "x", "--train", data.colours, *LEARN),
+        str(data.colours),
+        "over the limit of 100 bytes",
+    )
     monkeypatch.setattr(files_module, "MAX_DATA_FILE_BYTES", 1 << 30)
     monkeypatch.setattr(files_module, "MAX_TASK_FILE_BYTES", 100)
-    one_line(*invoke("predict", pool_copy, "red", "--backbone", model_dir),
-             "task-", "over the limit of 100 bytes")
+    one_line(
+        *invoke("predict", pool_copy, "red", "--backbone", model_dir),
+        "task-",
+        "over the limit of 100 bytes",
+    )
     monkeypatch.setattr(files_module, "MAX_MANIFEST_BYTES", 100)
     one_line(*invoke("info", pool_copy), MANIFEST, "over the limit of 100 bytes")
 
@@ -435,24 +483,34 @@ def test_oversized_files_are_refused_naming_the_file_and_the_limit(pool_copy, da
 
 def test_a_text_argument_that_is_not_utf8_is_one_line(built, model_dir):
     text = b"caf\xe9".decode("utf-8", "surrogateescape")  # how Python passes such argv bytes
-    one_line(*invoke("predict", built, "fine", text, "--backbone", model_dir),
-             "text argument 2", "not valid UTF-8", "0xe9")
+    one_line(
+        *invoke("predict", built, "fine", text, "--backbone", model_dir),
+        "text argument 2",
+        "not valid UTF-8",
+        "0xe9",
+    )
     one_line(*invoke("learn", built, "--task", text, "--train", "x.csv"), "--task", "UTF-8")
 
 
-@pytest.mark.parametrize("argv", [
-    ["learn", "{pool}", "--task", "x", "--train", "{train}", "--seed", str(2**70)],
-    ["learn", "{pool}", "--task", "x", "--train", "{train}", "--seed", "-1"],
-    ["run", "--seed", str(2**64), "--out", "{tmp}/run"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["learn", "{pool}", "--task", "x", "--train", "{train}", "--seed", str(2**70)],
+        ["learn", "{pool}", "--task", "x", "--train", "{train}", "--seed", "-1"],
+        ["run", "--seed", str(2**64), "--out", "{tmp}/run"],
+    ],
+)
 def test_seeds_out_of_range_are_one_line(argv, built, data, tmp_path):
     argv = [a.format(pool=built, train=data.colours, tmp=tmp_path) for a in argv]
     one_line(*invoke(*argv), "--seed", "from 0 to")
 
 
 def test_tokens_beyond_the_vocabulary_are_one_line(built, model_dir):
-    one_line(*invoke("explain", built, "--tokens", str(10**9), "--backbone", model_dir),
-             "--tokens", "vocabulary size")
+    one_line(
+        *invoke("explain", built, "--tokens", str(10**9), "--backbone", model_dir),
+        "--tokens",
+        "vocabulary size",
+    )
 
 
 @pytest.mark.parametrize("option", ["--epochs", "--orders", "--train-per-label"])
@@ -487,32 +545,58 @@ def test_manifest_values_of_the_wrong_type_or_range_are_named(pool_copy, model_d
     manifest = json.loads(text)
     manifest[section][key] = value
     (pool_copy / MANIFEST).write_text(json.dumps(manifest).replace("Infinity", "1e400"))
-    for argv in (["predict", pool_copy, "a red rose", "--backbone", model_dir],
-                 ["learn", pool_copy, "--task", "more", "--train", data.colours,
-                  "--backbone", model_dir, "--no-progress"]):
+    for argv in (
+        ["predict", pool_copy, "a red rose", "--backbone", model_dir],
+        [
+            "learn",
+            pool_copy,
+            "--task",
+            "more",
+            "--train",
+            data.colours,
+            "--backbone",
+            model_dir,
+            "--no-progress",
+        ],
+    ):
         line = one_line(*invoke(*argv), str(pool_copy), key)
         assert section in line, line
 
 
 def test_an_unexpected_failure_is_one_line_with_exit_1_and_a_traceback_only_on_debug(
-        built, monkeypatch):
+    built, monkeypatch
+):
     import continual.cli
 
     def broken(args):
         raise RuntimeError("something\nnobody expected")
 
     monkeypatch.setattr(continual.cli, "_info", broken)
-    line = one_line(*invoke("info", built), "RuntimeError", "something nobody expected",
-                    "report", "--debug", exit_code=1)
+    line = one_line(
+        *invoke("info", built),
+        "RuntimeError",
+        "something nobody expected",
+        "report",
+        "--debug",
+        exit_code=1,
+    )
     assert "bug" in line
     for argv in (["--debug", "info", built], ["info", built, "--debug"]):
         code, _, err = invoke(*argv)
         assert code == 1 and "Traceback" in err and err.strip().splitlines()[-1] == line
 
 
-@pytest.mark.parametrize("argv", [["learn"], ["learn", "p", "--task", "t"], ["predict"],
-                                  ["learn", "p", "--task", "t", "--train", "x", "--seed", "one"],
-                                  ["nonsense"], ["predict", "", "text"]])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["learn"],
+        ["learn", "p", "--task", "t"],
+        ["predict"],
+        ["learn", "p", "--task", "t", "--train", "x", "--seed", "one"],
+        ["nonsense"],
+        ["predict", "", "text"],
+    ],
+)
 def test_usage_errors_are_one_line_exit_2(argv):
     one_line(*invoke(*argv))
 
@@ -520,13 +604,16 @@ def test_usage_errors_are_one_line_exit_2(argv):
 # -- data read as written, outputs safe to parse and print -----------------------------------------
 
 
-@pytest.mark.parametrize("header, duplicated", [("text,label,label", "'label'"),
-                                                ("text,text,label", "'text'"),
-                                                ("id,text,label,id", "'id'")])
+@pytest.mark.parametrize(
+    "header, duplicated",
+    [("text,label,label", "'label'"), ("text,text,label", "'text'"), ("id,text,label,id", "'id'")],
+)
 def test_duplicated_csv_headers_are_refused_naming_them(tmp_path, header, duplicated):
     path = tmp_path / "d.csv"
-    path.write_text(header + "\n" + ",".join(["a", "b", "c", "d"][: header.count(",") + 1])
-                    + "\n", encoding="utf-8")
+    path.write_text(
+        header + "\n" + ",".join(["a", "b", "c", "d"][: header.count(",") + 1]) + "\n",
+        encoding="utf-8",
+    )
     with pytest.raises(TaskDataError) as error:
         Task.from_files("t", path)
     assert str(path) in str(error.value) and duplicated in str(error.value)
@@ -536,8 +623,9 @@ def test_duplicated_csv_headers_are_refused_naming_them(tmp_path, header, duplic
 @pytest.mark.parametrize("label", ["1", "1e2", "true", "null", "[1]", "{}", "2.5"])
 def test_json_labels_must_be_strings(tmp_path, label):
     path = tmp_path / "l.jsonl"
-    path.write_text('{"text": "a", "label": "1"}\n{"text": "b", "label": ' + label + "}\n",
-                    encoding="utf-8")
+    path.write_text(
+        '{"text": "a", "label": "1"}\n{"text": "b", "label": ' + label + "}\n", encoding="utf-8"
+    )
     with pytest.raises(TaskDataError) as error:
         Task.from_files("t", path)
     message = str(error.value)
@@ -549,8 +637,9 @@ def test_an_empty_task_name_blames_the_name_not_the_file(data, pool_copy):
     with pytest.raises(TaskDataError) as error:
         Task.from_files(" ", data.colours)
     assert str(data.colours) not in str(error.value) and "task name" in str(error.value)
-    line = one_line(*invoke("learn", pool_copy, "--task", "", "--train", data.colours, *LEARN),
-                    "--task")
+    line = one_line(
+        *invoke("learn", pool_copy, "--task", "", "--train", data.colours, *LEARN), "--task"
+    )
     assert str(data.colours) not in line
 
 
@@ -567,10 +656,12 @@ def test_predictions_are_strict_json_even_when_scores_are_nan(pool_copy, model_d
     tensors["head.bias"] = torch.full_like(tensors["head.bias"], float("nan"))
     data = save_safetensors(tensors)
     path.write_bytes(data)
-    edit_manifest(pool_copy, lambda m: m["tasks"][0].update(
-        sha256=hashlib.sha256(data).hexdigest()))
-    code, out, err = invoke("predict", pool_copy, "a red rose", "--task", "colours",
-                            "--backbone", model_dir)
+    edit_manifest(
+        pool_copy, lambda m: m["tasks"][0].update(sha256=hashlib.sha256(data).hexdigest())
+    )
+    code, out, err = invoke(
+        "predict", pool_copy, "a red rose", "--task", "colours", "--backbone", model_dir
+    )
     assert code == 0, err
     assert _strict_json(out)["score"] is None
     code, out, err = invoke("explain", pool_copy, "a red rose", "--backbone", model_dir)
@@ -605,8 +696,20 @@ def test_a_full_disk_names_the_file_and_leaves_the_pool(pool_copy, data, model_d
 
     before = snapshot(pool_copy, skip=lambda r: r == ".lock")
     monkeypatch.setattr(continual.storage, "_write_all", full)
-    line = one_line(*invoke("learn", pool_copy, "--task", "more", "--train", data.colours,
-                            "--backbone", model_dir, *LEARN), "No space left on device")
+    line = one_line(
+        *invoke(
+            "learn",
+            pool_copy,
+            "--task",
+            "more",
+            "--train",
+            data.colours,
+            "--backbone",
+            model_dir,
+            *LEARN,
+        ),
+        "No space left on device",
+    )
     assert str(pool_copy / "tasks" / "task-") in line or str(pool_copy / MANIFEST) in line
     assert snapshot(pool_copy, skip=lambda r: r == ".lock") == before
 
@@ -618,8 +721,10 @@ def _pool_owned(relative: str) -> bool:
     """Files a pool writes itself: its manifest, lock and content-addressed task files."""
     import re
 
-    return bool(relative in (MANIFEST, ".lock", "tasks")
-                or re.fullmatch(r"tasks/task-[0-9a-f]{32}\.safetensors", relative))
+    return bool(
+        relative in (MANIFEST, ".lock", "tasks")
+        or re.fullmatch(r"tasks/task-[0-9a-f]{32}\.safetensors", relative)
+    )
 
 
 def _plant_sentinels(root: Path, pool: Path) -> None:
@@ -647,18 +752,21 @@ def _plant_sentinels(root: Path, pool: Path) -> None:
     (pool / "tasks" / "dir-in-tasks" / "x").write_text("x")
 
 
-def test_no_code_path_writes_or_deletes_outside_what_the_pool_made(pool_copy, data, model_dir,
-                                                                  tiny_pool_factory,
-                                                                  synthetic_tasks):
+def test_no_code_path_writes_or_deletes_outside_what_the_pool_made(
+    pool_copy, data, model_dir, tiny_pool_factory, synthetic_tasks
+):
     """Learn (new task, failed), export, import, remove, save (growing and shrinking, so cleanup
     runs) and learn into a new pool beside it, with a sentinel tree around and inside the pool:
     every sentinel, and every file a symlink in the pool points to, is the same byte for byte
     afterwards."""
     root = pool_copy.parent
     _plant_sentinels(root, pool_copy)
-    ignore = lambda relative: relative in ("pool", "newpool", "export", "export/t.st") or (  # noqa: E731
-        relative.startswith(("pool/", "newpool/"))
-        and _pool_owned(relative.split("/", 1)[1]))
+
+    def ignore(relative):
+        return relative in ("pool", "newpool", "export", "export/t.st") or (
+            relative.startswith(("pool/", "newpool/")) and _pool_owned(relative.split("/", 1)[1])
+        )
+
     before = snapshot(root, skip=ignore)
     checks = 0
 
@@ -669,24 +777,104 @@ def test_no_code_path_writes_or_deletes_outside_what_the_pool_made(pool_copy, da
         checks += len(before)
 
     operations = [
-        ("learn a new task", ["learn", pool_copy, "--task", "third", "--train", data.colours,
-                              "--backbone", model_dir, *LEARN], 0),
-        ("learn an existing name", ["learn", pool_copy, "--task", "colours", "--train",
-                                    data.colours, "--backbone", model_dir, *LEARN], 2),
-        ("learn bad data", ["learn", pool_copy, "--task", "x", "--train", root / "beside.csv",
-                            "--backbone", model_dir, *LEARN], 2),
-        ("learn a FIFO", ["learn", pool_copy, "--task", "x", "--train", root / "beside-fifo.csv",
-                          "--backbone", model_dir, *LEARN], 2),
-        ("learn into outside/", ["learn", root / "outside", "--task", "x", "--train",
-                                 data.colours, "--backbone", model_dir, *LEARN], 2),
-        ("learn a new pool beside", ["learn", root / "newpool", "--task", "x", "--train",
-                                     data.colours, "--backbone", model_dir, *LEARN], 0),
+        (
+            "learn a new task",
+            [
+                "learn",
+                pool_copy,
+                "--task",
+                "third",
+                "--train",
+                data.colours,
+                "--backbone",
+                model_dir,
+                *LEARN,
+            ],
+            0,
+        ),
+        (
+            "learn an existing name",
+            [
+                "learn",
+                pool_copy,
+                "--task",
+                "colours",
+                "--train",
+                data.colours,
+                "--backbone",
+                model_dir,
+                *LEARN,
+            ],
+            2,
+        ),
+        (
+            "learn bad data",
+            [
+                "learn",
+                pool_copy,
+                "--task",
+                "x",
+                "--train",
+                root / "beside.csv",
+                "--backbone",
+                model_dir,
+                *LEARN,
+            ],
+            2,
+        ),
+        (
+            "learn a FIFO",
+            [
+                "learn",
+                pool_copy,
+                "--task",
+                "x",
+                "--train",
+                root / "beside-fifo.csv",
+                "--backbone",
+                model_dir,
+                *LEARN,
+            ],
+            2,
+        ),
+        (
+            "learn into outside/",
+            [
+                "learn",
+                root / "outside",
+                "--task",
+                "x",
+                "--train",
+                data.colours,
+                "--backbone",
+                model_dir,
+                *LEARN,
+            ],
+            2,
+        ),
+        (
+            "learn a new pool beside",
+            [
+                "learn",
+                root / "newpool",
+                "--task",
+                "x",
+                "--train",
+                data.colours,
+                "--backbone",
+                model_dir,
+                *LEARN,
+            ],
+            0,
+        ),
         ("predict", ["predict", pool_copy, "a red rose", "--backbone", model_dir], 0),
         ("info", ["info", pool_copy], 0),
-        ("export", ["export", pool_copy, "--task", "third", "--out", root / "export" / "t.st"],
-         0),
-        ("import under another name", ["import", pool_copy, root / "export" / "t.st", "--as",
-                                       "fourth"], 0),
+        ("export", ["export", pool_copy, "--task", "third", "--out", root / "export" / "t.st"], 0),
+        (
+            "import under another name",
+            ["import", pool_copy, root / "export" / "t.st", "--as", "fourth"],
+            0,
+        ),
         ("import a name clash", ["import", pool_copy, root / "export" / "t.st"], 2),
         ("import a file beside the pool", ["import", pool_copy, root / "beside.csv"], 2),
         ("import into outside/", ["import", root / "outside", root / "export" / "t.st"], 2),
@@ -714,25 +902,41 @@ def test_no_code_path_writes_or_deletes_outside_what_the_pool_made(pool_copy, da
             other.save(target)
         check(f"save into {target.name}")
     assert checks > 0
-    record_counts("sentinel checks", {"checks": checks, "steps": len(operations) + 5,
-                                      "sentinels": len(before)})
+    record_counts(
+        "sentinel checks",
+        {"checks": checks, "steps": len(operations) + 5, "sentinels": len(before)},
+    )
 
 
 # -- generated non-pool folders -------------------------------------------------------------------
 
-POOLISH = [".lock", "tasks/", f"tasks/task-{'a' * 32}.safetensors",
-           f"tasks/.task-{'b' * 32}.safetensors.0123456789abcdef.tmp",
-           f".{MANIFEST}.abcd1234.tmp"]
-FOREIGN = ["notes.txt", "tasks/task-1.csv", f"tasks/task-{'c' * 31}.safetensors", "tasks/x.tmp",
-           ".manifest.json.bak", "data/", "manifest.json.orig", "TASKS/",
-           f"tasks/task-{'A' * 32}.safetensors", ".lock.old", "link->", "tasks/link->"]
+POOLISH = [
+    ".lock",
+    "tasks/",
+    f"tasks/task-{'a' * 32}.safetensors",
+    f"tasks/.task-{'b' * 32}.safetensors.0123456789abcdef.tmp",
+    f".{MANIFEST}.abcd1234.tmp",
+]
+FOREIGN = [
+    "notes.txt",
+    "tasks/task-1.csv",
+    f"tasks/task-{'c' * 31}.safetensors",
+    "tasks/x.tmp",
+    ".manifest.json.bak",
+    "data/",
+    "manifest.json.orig",
+    "TASKS/",
+    f"tasks/task-{'A' * 32}.safetensors",
+    ".lock.old",
+    "link->",
+    "tasks/link->",
+]
 
 
 @prop(60, names=st.lists(st.sampled_from(POOLISH + FOREIGN), max_size=6, unique=True))
-def test_save_into_a_generated_folder_refuses_anything_not_the_pools(tmp_path, names,
-                                                                     tiny_pool_factory,
-                                                                     synthetic_tasks,
-                                                                     trained_entry):
+def test_save_into_a_generated_folder_refuses_anything_not_the_pools(
+    tmp_path, names, tiny_pool_factory, synthetic_tasks, trained_entry
+):
     """A folder holding only what a pool writes (or nothing) is taken; one holding anything else
     is refused with PoolFormatError and left exactly as it was."""
     root = Path(tempfile.mkdtemp(dir=tmp_path))
@@ -767,8 +971,9 @@ def test_save_into_a_generated_folder_refuses_anything_not_the_pools(tmp_path, n
 def trained_entry(tiny_backbone, synthetic_tasks):
     from continual import TrainingConfig
 
-    pool = PromptPool(tiny_backbone, prompt_length=4, selector="prototypes",
-                      training=TrainingConfig(epochs=1))
+    pool = PromptPool(
+        tiny_backbone, prompt_length=4, selector="prototypes", training=TrainingConfig(epochs=1)
+    )
     return pool.learn(synthetic_tasks[0], progress=False)
 
 

@@ -5,6 +5,7 @@ test damages a copy and checks that `PromptPool.load` raises `PoolFormatError` s
 wrong (and what to do, where there is something to do). Nothing in a pool is ever unpickled: a
 pickle planted as a task file is refused by the format check and its payload never runs.
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,8 +31,11 @@ import continual
 from continual import Backbone, PoolFormatError, PromptPool, TrainingConfig
 from continual.storage import MANIFEST
 
-SETTINGS = dict(deadline=None, database=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+SETTINGS = dict(
+    deadline=None,
+    database=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 prop = CountedProperties(**SETTINGS)
 RUNS, EXPECTED = prop.runs, prop.expected
 
@@ -110,12 +114,14 @@ def refused(directory: Path, backbone: Backbone, *fragments: str) -> str:
     return message
 
 
-def test_the_undamaged_copy_loads_and_predicts_like_the_original(pool_dir, saved, tiny_backbone,
-                                                                 synthetic_tasks):
+def test_the_undamaged_copy_loads_and_predicts_like_the_original(
+    pool_dir, saved, tiny_backbone, synthetic_tasks
+):
     loaded = PromptPool.load(pool_dir, tiny_backbone)
     texts = [text for text, _ in synthetic_tasks[0].test + synthetic_tasks[1].test]
-    assert ([(p.task, p.label, p.score) for p in loaded.predict(texts)]
-            == [(p.task, p.label, p.score) for p in saved.pool.predict(texts)])
+    assert [(p.task, p.label, p.score) for p in loaded.predict(texts)] == [
+        (p.task, p.label, p.score) for p in saved.pool.predict(texts)
+    ]
 
 
 # -- damaged task files ---------------------------------------------------------------------------
@@ -133,10 +139,12 @@ def test_truncated_task_file(pool_dir, tiny_backbone, keep):
     refused(pool_dir, tiny_backbone, "task-edited.safetensors", "not a valid safetensors file")
 
 
-@prop(40, position=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7),
-      index=st.integers(0, 1))
-def test_a_flipped_bit_anywhere_in_a_task_file_is_caught(pool_dir, tiny_backbone, position, bit,
-                                                         index):
+@prop(
+    40, position=st.floats(0, 1, exclude_max=True), bit=st.integers(0, 7), index=st.integers(0, 1)
+)
+def test_a_flipped_bit_anywhere_in_a_task_file_is_caught(
+    pool_dir, tiny_backbone, position, bit, index
+):
     path = task_file(pool_dir, index)
     original = path.read_bytes()
     damaged = bytearray(original)
@@ -149,8 +157,9 @@ def test_a_flipped_bit_anywhere_in_a_task_file_is_caught(pool_dir, tiny_backbone
 
 
 @prop(60, position=st.integers(0, 10**6), bit=st.integers(0, 7))
-def test_a_flipped_header_bit_re_hashed_loads_or_is_a_format_error(pool_dir, saved, tiny_backbone,
-                                                                   position, bit):
+def test_a_flipped_header_bit_re_hashed_loads_or_is_a_format_error(
+    pool_dir, saved, tiny_backbone, position, bit
+):
     """With the checksum updated too, a flip in the safetensors header (length, names, dtypes,
     shapes, offsets) is refused by the format checks, or leaves a well-formed file."""
     original = (saved.a / saved.manifest["tasks"][0]["file"]).read_bytes()
@@ -195,6 +204,7 @@ def _set(path: tuple, value):
         for key in path[:-1]:
             target = target[key]
         target[path[-1]] = value
+
     return change
 
 
@@ -204,20 +214,27 @@ def _remove(path: tuple):
         for key in path[:-1]:
             target = target[key]
         del target[path[-1]]
+
     return change
 
 
 EDITS = {
     # changed checksum
     "sha256 changed": (_set(("tasks", 0, "sha256"), "0" * 64), "checksum mismatch"),
-    "sha256 of the other task": (lambda m: m["tasks"][0].update(sha256=m["tasks"][1]["sha256"]),
-                                 "checksum mismatch"),
+    "sha256 of the other task": (
+        lambda m: m["tasks"][0].update(sha256=m["tasks"][1]["sha256"]),
+        "checksum mismatch",
+    ),
     # removed fields
-    **{f"no {key}": (_remove((key,)), repr(key)) for key in
-       ("format", "backbone", "tasks", "prompt_length", "hidden_size", "selector")},
+    **{
+        f"no {key}": (_remove((key,)), repr(key))
+        for key in ("format", "backbone", "tasks", "prompt_length", "hidden_size", "selector")
+    },
     "no format_version": (_remove(("format_version",)), "format_version None"),
-    **{f"no task {key}": (_remove(("tasks", 0, key)), f"field {key!r}") for key in
-       ("name", "labels", "file", "sha256")},
+    **{
+        f"no task {key}": (_remove(("tasks", 0, key)), f"field {key!r}")
+        for key in ("name", "labels", "file", "sha256")
+    },
     "no backbone hash": (_remove(("backbone", "weights_sha256")), "weights_sha256 differs"),
     "no backbone max_length": (_remove(("backbone", "max_length")), "max_length"),
     # wrong types
@@ -243,10 +260,19 @@ EDITS = {
     "one label": (_set(("tasks", 0, "labels"), ["warm"]), "at least 2 strings"),
     "three labels": (_set(("tasks", 0, "labels"), ["cool", "warm", "hot"]), "head shape"),
     # task files outside tasks/
-    **{f"file {name}": (_set(("tasks", 0, "file"), name), "bad task file name")
-       for name in ("../outside.safetensors", "tasks/../../outside.safetensors",
-                    "tasks/../manifest.json", "/etc/passwd", "manifest.json", "tasks/a\x00b",
-                    "", "tasks/../tasks/../../outside.safetensors")},
+    **{
+        f"file {name}": (_set(("tasks", 0, "file"), name), "bad task file name")
+        for name in (
+            "../outside.safetensors",
+            "tasks/../../outside.safetensors",
+            "tasks/../manifest.json",
+            "/etc/passwd",
+            "manifest.json",
+            "tasks/a\x00b",
+            "",
+            "tasks/../tasks/../../outside.safetensors",
+        )
+    },
     "file the tasks folder": (_set(("tasks", 0, "file"), "tasks/"), "cannot read the task file"),
 }
 
@@ -265,10 +291,19 @@ def test_hand_edited_manifest_is_refused_saying_what(pool_dir, tiny_backbone, ed
         assert str(pool_dir) in message
 
 
-@pytest.mark.parametrize("content", [
-    b"", b"{", b"\xff\xfe{}", b"[]", b"null", b"\xef\xbb\xbf{}",
-    b"[" * 100_000 + b"]" * 100_000, b'{"format": 1' + b"0" * 5000 + b"}",
-])
+@pytest.mark.parametrize(
+    "content",
+    [
+        b"",
+        b"{",
+        b"\xff\xfe{}",
+        b"[]",
+        b"null",
+        b"\xef\xbb\xbf{}",
+        b"[" * 100_000 + b"]" * 100_000,
+        b'{"format": 1' + b"0" * 5000 + b"}",
+    ],
+)
 def test_unreadable_manifest_is_refused(pool_dir, tiny_backbone, content):
     (pool_dir / MANIFEST).write_bytes(content)
     refused(pool_dir, tiny_backbone, str(pool_dir / MANIFEST))
@@ -277,8 +312,13 @@ def test_unreadable_manifest_is_refused(pool_dir, tiny_backbone, content):
 @pytest.mark.parametrize("version", [0, 2, "1", None, 1.5, [1]])
 def test_unknown_format_version(pool_dir, tiny_backbone, version):
     edit_manifest(pool_dir, _set(("format_version",), version))
-    refused(pool_dir, tiny_backbone, "format_version", "is not supported",
-            "use the continual release that wrote it")
+    refused(
+        pool_dir,
+        tiny_backbone,
+        "format_version",
+        "is not supported",
+        "use the continual release that wrote it",
+    )
 
 
 TENSOR_EDITS = {
@@ -290,14 +330,17 @@ TENSOR_EDITS = {
     "bias wrong": (lambda t: t.update({"head.bias": torch.zeros(2, 2)}), "head shape"),
     "no bias": (lambda t: t.pop("head.bias"), "missing tensors ['head.bias']"),
     "no prompt": (lambda t: t.pop("prompt"), "missing tensors ['prompt']"),
-    "selector state narrow": (lambda t: t.update({"selector.mean": torch.zeros(16)}),
-                              "selector state 'mean'"),
-    "selector state scalar": (lambda t: t.update({"selector.mean": torch.tensor(1.0)}),
-                              "selector state 'mean'"),
+    "selector state narrow": (
+        lambda t: t.update({"selector.mean": torch.zeros(16)}),
+        "selector state 'mean'",
+    ),
+    "selector state scalar": (
+        lambda t: t.update({"selector.mean": torch.tensor(1.0)}),
+        "selector state 'mean'",
+    ),
     "prompt float64": (lambda t: t.update(prompt=t["prompt"].double()), "torch.float64"),
     "prompt int32": (lambda t: t.update(prompt=t["prompt"].to(torch.int32)), "torch.int32"),
-    "head float16": (lambda t: t.update({"head.weight": t["head.weight"].half()}),
-                     "torch.float16"),
+    "head float16": (lambda t: t.update({"head.weight": t["head.weight"].half()}), "torch.float16"),
 }
 
 
@@ -320,12 +363,19 @@ def test_a_backbone_with_other_weights_is_refused(pool_dir, tokenizer, make_tiny
 def test_a_backbone_of_another_width_is_refused(pool_dir, tokenizer):
     from transformers import BertConfig, BertModel
 
-    config = BertConfig(vocab_size=len(tokenizer), hidden_size=48, num_hidden_layers=2,
-                        num_attention_heads=2, intermediate_size=64, max_position_embeddings=128)
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=128,
+    )
     torch.manual_seed(0)
     wide = Backbone(BertModel(config), tokenizer, "tiny-bert", max_length=32)
-    refused(pool_dir, wide, "hidden_size differs: 32 vs 48",
-            "load the backbone the pool was built on")
+    refused(
+        pool_dir, wide, "hidden_size differs: 32 vs 48", "load the backbone the pool was built on"
+    )
 
 
 # -- hostile files: nothing is unpickled -----------------------------------------------------------
@@ -364,9 +414,9 @@ def _torch_zip(payload) -> bytes:
 @pytest.mark.parametrize("gadget", [_Shell, _Opener])
 @pytest.mark.parametrize("container", [_raw_pickle, _torch_zip])
 @pytest.mark.parametrize("name", ["tasks/task-edited.safetensors", "tasks/prompt.pt"])
-def test_a_pickle_planted_as_a_task_file_is_refused_and_never_runs(pool_dir, tiny_backbone,
-                                                                   tmp_path, gadget, container,
-                                                                   name):
+def test_a_pickle_planted_as_a_task_file_is_refused_and_never_runs(
+    pool_dir, tiny_backbone, tmp_path, gadget, container, name
+):
     # The payload is live: unpickling a twin of it creates its marker.
     control = tmp_path / "control-marker"
     twin = _raw_pickle(gadget(control))
@@ -391,24 +441,39 @@ def test_no_unpickling_or_remote_code_anywhere_in_the_package():
     sources = sorted(root.rglob("*.py"))
     assert len(sources) >= 15, sources
     forbidden = [
-        r"\bpickle\.loads?\(", r"\bimport\s+pickle\b", r"\bfrom\s+pickle\b", r"\bdill\b",
-        r"\btorch\.load\(", r"\bjoblib\.load\(", r"allow_pickle\s*=\s*True",
-        r"weights_only\s*=\s*False", r"trust_remote_code\s*=\s*True", r"\bcloudpickle\b",
+        r"\bpickle\.loads?\(",
+        r"\bimport\s+pickle\b",
+        r"\bfrom\s+pickle\b",
+        r"\bdill\b",
+        r"\btorch\.load\(",
+        r"\bjoblib\.load\(",
+        r"allow_pickle\s*=\s*True",
+        r"weights_only\s*=\s*False",
+        r"trust_remote_code\s*=\s*True",
+        r"\bcloudpickle\b",
     ]
-    found = [f"{path.relative_to(root)}:{number}: {line.strip()}"
-             for path in sources
-             for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
-             for pattern in forbidden if re.search(pattern, line)]
+    found = [
+        f"{path.relative_to(root)}:{number}: {line.strip()}"
+        for path in sources
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+        for pattern in forbidden
+        if re.search(pattern, line)
+    ]
     assert not found, "\n".join(found)
 
 
 # -- fuzzed manifests --------------------------------------------------------------------------
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-10**20, 10**20) | st.floats() | st.text(max_size=8)
+    st.none()
+    | st.booleans()
+    | st.integers(-(10**20), 10**20)
+    | st.floats()
+    | st.text(max_size=8)
     | st.sampled_from(["colours", "animals", "tasks/", "../x", "gaussian", "prototypes"]),
-    lambda children: st.lists(children, max_size=3)
-    | st.dictionaries(st.text(max_size=6), children, max_size=3),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3)
+    ),
     max_leaves=6,
 )
 
@@ -422,7 +487,6 @@ def _paths(value, prefix=()) -> list[tuple]:
         for index, child in enumerate(value[:4]):
             paths += _paths(child, prefix + (index,))
     return paths
-
 
 
 @prop(150, data=st.data())
@@ -456,9 +520,18 @@ def test_manifest_with_a_prompt_too_long_for_the_model(pool_dir, tiny_backbone):
     refused(pool_dir, tiny_backbone, "prompt_length")
 
 
-@pytest.mark.parametrize("edit", ["selector switched", "state missing", "covariance rows",
-                                  "min_score not a number", "duplicate labels", "empty name",
-                                  "version true"])
+@pytest.mark.parametrize(
+    "edit",
+    [
+        "selector switched",
+        "state missing",
+        "covariance rows",
+        "min_score not a number",
+        "duplicate labels",
+        "empty name",
+        "version true",
+    ],
+)
 def test_manifest_parts_that_do_not_fit_are_refused(pool_dir, tiny_backbone, edit):
     if edit == "selector switched":
         edit_manifest(pool_dir, _set(("selector",), {"name": "prototypes"}))
@@ -481,15 +554,26 @@ def test_manifest_parts_that_do_not_fit_are_refused(pool_dir, tiny_backbone, edi
 
 # -- pool parts that are links, FIFOs, devices, folders or too large ------------------------------
 
-PART_KINDS = ["symlink to a copy outside", "symlink to dev/zero", "fifo", "folder", "oversized",
-              "broken symlink", "symlink loop"]
+PART_KINDS = [
+    "symlink to a copy outside",
+    "symlink to dev/zero",
+    "fifo",
+    "folder",
+    "oversized",
+    "broken symlink",
+    "symlink loop",
+]
 PARTS = ["manifest", "task file", "tasks folder", "lock"]
 
 
 def _replace_part(pool: Path, part: str, kind: str, outside: Path) -> Path:
     """Turn one part of the pool into ``kind``; returns the path changed."""
-    path = {"manifest": pool / MANIFEST, "task file": task_file(pool, 0),
-            "tasks folder": pool / "tasks", "lock": pool / ".lock"}[part]
+    path = {
+        "manifest": pool / MANIFEST,
+        "task file": task_file(pool, 0),
+        "tasks folder": pool / "tasks",
+        "lock": pool / ".lock",
+    }[part]
     copy = outside / f"copy-of-{path.name}"
     if path.is_dir():
         shutil.copytree(path, copy)
@@ -524,15 +608,21 @@ def _tree(root: Path) -> dict:
     for directory, folders, names in os.walk(root, followlinks=False):
         for name in folders + names:
             path = Path(directory) / name
-            state[str(path)] = (os.readlink(path) if path.is_symlink()
-                                else path.read_bytes() if path.is_file() else "other")
+            state[str(path)] = (
+                os.readlink(path)
+                if path.is_symlink()
+                else path.read_bytes()
+                if path.is_file()
+                else "other"
+            )
     return state
 
 
 # 4 parts x 7 kinds: 28 distinct cases, each run once (hypothesis stops when all are seen).
 @prop(28, part=st.sampled_from(PARTS), kind=st.sampled_from(PART_KINDS))
 def test_pool_parts_that_are_links_fifos_devices_or_too_large_are_refused(
-        saved, tiny_backbone, tmp_path, monkeypatch, part, kind):
+    saved, tiny_backbone, tmp_path, monkeypatch, part, kind
+):
     """Load and save refuse (PoolFormatError naming the part) without blocking, following a
     link or reading past a limit; whatever lies outside the pool is left byte for byte."""
     import tempfile
@@ -547,8 +637,12 @@ def test_pool_parts_that_are_links_fifos_devices_or_too_large_are_refused(
     path = _replace_part(pool, part, kind, outside)
     with monkeypatch.context() as patch:  # each example sets its own limits
         if kind == "oversized":
-            limit = {"manifest": "MAX_MANIFEST_BYTES", "task file": "MAX_TASK_FILE_BYTES",
-                     "tasks folder": "MAX_TASK_FILE_BYTES", "lock": None}[part]
+            limit = {
+                "manifest": "MAX_MANIFEST_BYTES",
+                "task file": "MAX_TASK_FILE_BYTES",
+                "tasks folder": "MAX_TASK_FILE_BYTES",
+                "lock": None,
+            }[part]
             if limit is None:
                 return  # a lock's size is not read
             patch.setattr(files, limit, 100)

@@ -7,6 +7,7 @@ written by ``csv.writer`` / ``json.dumps`` / plain lines must come back exactly,
 Each property counts the examples it ran (`RUNS`); the last test of the module checks that every
 property that ran reached its ``max_examples`` and prints the counts (visible with ``pytest -s``).
 """
+
 from __future__ import annotations
 
 import csv
@@ -27,8 +28,12 @@ from continual.errors import TaskDataError
 SETTINGS = dict(
     deadline=None,
     database=None,  # nothing written into the repository
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow,
-                           HealthCheck.data_too_large, HealthCheck.filter_too_much],
+    suppress_health_check=[
+        HealthCheck.function_scoped_fixture,
+        HealthCheck.too_slow,
+        HealthCheck.data_too_large,
+        HealthCheck.filter_too_much,
+    ],
 )
 prop = CountedProperties(**SETTINGS)
 RUNS, EXPECTED = prop.runs, prop.expected
@@ -46,15 +51,16 @@ characters = st.one_of(
 # Non-blank (blank texts are refused on purpose) and not starting with U+FEFF, which at the very
 # start of a file is a byte-order mark and dropped.
 field = st.text(characters, min_size=1, max_size=40).filter(
-    lambda s: s.strip() and not s.startswith("\ufeff"))
+    lambda s: s.strip() and not s.startswith("\ufeff")
+)
 label = st.text(characters, min_size=1, max_size=12).filter(lambda s: s.strip())
 line_text = st.text(  # one plain-text line: no CR or LF inside
     st.characters(exclude_categories=("Cs",), exclude_characters="\x00\r\n"),
-    min_size=1, max_size=40,
+    min_size=1,
+    max_size=40,
 ).filter(lambda s: s.strip() and not s.startswith("\ufeff"))
 rows = st.lists(st.tuples(field, label), min_size=1, max_size=12)
-number = st.one_of(st.integers(-10**30, 10**30),
-                   st.floats(allow_nan=False, allow_infinity=False))
+number = st.one_of(st.integers(-(10**30), 10**30), st.floats(allow_nan=False, allow_infinity=False))
 BAD_VALUES = [None, True, False, [], ["a"], {}, {"a": 1}, "", "   ", "\t\n"]
 SUFFIXES = [".csv", ".jsonl", ".json", ".txt"]
 
@@ -68,19 +74,29 @@ def write(directory: Path, suffix: str, data: bytes, name: str = "data") -> Path
     return path
 
 
-def csv_bytes(header: list[str], records: list[list[str]], *, crlf: bool = True,
-              bom: bool = False) -> bytes:
+def csv_bytes(
+    header: list[str], records: list[list[str]], *, crlf: bool = True, bom: bool = False
+) -> bytes:
     out = io.StringIO(newline="")
     # csv.writer leaves a lone "\r" unquoted when the line terminator is "\n": quote all then.
-    writer = csv.writer(out, lineterminator="\r\n" if crlf else "\n",
-                        quoting=csv.QUOTE_MINIMAL if crlf else csv.QUOTE_ALL)
+    writer = csv.writer(
+        out,
+        lineterminator="\r\n" if crlf else "\n",
+        quoting=csv.QUOTE_MINIMAL if crlf else csv.QUOTE_ALL,
+    )
     writer.writerow(header)
     writer.writerows(records)
     return (b"\xef\xbb\xbf" if bom else b"") + out.getvalue().encode("utf-8")
 
 
-def jsonl_bytes(objects: list[object], *, crlf: bool = False, bom: bool = False,
-                ascii_only: bool = True, blank_lines: bool = False) -> bytes:
+def jsonl_bytes(
+    objects: list[object],
+    *,
+    crlf: bool = False,
+    bom: bool = False,
+    ascii_only: bool = True,
+    blank_lines: bool = False,
+) -> bytes:
     end = "\r\n" if crlf else "\n"
     lines = []
     for obj in objects:
@@ -168,11 +184,14 @@ def _valid_file(draw_rows, fmt: str) -> bytes:
     return "\n".join(t.replace("\r", " ").replace("\n", " ") for t, _ in draw_rows).encode()
 
 
-@prop(300, rows=rows, fmt=st.sampled_from(["csv", "jsonl", "txt"]),
-      suffix=st.sampled_from(SUFFIXES), cuts=st.lists(
-          st.tuples(st.floats(0, 1), st.integers(0, 8), st.binary(max_size=6)), max_size=4))
-def test_damaged_valid_files_give_a_result_or_a_task_data_error(tmp_path, rows, fmt, suffix,
-                                                                cuts):
+@prop(
+    300,
+    rows=rows,
+    fmt=st.sampled_from(["csv", "jsonl", "txt"]),
+    suffix=st.sampled_from(SUFFIXES),
+    cuts=st.lists(st.tuples(st.floats(0, 1), st.integers(0, 8), st.binary(max_size=6)), max_size=4),
+)
+def test_damaged_valid_files_give_a_result_or_a_task_data_error(tmp_path, rows, fmt, suffix, cuts):
     """A valid file with bytes cut out, inserted or truncated at random places."""
     data = bytearray(_valid_file(rows, fmt))
     for where, cut, insert in cuts:
@@ -184,9 +203,14 @@ def test_damaged_valid_files_give_a_result_or_a_task_data_error(tmp_path, rows, 
 # -- encodings ----------------------------------------------------------------------------------
 
 
-@prop(300, rows=rows, fmt=st.sampled_from(["csv", "jsonl", "txt"]),
-      encoding=st.sampled_from(["latin-1", "cp1252", "utf-16", "utf-16-le", "utf-16-be",
-                                "utf-32", "utf-8", "utf-8-sig"]))
+@prop(
+    300,
+    rows=rows,
+    fmt=st.sampled_from(["csv", "jsonl", "txt"]),
+    encoding=st.sampled_from(
+        ["latin-1", "cp1252", "utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8", "utf-8-sig"]
+    ),
+)
 def test_files_in_other_encodings_are_refused_never_misread(tmp_path, rows, fmt, encoding):
     """UTF-8 (with or without BOM) reads back exactly; UTF-16/32 are always refused; a
     latin-1/cp1252 file is refused unless its bytes are valid UTF-8, pointing at the bad byte."""
@@ -200,8 +224,11 @@ def test_files_in_other_encodings_are_refused_never_misread(tmp_path, rows, fmt,
         assert message is not None and "UTF-8" in message, (encoding, message)
     elif encoding.startswith("utf-8"):
         assert message is None, message
-        expected = ([t.replace("\r", " ").replace("\n", " ") for t, _ in rows] if fmt == "txt"
-                    else list(rows))
+        expected = (
+            [t.replace("\r", " ").replace("\n", " ") for t, _ in rows]
+            if fmt == "txt"
+            else list(rows)
+        )
         assert result == expected
     else:
         try:
@@ -220,35 +247,60 @@ def test_files_in_other_encodings_are_refused_never_misread(tmp_path, rows, fmt,
 # -- exact round trips --------------------------------------------------------------------------
 
 
-@prop(300, rows=rows, crlf=st.booleans(), bom=st.booleans(),
-      extra=st.lists(st.sampled_from(["id", "source", "note", "Text", "LABEL"]), unique=True),
-      seed=st.integers(0, 2**16))
+@prop(
+    300,
+    rows=rows,
+    crlf=st.booleans(),
+    bom=st.booleans(),
+    extra=st.lists(st.sampled_from(["id", "source", "note", "Text", "LABEL"]), unique=True),
+    seed=st.integers(0, 2**16),
+)
 def test_csv_written_by_csv_writer_reads_back_exactly(tmp_path, rows, crlf, bom, extra, seed):
     header = ["text", "label", *extra]
     random.Random(seed).shuffle(header)
-    records = [[{"text": t, "label": g}.get(column, f"{column}-{i}") for column in header]
-               for i, (t, g) in enumerate(rows)]
+    records = [
+        [{"text": t, "label": g}.get(column, f"{column}-{i}") for column in header]
+        for i, (t, g) in enumerate(rows)
+    ]
     path = write(tmp_path, ".csv", csv_bytes(header, records, crlf=crlf, bom=bom))
     assert read_labelled(path) == list(rows)
     assert read_texts(path) == [t for t, _ in rows]
 
 
-@prop(300, pairs=st.lists(st.tuples(st.one_of(field, number), label), min_size=1, max_size=12),
-      crlf=st.booleans(), bom=st.booleans(), ascii_only=st.booleans(), blank=st.booleans(),
-      extra=st.dictionaries(st.sampled_from(["id", "meta", "Label"]),
-                            st.one_of(st.none(), st.booleans(), st.lists(st.integers()))))
-def test_jsonl_written_by_json_dumps_reads_back_as_strings(tmp_path, pairs, crlf, bom,
-                                                           ascii_only, blank, extra):
+@prop(
+    300,
+    pairs=st.lists(st.tuples(st.one_of(field, number), label), min_size=1, max_size=12),
+    crlf=st.booleans(),
+    bom=st.booleans(),
+    ascii_only=st.booleans(),
+    blank=st.booleans(),
+    extra=st.dictionaries(
+        st.sampled_from(["id", "meta", "Label"]),
+        st.one_of(st.none(), st.booleans(), st.lists(st.integers())),
+    ),
+)
+def test_jsonl_written_by_json_dumps_reads_back_as_strings(
+    tmp_path, pairs, crlf, bom, ascii_only, blank, extra
+):
     objects = [{**extra, "text": t, "label": g} for t, g in pairs]
-    path = write(tmp_path, ".jsonl", jsonl_bytes(objects, crlf=crlf, bom=bom,
-                                                  ascii_only=ascii_only, blank_lines=blank))
+    path = write(
+        tmp_path,
+        ".jsonl",
+        jsonl_bytes(objects, crlf=crlf, bom=bom, ascii_only=ascii_only, blank_lines=blank),
+    )
     expected = [(t if isinstance(t, str) else str(t), g) for t, g in pairs]
     assert read_labelled(path) == expected
     assert read_texts(path) == [t for t, _ in expected]
 
 
-@prop(200, lines=st.lists(line_text, min_size=1, max_size=20), crlf=st.booleans(),
-      bom=st.booleans(), trailing=st.booleans(), blanks=st.lists(st.integers(0, 20), max_size=4))
+@prop(
+    200,
+    lines=st.lists(line_text, min_size=1, max_size=20),
+    crlf=st.booleans(),
+    bom=st.booleans(),
+    trailing=st.booleans(),
+    blanks=st.lists(st.integers(0, 20), max_size=4),
+)
 def test_plain_text_lines_read_back_exactly(tmp_path, lines, crlf, bom, trailing, blanks):
     written = list(lines)
     for position in blanks:
@@ -262,10 +314,17 @@ def test_plain_text_lines_read_back_exactly(tmp_path, lines, crlf, bom, trailing
 # -- one bad row or field: the message names it -----------------------------------------------
 
 
-@prop(300, rows=rows, bad_row=st.integers(0, 11), column=st.sampled_from(["text", "label"]),
-      bad=st.one_of(st.sampled_from(BAD_VALUES + ["missing", "nan", "inf"]),
-                    st.lists(st.integers(), max_size=3), st.dictionaries(st.text(max_size=3),
-                                                                         st.integers())))
+@prop(
+    300,
+    rows=rows,
+    bad_row=st.integers(0, 11),
+    column=st.sampled_from(["text", "label"]),
+    bad=st.one_of(
+        st.sampled_from(BAD_VALUES + ["missing", "nan", "inf"]),
+        st.lists(st.integers(), max_size=3),
+        st.dictionaries(st.text(max_size=3), st.integers()),
+    ),
+)
 def test_jsonl_row_with_a_bad_value_is_named(tmp_path, rows, bad_row, column, bad):
     bad_row = min(bad_row, len(rows) - 1)
     objects = [{"text": t, "label": g} for t, g in rows]
@@ -282,10 +341,23 @@ def test_jsonl_row_with_a_bad_value_is_named(tmp_path, rows, bad_row, column, ba
     every_loader(path)
 
 
-@prop(300, rows=rows, bad_row=st.integers(0, 11),
-      damage=st.sampled_from(["extra field", "short row", "empty text", "empty label",
-                              "blank text", "no label column", "no text column"]),
-      crlf=st.booleans())
+@prop(
+    300,
+    rows=rows,
+    bad_row=st.integers(0, 11),
+    damage=st.sampled_from(
+        [
+            "extra field",
+            "short row",
+            "empty text",
+            "empty label",
+            "blank text",
+            "no label column",
+            "no text column",
+        ]
+    ),
+    crlf=st.booleans(),
+)
 def test_csv_row_with_a_bad_field_is_named(tmp_path, rows, bad_row, damage, crlf):
     bad_row = min(bad_row, len(rows) - 1)
     header = ["text", "label"]
@@ -318,15 +390,25 @@ def test_csv_row_with_a_bad_field_is_named(tmp_path, rows, bad_row, damage, crlf
 # -- tasks from files -------------------------------------------------------------------------
 
 
-@prop(250, train=st.lists(st.tuples(field, st.sampled_from(["a", "b", "c", " a", "1"])),
-                          min_size=1, max_size=30),
-      test=st.one_of(st.none(), st.lists(st.tuples(field, st.sampled_from(["a", "b", "z"])),
-                                         min_size=1, max_size=10)),
-      fmt=st.sampled_from(["csv", "jsonl"]), seed=st.integers(0, 100))
+@prop(
+    250,
+    train=st.lists(
+        st.tuples(field, st.sampled_from(["a", "b", "c", " a", "1"])), min_size=1, max_size=30
+    ),
+    test=st.one_of(
+        st.none(),
+        st.lists(st.tuples(field, st.sampled_from(["a", "b", "z"])), min_size=1, max_size=10),
+    ),
+    fmt=st.sampled_from(["csv", "jsonl"]),
+    seed=st.integers(0, 100),
+)
 def test_task_from_files_keeps_every_row_or_names_the_file(tmp_path, train, test, fmt, seed):
     def save(name, pairs):
-        data = (csv_bytes(["text", "label"], [list(p) for p in pairs]) if fmt == "csv"
-                else jsonl_bytes([{"text": t, "label": g} for t, g in pairs]))
+        data = (
+            csv_bytes(["text", "label"], [list(p) for p in pairs])
+            if fmt == "csv"
+            else jsonl_bytes([{"text": t, "label": g} for t, g in pairs])
+        )
         return write(tmp_path, "." + fmt, data, name)
 
     train_path = save("train", train)
@@ -369,12 +451,15 @@ def test_empty_files_are_refused_naming_the_file(tmp_path, suffix, content):
     assert len(messages) == 3 and all(str(path) in m for m in messages)
 
 
-@pytest.mark.parametrize("line, fault", [
-    ("[" * 100_000 + "]" * 100_000, "nested"),
-    ('{"text": "a", "label": 1' + "0" * 5000 + "}", "long number"),
-    ('{"text": "a", "label": 1e999}', "infinite number"),
-    ('{"text": NaN, "label": "x"}', "NaN"),
-])
+@pytest.mark.parametrize(
+    "line, fault",
+    [
+        ("[" * 100_000 + "]" * 100_000, "nested"),
+        ('{"text": "a", "label": 1' + "0" * 5000 + "}", "long number"),
+        ('{"text": "a", "label": 1e999}', "infinite number"),
+        ('{"text": NaN, "label": "x"}', "NaN"),
+    ],
+)
 def test_jsonl_that_breaks_the_json_parser_is_a_task_data_error(tmp_path, line, fault):
     path = write(tmp_path, ".jsonl", ('{"text": "ok", "label": "x"}\n' + line + "\n").encode())
     _, message = outcome(read_labelled, path)
@@ -391,16 +476,29 @@ def test_utf16_plain_text_without_bom_is_refused(tmp_path):
 def test_jsonl_with_unicode_line_separators_inside_strings(tmp_path):
     """json.dumps(ensure_ascii=False) leaves U+2028, U+2029 and NEL raw inside strings."""
     pairs = [("a\u2028b", "x\x85y"), ("c\u2029d", "x\x85y"), ("e\x0cf", "z")]
-    path = write(tmp_path, ".jsonl", jsonl_bytes([{"text": t, "label": g} for t, g in pairs],
-                                                  ascii_only=False))
+    path = write(
+        tmp_path,
+        ".jsonl",
+        jsonl_bytes([{"text": t, "label": g} for t, g in pairs], ascii_only=False),
+    )
     assert read_labelled(path) == pairs
 
 
 # -- what is not a plain, bounded file: symlinks, FIFOs, devices, folders, oversized files ------
 
-SPECIAL_KINDS = ["fifo", "symlink to fifo", "dev/zero", "symlink to dev/zero", "dev/null",
-                 "directory", "broken symlink", "symlink loop", "oversized", "symlink to good",
-                 "socket"]
+SPECIAL_KINDS = [
+    "fifo",
+    "symlink to fifo",
+    "dev/zero",
+    "symlink to dev/zero",
+    "dev/null",
+    "directory",
+    "broken symlink",
+    "symlink loop",
+    "oversized",
+    "symlink to good",
+    "socket",
+]
 
 
 def make_special(directory: Path, kind: str, suffix: str, good: bytes) -> Path:
@@ -461,10 +559,16 @@ def finishes(function, *args, seconds: float = 20.0):
     return box.get("result")
 
 
-@prop(120, kind=st.sampled_from(SPECIAL_KINDS), suffix=st.sampled_from(SUFFIXES),
-      rows=rows, limit=st.integers(1, 400))
+@prop(
+    120,
+    kind=st.sampled_from(SPECIAL_KINDS),
+    suffix=st.sampled_from(SUFFIXES),
+    rows=rows,
+    limit=st.integers(1, 400),
+)
 def test_fifos_devices_links_folders_and_oversized_files_are_refused_quickly(
-        tmp_path, monkeypatch, kind, suffix, rows, limit):
+    tmp_path, monkeypatch, kind, suffix, rows, limit
+):
     """Never a block, never a read without bound: a TaskDataError naming the file, or (for a
     symlink to a good file, which a user may well keep) the rows."""
     import tempfile
@@ -472,9 +576,13 @@ def test_fifos_devices_links_folders_and_oversized_files_are_refused_quickly(
     from continual import files
 
     directory = Path(tempfile.mkdtemp(dir=tmp_path))
-    good = (csv_bytes(["text", "label"], [list(r) for r in rows]) if suffix == ".csv"
-            else jsonl_bytes([{"text": t, "label": g} for t, g in rows])
-            if suffix in (".jsonl", ".json") else "\n".join(t for t, _ in rows).encode())
+    good = (
+        csv_bytes(["text", "label"], [list(r) for r in rows])
+        if suffix == ".csv"
+        else jsonl_bytes([{"text": t, "label": g} for t, g in rows])
+        if suffix in (".jsonl", ".json")
+        else "\n".join(t for t, _ in rows).encode()
+    )
     path = make_special(directory, kind, suffix, good)
     with monkeypatch.context() as patch:  # the limit is this example's only
         if kind == "oversized":

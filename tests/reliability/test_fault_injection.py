@@ -8,6 +8,7 @@ transformers once and forks a fresh child per run, so dozens of runs, each kille
 random moment, fit in a few seconds. After every kill the pool on disk must load and hold every
 task whose "saved" line the killed child had printed, bit-identical to a run never killed.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -29,12 +30,12 @@ import pytest
 import torch
 from _counted import record_counts
 
-pytestmark = pytest.mark.slow  # child processes and SIGKILLs: seconds per test
-
 from continual import PoolLockedError, PromptPool
 from continual.storage import MANIFEST, PoolLock, read_manifest, read_task_file
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow  # child processes and SIGKILLs: seconds per test
+
+ROOT = Path(__file__).resolve().parents[2]  # the repository
 WORKER = Path(__file__).with_name("_fault_worker.py")
 TASKS = worker.TASK_NAMES  # six tasks
 SAVES = 8  # saves per learned task, to widen the window a kill can land inside save()
@@ -43,8 +44,9 @@ MIN_SAVE_KILLS = 10
 
 
 def _env() -> dict:
-    env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1",
-               TOKENIZERS_PARALLELISM="false")
+    env = dict(
+        os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false"
+    )
     env.pop("PYTHONHASHSEED", None)
     return env
 
@@ -54,8 +56,12 @@ class ForkServer:
 
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, str(WORKER), "serve"], cwd=ROOT, env=_env(), text=True,
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+            [sys.executable, str(WORKER), "serve"],
+            cwd=ROOT,
+            env=_env(),
+            text=True,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
         )
         self.unreaped: set[int] = set()
         assert self._answer(timeout=180) == "ready"
@@ -131,8 +137,15 @@ def saved_tasks(lines: list[str]) -> set[str]:
 def phase_of(lines: list[str]) -> str:
     """Where a killed run was, from the last line it printed."""
     last = lines[-1].split()[0] if lines else ""
-    return {"": "starting", "start": "loading", "loaded": "loading", "skip": "loading",
-            "learning": "learning", "saving": "saving", "saved": "between saves"}.get(last, last)
+    return {
+        "": "starting",
+        "start": "loading",
+        "loaded": "loading",
+        "skip": "loading",
+        "learning": "learning",
+        "saving": "saving",
+        "saved": "between saves",
+    }.get(last, last)
 
 
 @pytest.fixture(scope="module")
@@ -196,10 +209,14 @@ def assert_no_leftovers(directory: Path, saved: bool = True) -> None:
         assert top == {".lock", MANIFEST, "tasks"} and tasks == named, (top, tasks)
     else:
         assert {".lock", MANIFEST, "tasks"} <= top and named <= tasks
-        assert all(re.fullmatch(r"\.manifest\.json\..+\.tmp", name)
-                   for name in top - {".lock", MANIFEST, "tasks"}), top
-        assert all(re.fullmatch(r"\.task-.+\.tmp|task-[0-9a-f]{32}\.safetensors", name)
-                   for name in tasks - named), tasks
+        assert all(
+            re.fullmatch(r"\.manifest\.json\..+\.tmp", name)
+            for name in top - {".lock", MANIFEST, "tasks"}
+        ), top
+        assert all(
+            re.fullmatch(r"\.task-.+\.tmp|task-[0-9a-f]{32}\.safetensors", name)
+            for name in tasks - named
+        ), tasks
 
 
 def _clean(directory: Path) -> bool:
@@ -223,8 +240,9 @@ def test_sigkill_at_random_times_loses_no_saved_task(server, reference, tiny_bac
         # speed, so keep killing until there are enough of them rather than hoping.
         if stats["killed while saving"] < MIN_SAVE_KILLS:
             return False
-        return stats["kills"] >= MAX_KILLS or (time.monotonic() >= deadline
-                                               and stats["kills"] >= MIN_KILLS)
+        return stats["kills"] >= MAX_KILLS or (
+            time.monotonic() >= deadline and stats["kills"] >= MIN_KILLS
+        )
 
     while not enough():
         assert stats["runs"] < 10 * MAX_KILLS, f"too few kills landed (in save) {stats}"
@@ -269,8 +287,9 @@ def test_sigkill_at_random_times_loses_no_saved_task(server, reference, tiny_bac
     record_counts("fault injection", dict(stats))
 
 
-def test_kill_during_save_keeps_the_previous_pool_loadable(server, reference, tiny_backbone,
-                                                           tmp_path):
+def test_kill_during_save_keeps_the_previous_pool_loadable(
+    server, reference, tiny_backbone, tmp_path
+):
     """Deterministic companion: kill right after a 'saving' line of the third task, many times
     over, and the pool always holds the first two tasks, or three."""
     for attempt in range(5):
@@ -326,14 +345,34 @@ def test_a_lock_holder_killed_with_sigkill_leaves_no_stale_lock(server, tmp_path
 
 # -- the command line racing itself (real packaged MiniLM) ----------------------------------------
 
-COLOURS = ["red roses,warm", "an orange sunset,warm", "yellow sunflowers,warm", "golden sand,warm",
-           "pink blossom,warm", "a crimson scarf,warm", "blue water,cool", "a green meadow,cool",
-           "purple grapes,cool", "teal paint,cool", "a navy coat,cool", "violet flowers,cool"]
-ANIMALS = [("my dog sleeps", "pet"), ("the cat purrs", "pet"), ("a hamster in a cage", "pet"),
-           ("the parrot talks", "pet"), ("a puppy plays", "pet"), ("the kitten naps", "pet"),
-           ("a lion roars", "wild"), ("the tiger hunts", "wild"), ("wolves howl", "wild"),
-           ("a bear catches salmon", "wild"), ("the eagle soars", "wild"),
-           ("a shark circles", "wild")]
+COLOURS = [
+    "red roses,warm",
+    "an orange sunset,warm",
+    "yellow sunflowers,warm",
+    "golden sand,warm",
+    "pink blossom,warm",
+    "a crimson scarf,warm",
+    "blue water,cool",
+    "a green meadow,cool",
+    "purple grapes,cool",
+    "teal paint,cool",
+    "a navy coat,cool",
+    "violet flowers,cool",
+]
+ANIMALS = [
+    ("my dog sleeps", "pet"),
+    ("the cat purrs", "pet"),
+    ("a hamster in a cage", "pet"),
+    ("the parrot talks", "pet"),
+    ("a puppy plays", "pet"),
+    ("the kitten naps", "pet"),
+    ("a lion roars", "wild"),
+    ("the tiger hunts", "wild"),
+    ("wolves howl", "wild"),
+    ("a bear catches salmon", "wild"),
+    ("the eagle soars", "wild"),
+    ("a shark circles", "wild"),
+]
 
 
 def _check_saved_pool(directory: Path) -> list[str]:
@@ -354,8 +393,20 @@ def test_two_cli_learns_on_one_pool_at_once(server, tmp_path, wait):
     pool = tmp_path / "pool"
     runs = {}
     for task, data in (("colours", colours), ("animals", animals)):
-        argv = ["learn", str(pool), "--task", task, "--train", str(data), "--epochs", "1",
-                "--prompt-length", "4", "--no-progress", *(["--wait", "300"] if wait else [])]
+        argv = [
+            "learn",
+            str(pool),
+            "--task",
+            task,
+            "--train",
+            str(data),
+            "--epochs",
+            "1",
+            "--prompt-length",
+            "4",
+            "--no-progress",
+            *(["--wait", "300"] if wait else []),
+        ]
         log = tmp_path / f"{task}.log"
         runs[task] = (server.spawn(log, kind="cli", argv=argv), log)
     codes = {task: server.wait(pid, timeout=300) for task, (pid, _) in runs.items()}
@@ -377,15 +428,28 @@ def test_two_cli_learns_on_one_pool_at_once(server, tmp_path, wait):
 # -- determinism across fresh processes ----------------------------------------------------------
 
 
-def test_same_seed_gives_bit_identical_files_and_predictions_in_fresh_processes(reference,
-                                                                                tmp_path):
+def test_same_seed_gives_bit_identical_files_and_predictions_in_fresh_processes(
+    reference, tmp_path
+):
     """Two new interpreters (no fork), run side by side: the same task files, byte for byte, as
     each other and as the fork server's reference, and the same predictions."""
     processes = [
-        subprocess.Popen([sys.executable, str(WORKER), "run", str(tmp_path / f"pool-{i}"),
-                          "--tasks", "3", "--predict"],
-                         cwd=ROOT, env=_env(), text=True, stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE)
+        subprocess.Popen(
+            [
+                sys.executable,
+                str(WORKER),
+                "run",
+                str(tmp_path / f"pool-{i}"),
+                "--tasks",
+                "3",
+                "--predict",
+            ],
+            cwd=ROOT,
+            env=_env(),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for i in range(2)
     ]
     outputs = [process.communicate(timeout=300) for process in processes]
@@ -394,12 +458,19 @@ def test_same_seed_gives_bit_identical_files_and_predictions_in_fresh_processes(
     hashes = []
     for i in range(2):
         manifest = json.loads((tmp_path / f"pool-{i}" / MANIFEST).read_text())
-        hashes.append({record["name"]: hashlib.sha256(
-            (tmp_path / f"pool-{i}" / record["file"]).read_bytes()).hexdigest()
-            for record in manifest["tasks"]})
+        hashes.append(
+            {
+                record["name"]: hashlib.sha256(
+                    (tmp_path / f"pool-{i}" / record["file"]).read_bytes()
+                ).hexdigest()
+                for record in manifest["tasks"]
+            }
+        )
     expected = {name: reference.records[name]["sha256"] for name in TASKS[:3]}
     assert hashes[0] == hashes[1] == expected
-    predictions = [next(line for line in out.splitlines() if line.startswith("predictions "))
-                   for out, _ in outputs]
+    predictions = [
+        next(line for line in out.splitlines() if line.startswith("predictions "))
+        for out, _ in outputs
+    ]
     assert predictions[0] == predictions[1]
     assert len(json.loads(predictions[0].split(" ", 1)[1])) == len(worker.PROBES)

@@ -7,6 +7,7 @@
 
 Importing this package imports Avalanche (seconds); ``import continual`` never does.
 """
+
 from .convert import (
     INFO_ATTRIBUTE,
     BenchmarkInfo,

@@ -18,6 +18,7 @@ Data layout of a benchmark built here:
 * ``benchmark.continual_info``: a `BenchmarkInfo` with the task names, label names and pad id,
   so that `benchmark_to_tasks` and `PromptPoolStrategy` can name tasks and labels as they were.
 """
+
 from __future__ import annotations
 
 import warnings
@@ -168,8 +169,7 @@ def tasks_to_benchmark(tasks: Sequence[Task], backbone: Backbone, *, task_labels
 
     def tensors(task: Task, ids: list[int], examples: Sequence[Example]):
         x = encode_texts(tokenizer, [text for text, _ in examples], backbone.max_length)
-        y = torch.tensor([ids[task.label_index(label)] for _, label in examples],
-                         dtype=torch.long)
+        y = torch.tensor([ids[task.label_index(label)] for _, label in examples], dtype=torch.long)
         return x, y
 
     train = [tensors(task, ids, task.train) for task, ids in zip(tasks, class_ids)]
@@ -177,21 +177,26 @@ def tasks_to_benchmark(tasks: Sequence[Task], backbone: Backbone, *, task_labels
     other = None
     # Every experience of a stream must have data, so a validation stream only if all have one.
     if all(task.validation for task in tasks):
-        other = {"valid": [tensors(task, ids, task.validation)
-                           for task, ids in zip(tasks, class_ids)]}
+        other = {
+            "valid": [tensors(task, ids, task.validation) for task, ids in zip(tasks, class_ids)]
+        }
     benchmark = tensors_benchmark(
         train_tensors=train,
         test_tensors=test,
         other_streams_tensors=other,
         task_labels=list(range(len(tasks))) if task_labels else [0] * len(tasks),
     )
-    setattr(benchmark, INFO_ATTRIBUTE, BenchmarkInfo(
-        task_names=names,
-        class_ids=class_ids,
-        label_names=label_names,
-        pad_id=pad_id,
-        max_length=backbone.max_length,
-    ))
+    setattr(
+        benchmark,
+        INFO_ATTRIBUTE,
+        BenchmarkInfo(
+            task_names=names,
+            class_ids=class_ids,
+            label_names=label_names,
+            pad_id=pad_id,
+            max_length=backbone.max_length,
+        ),
+    )
     return benchmark
 
 
@@ -227,8 +232,11 @@ def _experience_task(
     """
     splits: dict[str, list[Example]] = {}
     present: set[int] = set()
-    for split, experience in (("train", train_experience), ("test", test_experience),
-                              ("validation", valid_experience)):
+    for split, experience in (
+        ("train", train_experience),
+        ("test", test_experience),
+        ("validation", valid_experience),
+    ):
         if experience is None:
             splits[split] = []
             continue
@@ -240,8 +248,13 @@ def _experience_task(
     labels = [namer(class_id) for class_id in class_ids]
     if len(set(labels)) != len(labels):
         raise TaskDataError(f"task {name!r}: two class ids share a label name ({labels})")
-    task = Task(name=name, train=splits["train"], test=splits["test"],
-                validation=splits["validation"], labels=labels)
+    task = Task(
+        name=name,
+        train=splits["train"],
+        test=splits["test"],
+        validation=splits["validation"],
+        labels=labels,
+    )
     return task, class_ids
 
 

@@ -12,6 +12,7 @@ every other class. Cross-entropy on that output is the routed head's cross-entro
 input routed right, and about ``-FLOOR_LOG_PROB`` (9.2 nats) for an input routed to another
 task or refused: a misrouted input costs as much as a head that gives its class 1e-4.
 """
+
 from __future__ import annotations
 
 import json
@@ -121,8 +122,7 @@ class PromptPoolModel(nn.Module):
     def candidate_logits(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The candidate head's logits (B, C) on its experience's classes (with gradients)."""
         assert self.candidate is not None
-        features = prompted_features(self.pool.backbone, self.candidate.prompt(len(ids)),
-                                     ids, mask)
+        features = prompted_features(self.pool.backbone, self.candidate.prompt(len(ids)), ids, mask)
         return self.candidate.head(features)
 
     def forward(self, ids: torch.Tensor, task_labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -140,17 +140,27 @@ class PromptPoolModel(nn.Module):
         with torch.no_grad():
             return self._routed(ids, mask, task_labels, out)
 
-    def _routed(self, ids: torch.Tensor, mask: torch.Tensor, task_labels: torch.Tensor | None,
-                out: torch.Tensor) -> torch.Tensor:
+    def _routed(
+        self,
+        ids: torch.Tensor,
+        mask: torch.Tensor,
+        task_labels: torch.Tensor | None,
+        out: torch.Tensor,
+    ) -> torch.Tensor:
         entries: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = [
-            (e.prompt, e.head_weight, e.head_bias) for e in self.pool.entries]
+            (e.prompt, e.head_weight, e.head_bias) for e in self.pool.entries
+        ]
         class_ids = list(self.class_ids)
         labels = list(self.task_labels)
         states = [e.selector_state for e in self.pool.entries]
         if self.candidate is not None:
-            entries.append((self.candidate.prompt.vectors.detach(),
-                            self.candidate.head.weight.detach(),
-                            self.candidate.head.bias.detach()))
+            entries.append(
+                (
+                    self.candidate.prompt.vectors.detach(),
+                    self.candidate.head.weight.detach(),
+                    self.candidate.head.bias.detach(),
+                )
+            )
             class_ids.append(self.candidate_class_ids)
             labels.append(self.candidate_task_label)
             states.append(self.candidate_state)
@@ -160,8 +170,9 @@ class PromptPoolModel(nn.Module):
             return out
         if task_labels is not None and self._labels_in_use(labels):
             where = {label: index for index, label in enumerate(labels)}
-            routed = torch.tensor([where.get(int(t), UNKNOWN_TASK) for t in task_labels.tolist()],
-                                  device=device)
+            routed = torch.tensor(
+                [where.get(int(t), UNKNOWN_TASK) for t in task_labels.tolist()], device=device
+            )
         else:
             if isinstance(self.pool.selector, OracleSelector):
                 raise ContinualError(
@@ -176,8 +187,7 @@ class PromptPoolModel(nn.Module):
         rows = (~refused).nonzero().squeeze(1)
         if len(rows):
             index = routed[rows]
-            features = prompted_features(self.pool.backbone, prompts[index], ids[rows],
-                                         mask[rows])
+            features = prompted_features(self.pool.backbone, prompts[index], ids[rows], mask[rows])
             for task in index.unique().tolist():
                 chosen = index == task
                 _, weight, bias = entries[task]
@@ -187,8 +197,9 @@ class PromptPoolModel(nn.Module):
         return out
 
 
-OptimizerArg = torch.optim.Optimizer | Callable[[list[dict[str, Any]]], torch.optim.Optimizer] \
-    | None
+OptimizerArg = (
+    torch.optim.Optimizer | Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None
+)
 
 
 class PromptPoolStrategy(SupervisedTemplate):
@@ -280,8 +291,10 @@ class PromptPoolStrategy(SupervisedTemplate):
                 )
             model.add_task(ids, saved.get("task_label"))
         training = pool.training
-        groups = [{"params": [nn.Parameter(torch.zeros(1))], "lr": lr or training.prompt_lr},
-                  {"params": [nn.Parameter(torch.zeros(1))], "lr": lr or training.head_lr}]
+        groups = [
+            {"params": [nn.Parameter(torch.zeros(1))], "lr": lr or training.prompt_lr},
+            {"params": [nn.Parameter(torch.zeros(1))], "lr": lr or training.head_lr},
+        ]
         if optimizer is None:
             built: torch.optim.Optimizer = torch.optim.Adam(groups)
         elif isinstance(optimizer, torch.optim.Optimizer):
@@ -331,17 +344,25 @@ class PromptPoolStrategy(SupervisedTemplate):
         """
         folder = Path(path)
         self.pool.save(folder)
-        clock = {key: getattr(self.clock, key) for key in
-                 ("train_iterations", "train_exp_counter", "train_exp_epochs",
-                  "train_exp_iterations", "train_epoch_iterations", "total_iterations")}
+        clock = {
+            key: getattr(self.clock, key)
+            for key in (
+                "train_iterations",
+                "train_exp_counter",
+                "train_exp_epochs",
+                "train_exp_iterations",
+                "train_epoch_iterations",
+                "total_iterations",
+            )
+        }
         state = {"clock": clock, "min_outputs": self.model.min_outputs}
-        (folder / CHECKPOINT_FILE).write_text(json.dumps(state, indent=2) + "\n",
-                                              encoding="utf-8")
+        (folder / CHECKPOINT_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
         return folder
 
     @classmethod
-    def load_checkpoint(cls, path: str | os.PathLike, backbone=None,
-                        **kwargs: Any) -> PromptPoolStrategy:
+    def load_checkpoint(
+        cls, path: str | os.PathLike, backbone=None, **kwargs: Any
+    ) -> PromptPoolStrategy:
         """A strategy on the pool saved by `save_checkpoint`, its counters restored.
 
         ``backbone`` as for `PromptPool.load`; ``kwargs`` as for the constructor.
@@ -421,8 +442,11 @@ class PromptPoolStrategy(SupervisedTemplate):
                 f"{self.model.pad_id}: build the benchmark with the pool's backbone"
             )
         classes = experience_classes(experience)
-        if info is not None and index < len(info.class_ids) \
-                and sorted(info.class_ids[index]) == classes:
+        if (
+            info is not None
+            and index < len(info.class_ids)
+            and sorted(info.class_ids[index]) == classes
+        ):
             classes = list(info.class_ids[index])
         if not classes:
             raise TaskDataError(f"experience {index} has no examples")
@@ -443,8 +467,13 @@ class PromptPoolStrategy(SupervisedTemplate):
         backbone = self.pool.backbone
         generator = torch.Generator().manual_seed(self.seed + index)
         config = self.pool.training
-        prompt = SoftPrompt.initialise(backbone, self.pool.prompt_length, config.prompt_init,
-                                       text=config.prompt_text, generator=generator)
+        prompt = SoftPrompt.initialise(
+            backbone,
+            self.pool.prompt_length,
+            config.prompt_init,
+            text=config.prompt_text,
+            generator=generator,
+        )
         head = nn.Linear(backbone.hidden_size, len(labels), device="meta").to_empty(device="cpu")
         with torch.no_grad():
             head.weight.normal_(0.0, 0.02, generator=generator)
@@ -458,7 +487,8 @@ class PromptPoolStrategy(SupervisedTemplate):
         # it lets periodic evaluation route to the candidate while it trains.
         queries = self._queries(experience.dataset.eval())
         model.candidate_state = self.pool.selector.fit_task(
-            queries, [e.selector_state for e in self.pool.entries], seed=self.seed)
+            queries, [e.selector_state for e in self.pool.entries], seed=self.seed
+        )
         self._entry_info = {"name": name, "labels": labels, "examples": len(queries)}
         self._valid_experience = self._find_validation(index)
         self._best = None
@@ -492,7 +522,9 @@ class PromptPoolStrategy(SupervisedTemplate):
                 warnings.warn(
                     "PromptPoolStrategy found no validation stream (pass validation=... or "
                     "a benchmark with a valid_stream): the last epoch's prompt is kept; "
-                    "validation=None silences this", stacklevel=4)
+                    "validation=None silences this",
+                    stacklevel=4,
+                )
             return None
         experiences = list(stream)
         for experience in experiences:
@@ -501,8 +533,9 @@ class PromptPoolStrategy(SupervisedTemplate):
         return experiences[index] if index < len(experiences) else None
 
     def _local_targets(self, targets: torch.Tensor) -> torch.Tensor:
-        lookup = torch.full((self.model.num_classes + 1,), -100, dtype=torch.long,
-                            device=targets.device)
+        lookup = torch.full(
+            (self.model.num_classes + 1,), -100, dtype=torch.long, device=targets.device
+        )
         columns = torch.tensor(self.model.candidate_class_ids, device=targets.device)
         lookup[columns] = torch.arange(len(columns), device=targets.device)
         return lookup[targets]
@@ -551,15 +584,20 @@ class PromptPoolStrategy(SupervisedTemplate):
             "validation_accuracy": None if self._best is None else round(100 * self._best[0], 2),
             "trainable_parameters": sum(p.numel() for p in candidate.parameters()),
             "seed": self.seed + self.experience.current_experience,
-            STATS_KEY: {"class_ids": list(model.candidate_class_ids),
-                        "task_label": model.candidate_task_label},
+            STATS_KEY: {
+                "class_ids": list(model.candidate_class_ids),
+                "task_label": model.candidate_task_label,
+            },
         }
         entry = TaskEntry(
-            name=info["name"], labels=info["labels"],
+            name=info["name"],
+            labels=info["labels"],
             prompt=candidate.prompt.vectors.detach().cpu().clone(),
             head_weight=candidate.head.weight.detach().cpu().clone(),
             head_bias=candidate.head.bias.detach().cpu().clone(),
-            selector_state=model.candidate_state, stats=stats)
+            selector_state=model.candidate_state,
+            stats=stats,
+        )
         self.pool.add(entry)
         model.add_task(model.candidate_class_ids, model.candidate_task_label)
         model.candidate = None
