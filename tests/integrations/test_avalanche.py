@@ -298,3 +298,27 @@ def _stripped(pool: PromptPool) -> PromptPool:
     for entry in pool.entries:
         copy.add(dataclasses.replace(entry, stats={}))
     return copy
+
+
+def test_the_default_selector_routes_inside_avalanche(
+    avalanche_backbone: Backbone, avalanche_tasks: list
+) -> None:
+    """The pool's default selector (two layers, first-sentence views) fits and routes on
+    Avalanche's token ids the way PromptPool.learn fits it on texts."""
+    benchmark = _generic_benchmark(avalanche_backbone, avalanche_tasks, task_labels=False)
+    pool = PromptPool(
+        avalanche_backbone,
+        prompt_length=2,
+        training=TrainingConfig(epochs=1, batch_size=8, patience=0),
+    )
+    assert pool.selector.name == "gaussian_views"
+    evaluator = EvaluationPlugin(accuracy_metrics(stream=True))
+    strategy = PromptPoolStrategy(pool=pool, train_mb_size=8, evaluator=evaluator, validation=None)
+    for experience in benchmark.train_stream:
+        strategy.train(experience, eval_streams=[])
+    hidden = avalanche_backbone.hidden_size
+    assert all(entry.selector_state["mean"].shape == (2 * hidden,) for entry in pool.entries)
+    strategy.eval(benchmark.test_stream)
+    metrics = evaluator.get_last_metrics()
+    accuracy = next(v for k, v in metrics.items() if k.startswith("Top1_Acc_Stream/eval_phase"))
+    assert 0.0 <= accuracy <= 1.0

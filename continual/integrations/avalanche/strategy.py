@@ -41,6 +41,7 @@ from .convert import (
     _label_namer,
     attention_mask,
     benchmark_info,
+    decode_ids,
     experience_classes,
     experience_task_labels,
     pad_token_id,
@@ -179,7 +180,8 @@ class PromptPoolModel(nn.Module):
                     "the oracle selector routes by task label, and this scenario gives none "
                     "(or the same one to several experiences)"
                 )
-            queries = self.pool.backbone.query_ids(ids, mask).cpu()
+            with_last = self.pool.selector.with_last
+            queries = self.pool.backbone.query_ids(ids, mask, with_last=with_last).cpu()
             routed = self.pool.selector.route(queries, states)[0].to(device)
         refused = routed == UNKNOWN_TASK
         out[refused, -1] = 0.0
@@ -489,21 +491,23 @@ class PromptPoolStrategy(SupervisedTemplate):
         model.candidate_state = self.pool.selector.fit_task(
             queries, [e.selector_state for e in self.pool.entries], seed=self.seed
         )
-        self._entry_info = {"name": name, "labels": labels, "examples": len(queries)}
+        self._entry_info = {"name": name, "labels": labels, "examples": len(experience.dataset)}
         self._valid_experience = self._find_validation(index)
         self._best = None
         self._stale = 0
 
     def _queries(self, dataset) -> torch.Tensor:
-        device = self.pool.backbone.device
-        found = []
+        """Query features of an experience's inputs, fitted as `PromptPool.add_trained` fits
+        them: the selector's own training views (e.g. each text's first sentence) and width."""
+        tokenizer = self.pool.backbone.tokenizer
+        texts: list[str] = []
         collate = getattr(dataset, "collate_fn", None)
         for batch in DataLoader(dataset, batch_size=self.eval_mb_size, collate_fn=collate):
-            ids = batch[0].long().to(device)
-            mask = attention_mask(ids, self.model.pad_id)
-            keep = mask.bool().any(0)
-            found.append(self.pool.backbone.query_ids(ids[:, keep], mask[:, keep]).cpu())
-        return torch.cat(found)
+            texts += decode_ids(batch[0].long(), tokenizer)
+        selector = self.pool.selector
+        return self.pool.backbone.query(
+            selector.training_texts(texts), with_last=selector.with_last
+        )
 
     def _find_validation(self, index: int):
         if self.validation is None:
