@@ -216,7 +216,18 @@ def main(argv: list[str] | None = None) -> int:
             if scenario == "class-split":
                 benchmark = class_split(benchmark)
             for method in args.methods:
-                row = run(method, scenario, benchmark, backbone, args)
+                try:
+                    row = run(method, scenario, benchmark, backbone, args)
+                except Exception as error:  # noqa: BLE001 - a baseline failing inside Avalanche
+                    # is a result to report (e.g. its LwF on one-class experiences), not a crash.
+                    row = {
+                        "method": method,
+                        "scenario": scenario,
+                        "error": f"{type(error).__name__}: {error}",
+                    }
+                    rows.append(row)
+                    print(f"{scenario:18s} {method:7s} failed: {row['error']}", flush=True)
+                    continue
                 rows.append(row)
                 print(
                     f"{scenario:18s} {method:7s} acc={row['accuracy']:.3f} "
