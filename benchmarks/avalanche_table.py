@@ -218,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             for method in args.methods:
                 try:
                     row = run(method, scenario, benchmark, backbone, args)
-                except Exception as error:  # noqa: BLE001 - a baseline failing inside Avalanche
+                except Exception as error:  # a baseline failing inside Avalanche
                     # is a result to report (e.g. its LwF on one-class experiences), not a crash.
                     row = {
                         "method": method,
