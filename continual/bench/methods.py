@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -27,6 +27,9 @@ from ..selector import DEFAULT_SELECTOR
 from ..storage import atomic_write_bytes, read_entries, write_entries
 from .config import BenchmarkConfig
 from .results import Cost
+
+if TYPE_CHECKING:  # the baselines import torch training code: only when a method is built
+    from .baselines import ClassIncremental
 
 
 class ContinualMethod(Protocol):
@@ -191,8 +194,10 @@ class PoolMethod:
         )
 
 
-def _finetune(name: str) -> Callable[[Context], ContinualMethod]:
-    def build(context: Context) -> ContinualMethod:
+def _finetune(name: str) -> Callable[[Context], ClassIncremental]:
+    """Full fine-tuning of a backbone copy: task after task, or (``joint``) all tasks at once."""
+
+    def build(context: Context) -> ClassIncremental:
         from .baselines import ClassIncremental
 
         config = context.config
@@ -243,21 +248,6 @@ def _hard_prompt(context: Context) -> ContinualMethod:
     from .hard_prompt import HardPrompt
 
     return HardPrompt(context.backbone)
-
-
-def _joint(context: Context) -> JointMethod:
-    from .baselines import ClassIncremental
-
-    config = context.config
-    return ClassIncremental(
-        "joint",
-        context.backbone,
-        finetune=True,
-        epochs=config.finetune_epochs,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        progress=context.progress,
-    )
 
 
 def _avalanche(strategy: str) -> Callable[[Context], ContinualMethod]:
@@ -338,7 +328,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "joint",
             "full fine-tuning on all tasks at once (multitask upper bound)",
-            _joint,
+            _finetune("joint"),
             joint=True,
         ),
         MethodSpec("ewc", "Avalanche EWC on full fine-tuning", _avalanche("ewc")),

