@@ -1,4 +1,5 @@
-"""The ``continual`` command line: learn, predict, evaluate, info, explain, run, plot.
+"""The ``continual`` command line: learn, predict, evaluate, info, explain, run, plot, serve,
+remove, export, import.
 
 Errors in the user's input print one line naming the file, row or field, and exit with code 2.
 Any other failure prints one line and exits with code 1; ``--debug`` shows its traceback.
