@@ -79,7 +79,8 @@ def main() -> int:
 
     @torch.no_grad()
     def routed_prediction() -> None:
-        # What PromptPool.predict costs per batch: the query pass plus the prompted pass.
+        # The layer-3 query pass plus the prompted pass (the default selector queries all
+        # layers: its cost is the PromptPool.predict rows below).
         backbone.query_ids(ids, mask)
         prompted_features(backbone, prompt(len(texts)), ids, mask)
 

@@ -33,6 +33,10 @@ def nearest_tokens(pool: PromptPool, task: str, k: int = 5) -> list[list[tuple[s
 
 def prompt_similarity(pool: PromptPool) -> torch.Tensor:
     """Cosine similarity (T, T) between tasks' prompts, each flattened to one vector."""
+    if not pool.entries:
+        from .errors import TaskDataError
+
+        raise TaskDataError("the pool has no task yet: learn one before explaining it")
     flat = torch.stack([entry.prompt.flatten() for entry in pool.entries]).float()
     normed = F.normalize(flat, dim=1)
     return normed @ normed.T

@@ -17,7 +17,7 @@ import torch
 
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
-from .pool import _FEATURES, _IDENTITY
+from .pool import _FEATURES, _IDENTITY, _RECORDED, _RECORDED_FEATURES
 from .selector import Selector, build_selector
 from .storage import (
     FORMAT,
@@ -52,7 +52,10 @@ def entry_from_export(
     ``backbone`` is the pool's backbone fingerprint, ``tasks`` the names it already holds.
     """
     saved = info["backbone"]
-    for key in _IDENTITY + _FEATURES:
+    # Fields recorded since other backbone families (pooling, precision, architecture, GGUF
+    # digest) count where both sides record them, as `PromptPool.load` checks them.
+    recorded = [key for key in _RECORDED + _RECORDED_FEATURES if key in saved and key in backbone]
+    for key in _IDENTITY + _FEATURES + tuple(recorded):
         if saved.get(key) != backbone.get(key):
             raise PoolFormatError(
                 f"{path}: the task was exported from backbone {saved.get('name')!r} and the pool "

@@ -80,8 +80,9 @@ class PromptPool:
     Args:
         backbone: the frozen encoder every task shares.
         prompt_length: soft prompt vectors per task.
-        selector: ``"gaussian"`` (default), ``"prototypes"``, ``"keys"``, ``"oracle"``, or a
-            `Selector`.
+        selector: ``"gaussian_views"`` (default: query and last layers, fitted on each text and
+            its first sentence; see `ViewGaussianSelector`), ``"gaussian"``, ``"prototypes"``,
+            ``"keys"``, ``"oracle"``, or a `Selector`.
         training: how each task is trained (`TrainingConfig`).
 
     Example:

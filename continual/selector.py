@@ -231,6 +231,11 @@ class GaussianSelector(Selector):
             raise ContinualError(f"shrinkage must be a number in (0, 1], got {shrinkage!r}")
         self.shrinkage = float(shrinkage)
         self.min_score = _check_min_score(min_score)
+        # The tasks' covariances behind the cached terms (held, so compared by identity), then
+        # the precision (H, H), P m' (H, T) and m'Pm (T,): states never change once stored, so
+        # the inverse is computed once per set of tasks, not on every call.
+        self._cache: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor] | None
+        self._cache = None
 
     def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
         points = F.normalize(queries.double(), dim=1)
@@ -242,18 +247,31 @@ class GaussianSelector(Selector):
     def state_shapes(self, hidden: int) -> dict[str, tuple[int, ...]]:
         return {"mean": (hidden,), "covariance": (hidden, hidden)}
 
-    def task_scores(self, queries: torch.Tensor, states: list[State]) -> torch.Tensor:
-        shared = torch.stack([state["covariance"].double() for state in states]).mean(0)
+    def _terms(self, states: list[State]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        covariances = [state["covariance"] for state in states]
+        cached = self._cache
+        if (
+            cached is not None
+            and len(cached[0]) == len(covariances)
+            and all(a is b for a, b in zip(cached[0], covariances))
+        ):
+            return cached[1], cached[2], cached[3]
+        shared = torch.stack([c.double() for c in covariances]).mean(0)
         scale = shared.diagonal().mean().clamp(min=1e-12)
         eye = torch.eye(shared.shape[0], dtype=shared.dtype)
         precision = torch.linalg.inv((1 - self.shrinkage) * shared + self.shrinkage * scale * eye)
         means = torch.stack([state["mean"].double() for state in states])  # (T, H)
+        projected = precision @ means.T  # (H, T)
+        offsets = (means * projected.T).sum(1)  # (T,)
+        self._cache = (covariances, precision, projected, offsets)
+        return precision, projected, offsets
+
+    def task_scores(self, queries: torch.Tensor, states: list[State]) -> torch.Tensor:
+        precision, projected, offsets = self._terms(states)
         points = F.normalize(queries.double(), dim=1)  # (B, H)
         # Squared Mahalanobis distance, expanded: x'Px - 2 x'Pm + m'Pm.
         distance = (
-            ((points @ precision) * points).sum(1, keepdim=True)
-            - 2 * points @ precision @ means.T
-            + ((means @ precision) * means).sum(1)
+            ((points @ precision) * points).sum(1, keepdim=True) - 2 * points @ projected + offsets
         )
         return (-distance).float()
 
@@ -273,7 +291,9 @@ def first_sentence(text: str, min_words: int = 4) -> str:
 
 
 class ViewGaussianSelector(GaussianSelector):
-    """`GaussianSelector` on layers 3 and 6 together, fitted on each text and its first sentence.
+    """`GaussianSelector` on the query and last layers, fitted on each text and its first sentence.
+
+    (For MiniLM: layers 3 and 6.)
 
     Two changes, each for a measured failure of the layer-3 Gaussian on text4
     (``results/routing_lab/report.md``; 64 training texts per label, 50 test):
@@ -288,8 +308,9 @@ class ViewGaussianSelector(GaussianSelector):
       to the 2012 conventions (a joint logistic regression or RBF SVM on these pooled
       features reaches no more than 94%, so it is the features, not the rule).
 
-    Cost: the query pass runs all layers instead of 1..3; a routed prediction (query and
-    prompted pass, batch 32 x 64 tokens, 16 prompt tokens) measured 1.27x today's.
+    Cost: the query pass runs all layers instead of 1..3; through `PromptPool.predict` (batch
+    32 x 64 tokens, 16 prompt tokens) a routed prediction measured 1.31x the layer-3
+    selector's (``results/step_cost.json``).
     State per task: a 2H mean and a 2H x 2H covariance (768 x 768 float32, 2.4 MB, for MiniLM).
     """
 

@@ -35,7 +35,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .errors import ContinualError
+from .errors import ContinualError, PoolFormatError
+from .files import MAX_MANIFEST_BYTES, read_regular_file
 from .storage import MANIFEST
 
 log = logging.getLogger("continual.serve")
@@ -75,10 +76,19 @@ class PoolHolder:
         return (info.st_ino, info.st_mtime_ns, info.st_size)
 
     def _read_digest(self) -> str | None:
+        # Through the bounded reader: a manifest swapped for a FIFO or a link never blocks or
+        # misleads the poller (it keeps the pool it serves).
         try:
-            return hashlib.sha256((self.path / MANIFEST).read_bytes()).hexdigest()
-        except OSError:
+            data = read_regular_file(
+                self.path / MANIFEST,
+                limit=MAX_MANIFEST_BYTES,
+                error=PoolFormatError,
+                what="manifest",
+                follow_symlinks=False,
+            )
+        except (OSError, ContinualError):
             return None
+        return hashlib.sha256(data).hexdigest()
 
     def check(self) -> bool:
         """Reload if the manifest changed; True when a new pool is now served."""

@@ -97,3 +97,17 @@ def test_oracle_selector_does_not_route():
         selector.route(torch.randn(2, 16), [state])
     with pytest.raises(ContinualError, match="no task"):
         PrototypeSelector().route(torch.randn(2, 16), [])
+
+
+def test_gaussian_terms_are_cached_per_set_of_tasks_and_never_stale():
+    _, train, test = gaussian_clusters()
+    selector = GaussianSelector()
+    states = [selector.fit_task(train[0], [])]
+    states.append(selector.fit_task(train[1], states))
+    first = selector.task_scores(test[0], states)
+    assert torch.equal(selector.task_scores(test[0], states), first)  # from the cache
+    states.append(selector.fit_task(train[2], states))
+    grown = selector.task_scores(test[0], states)
+    assert grown.shape == (len(test[0]), 3)
+    assert torch.allclose(grown, GaussianSelector().task_scores(test[0], states))
+    assert torch.allclose(selector.task_scores(test[0], states[:2]), first)

@@ -40,10 +40,15 @@ class EncoderClassifier(nn.Module):
     Takes right- or left-padded token ids; the attention mask is ``ids != pad_id``.
     """
 
-    def __init__(self, encoder: nn.Module, hidden_size: int, pad_id: int) -> None:
+    def __init__(self, encoder: nn.Module, backbone: Backbone, pad_id: int) -> None:
         super().__init__()
         self.encoder = encoder
+        # Inputs and pooling as the frozen backbone does them (token types only where the model
+        # has them, mean or last-token pooling); the backbone itself is not a submodule.
+        self._extra_inputs = backbone.extra_inputs
+        self._pool = backbone.pool
         self.pad_id = pad_id
+        hidden_size = backbone.hidden_size
         # Grows when an experience brings class ids beyond its width; masks never-seen classes.
         self.classifier = IncrementalClassifier(hidden_size, initial_out_features=2)
 
@@ -52,10 +57,9 @@ class EncoderClassifier(nn.Module):
         keep = mask.bool().any(0)  # drop all-padding columns: less compute, same result
         ids, mask = ids[:, keep], mask[:, keep]
         hidden = self.encoder(
-            input_ids=ids, attention_mask=mask, token_type_ids=torch.zeros_like(mask)
+            input_ids=ids, attention_mask=mask, **self._extra_inputs(mask)
         ).last_hidden_state
-        weights = mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+        return self._pool(hidden, mask)
 
     def forward(self, ids: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(ids))
@@ -206,12 +210,11 @@ class AvalancheMethod:
         mem_size: int,
         progress: bool,
     ) -> None:
-        encoder = copy.deepcopy(backbone.model)
+        # Fine-tuned in float32 whatever precision the frozen backbone was loaded in.
+        encoder = copy.deepcopy(backbone.model).to(torch.float32)
         for parameter in encoder.parameters():
             parameter.requires_grad_(True)
-        self.model = EncoderClassifier(
-            encoder, backbone.hidden_size, pad_token_id(backbone.tokenizer)
-        )
+        self.model = EncoderClassifier(encoder, backbone, pad_token_id(backbone.tokenizer))
         optimizer = torch.optim.AdamW(
             [
                 {"params": list(self.model.encoder.parameters()), "lr": lr},

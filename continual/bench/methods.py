@@ -262,6 +262,7 @@ def _avalanche(strategy: str) -> Callable[[Context], ContinualMethod]:
             batch_size=config.batch_size,
             seed=config.seed,
             progress=context.progress,
+            device=context.backbone.device,
         )
 
     return build
