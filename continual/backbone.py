@@ -144,6 +144,9 @@ class Backbone(nn.Module):
         self.pooling: Pooling = chosen
         self.position_limit: int | None = _position_limit(config)
         limit = self.position_limit
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length < 2:
+            # One token would be the special start token alone: nothing of the input is seen.
+            raise ContinualError(f"max_length must be an integer of at least 2, got {max_length!r}")
         if limit is not None and max_length > limit:
             raise ContinualError(f"max_length {max_length} exceeds the model's {limit} positions")
         self.max_length = max_length

@@ -115,6 +115,11 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
+def _check_wait(wait: float) -> None:
+    if wait < 0 or not math.isfinite(wait):
+        raise ContinualError(f"--wait must be 0 or more seconds, got {wait}")
+
+
 def _path(value: str) -> Path:
     if not value:
         raise argparse.ArgumentTypeError("empty path; give a file or folder name")
@@ -304,8 +309,7 @@ def _learn(args: argparse.Namespace) -> int:
     check_seed(args.seed, "--seed")
     if args.epochs is not None and args.epochs < 1:
         raise ContinualError(f"--epochs must be at least 1, got {args.epochs}")
-    if args.wait < 0 or not math.isfinite(args.wait):
-        raise ContinualError(f"--wait must be 0 or more seconds, got {args.wait}")
+    _check_wait(args.wait)
     check_pool_folder(args.pool)  # before reading data: refuse a folder that is not a pool's
     task = Task.from_files(args.task, args.train, args.test, args.validation, seed=args.seed)
     with PoolLock(args.pool, timeout=args.wait):
@@ -546,6 +550,11 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 def _serve(args: argparse.Namespace) -> int:
     from .serve import run_server
 
+    if not 0 <= args.port <= 65535:
+        raise ContinualError(f"--port must be in 0..65535, got {args.port}")
+    for option, value in (("--poll", args.poll), ("--max-wait-ms", args.max_wait_ms)):
+        if not math.isfinite(value) or value < 0 or (option == "--poll" and value == 0):
+            raise ContinualError(f"{option} must be a positive number, got {value}")
     run_server(
         args.pool,
         host=args.host,
@@ -563,6 +572,7 @@ def _serve(args: argparse.Namespace) -> int:
 def _remove(args: argparse.Namespace) -> int:
     from .manage import remove_task
 
+    _check_wait(args.wait)
     record = remove_task(args.pool, args.task, wait=args.wait)
     print(_json({"pool": str(args.pool), "removed": record["name"]}))
     return 0
@@ -588,6 +598,7 @@ def _export(args: argparse.Namespace) -> int:
 def _import(args: argparse.Namespace) -> int:
     from .manage import import_task
 
+    _check_wait(args.wait)
     entry = import_task(args.pool, args.file, name=args.name, wait=args.wait)
     print(_json({"pool": str(args.pool), "task": entry.name, "labels": entry.labels}))
     return 0

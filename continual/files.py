@@ -1,4 +1,6 @@
-"""One bounded reader for every file the library reads: regular files only, up to a size limit.
+"""One bounded reader for the files a pool and its data come from: regular files only, capped.
+
+Data files, manifests, task files, exported tasks and the server's manifest polls go through it.
 
 A FIFO, a device (``/dev/zero``), a socket or a directory is refused before a byte is read: the
 file is opened with ``O_NONBLOCK`` (so opening a FIFO cannot block) and checked with ``fstat``

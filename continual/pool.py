@@ -207,18 +207,6 @@ class PromptPool:
         queries = self.backbone.query(list(texts), with_last=self.selector.with_last)
         return self.selector.route(queries, self._states())
 
-    def route_tokens(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """`route` for token ids (B, n) that are already tokenized (not cached)."""
-        if not self.entries:
-            raise TaskDataError("the pool has no task yet: learn one before predicting")
-        device = self.backbone.device
-        queries = self.backbone.query_ids(
-            input_ids.to(device), attention_mask.to(device), with_last=self.selector.with_last
-        )
-        return self.selector.route(queries.cpu(), self._states())
-
     @torch.no_grad()
     def predict(
         self,

@@ -322,3 +322,22 @@ def test_export_file_is_checked_field_by_field(saved, backbone, tmp_path):
         with pytest.raises(PoolFormatError, match=message) as caught:
             read_export_file(bad)
         assert str(bad) in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["remove", "POOL", "--task", "x", "--wait", "nan"],
+        ["import", "POOL", "FILE", "--wait", "-1"],
+        ["serve", "POOL", "--port", "70000"],
+        ["serve", "POOL", "--poll", "nan"],
+    ],
+)
+def test_numeric_options_out_of_range_are_one_line_exit_2(argv, tmp_path):
+    argv = [
+        str(tmp_path / "pool") if a == "POOL" else str(tmp_path / "f") if a == "FILE" else a
+        for a in argv
+    ]
+    code, _, err = invoke(*argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "pool").exists()

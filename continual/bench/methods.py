@@ -89,14 +89,16 @@ class TrainedPrompts:
         stamp = json.dumps(config.shaping_results(), sort_keys=True)
         index = cache / "entries.json"
         if resume and index.exists():
-            saved = json.loads(index.read_text())
+            try:
+                saved = json.loads(index.read_text())
+            except (OSError, ValueError):
+                saved = {}  # a damaged cache is ours to rebuild: train again
             if saved.get("config") == stamp:
                 for entry in read_entries(cache, {"tasks": saved["tasks"]}):
                     self.entries[entry.name] = entry
                 return
         shutil.rmtree(cache, ignore_errors=True)
         cache.mkdir(parents=True)
-        self._stamp = stamp
 
     def train(self, task: Task) -> TaskEntry:
         """The task's trained entry (no selector state yet), training it on first use."""

@@ -126,7 +126,12 @@ def run_benchmark(
     results_path = out / "results.json"
     history = History(command=command)
     if resume and results_path.exists():
-        previous = json.loads(results_path.read_text())
+        try:
+            previous = json.loads(results_path.read_text())
+        except (OSError, ValueError) as error:
+            raise ContinualError(
+                f"{results_path}: cannot be read to resume ({error}); rerun without --resume"
+            ) from None
         saved = previous.get("config") or {}
         if shaping_of(saved) != config.shaping_results():
             raise ContinualError(
