@@ -255,6 +255,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also show the N vocabulary tokens nearest each prompt vector",
     )
     explain.add_argument("--backbone", help=backbone_help)
+    _add_device_arguments(explain)
     explain.set_defaults(handler=_explain)
 
     from .bench.cli import add_run_arguments
@@ -437,12 +438,11 @@ def _info(args: argparse.Namespace) -> int:
 
 def _explain(args: argparse.Namespace) -> int:
     from .explain import explain_routing, nearest_tokens, prompt_similarity
-    from .pool import PromptPool
 
     if args.tokens < 0:
         raise ContinualError(f"--tokens must be 0 or more, got {args.tokens}")
 
-    pool = PromptPool.load(args.pool, args.backbone)
+    pool = _load_pool(args)
     vocabulary = int(pool.backbone.embedding_matrix.shape[0])
     if args.tokens > vocabulary:
         raise ContinualError(
@@ -487,6 +487,7 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         "--backbone",
         help="the model the pool was built on, where it is not the packaged default or a hub name",
     )
+    _add_device_arguments(serve)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(
@@ -565,6 +566,8 @@ def _serve(args: argparse.Namespace) -> int:
         poll_interval=args.poll,
         threads=args.threads,
         backbone=args.backbone,
+        device=args.device,
+        dtype=args.dtype,
     )
     return 0
 

@@ -319,6 +319,8 @@ def create_app(
     pool_path: str | os.PathLike,
     *,
     backbone=None,
+    device: str = "cpu",
+    dtype: str | None = None,
     max_batch: int = 64,
     max_wait: float = 0.005,
     max_texts: int = 256,
@@ -343,7 +345,7 @@ def create_app(
         raise ContinualError(f"max_texts must be at least 1, got {max_texts}")
     if poll_interval <= 0:
         raise ContinualError(f"poll_interval must be positive, got {poll_interval}")
-    holder = PoolHolder(pool_path, PromptPool.load(pool_path, backbone))
+    holder = PoolHolder(pool_path, PromptPool.load(pool_path, backbone, device=device, dtype=dtype))
     batcher = MicroBatcher(max_batch=max_batch, max_wait=max_wait)
     stop = threading.Event()
 
