@@ -19,7 +19,7 @@ def nearest_tokens(pool: PromptPool, task: str, k: int = 5) -> list[list[tuple[s
     """For each vector of ``task``'s prompt, the ``k`` vocabulary tokens nearest by cosine."""
     entry = pool.entries[_index(pool, task)]
     table = F.normalize(pool.backbone.embedding_matrix.detach().float(), dim=1)  # (V, H)
-    similarity = F.normalize(entry.prompt.float(), dim=1) @ table.T  # (L, V)
+    similarity = F.normalize(entry.prompt.float().to(table.device), dim=1) @ table.T  # (L, V)
     values, ids = similarity.topk(k, dim=1)
     tokenizer = pool.backbone.tokenizer
     return [
