@@ -115,6 +115,16 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"error: {_one_line(message)} (see '{self.prog} --help')\n")
 
 
+def _add_wait_argument(parser: argparse.ArgumentParser) -> None:
+    """``--wait``, for the commands that change a pool (checked by `_check_wait`)."""
+    parser.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        help="seconds to wait for another process that holds the pool",
+    )
+
+
 def _check_wait(wait: float) -> None:
     if wait < 0 or not math.isfinite(wait):
         raise ContinualError(f"--wait must be 0 or more seconds, got {wait}")
@@ -198,12 +208,7 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument(
         "--resume", action="store_true", help="skip, without error, a task the pool already holds"
     )
-    learn.add_argument(
-        "--wait",
-        type=float,
-        default=0.0,
-        help="seconds to wait for another process that holds the pool",
-    )
+    _add_wait_argument(learn)
     learn.add_argument("--no-progress", action="store_true")
     learn.set_defaults(handler=_learn)
 
@@ -517,12 +522,7 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     remove = commands.add_parser("remove", help="remove one task from a pool", parents=[common])
     remove.add_argument("pool", type=_path)
     remove.add_argument("--task", required=True)
-    remove.add_argument(
-        "--wait",
-        type=float,
-        default=0.0,
-        help="seconds to wait for another process that holds the pool",
-    )
+    _add_wait_argument(remove)
     remove.set_defaults(handler=_remove)
 
     export = commands.add_parser(
@@ -539,12 +539,7 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     imp.add_argument("pool", type=_path)
     imp.add_argument("file", type=_path)
     imp.add_argument("--as", dest="name", help="import under this name")
-    imp.add_argument(
-        "--wait",
-        type=float,
-        default=0.0,
-        help="seconds to wait for another process that holds the pool",
-    )
+    _add_wait_argument(imp)
     imp.set_defaults(handler=_import)
 
 
