@@ -19,7 +19,7 @@ import hashlib
 import inspect
 import os
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
@@ -153,11 +153,12 @@ class Backbone(nn.Module):
         self.query_layer = max(1, self.num_layers // 2) if query_layer is None else int(query_layer)
         if not 1 <= self.query_layer <= self.num_layers:
             raise ContinualError(f"query_layer must be in 1..{self.num_layers}, got {query_layer}")
+        self.layers = _layer_stack(self.model, self.num_layers)
         self._query_model = _truncated(self.model, self.query_layer)
         if query_cache_size < 0:
             raise ContinualError(f"query_cache_size must be 0 or more, got {query_cache_size}")
         self.query_cache_size = query_cache_size
-        self._query_cache: OrderedDict[tuple[bool, str], torch.Tensor] = OrderedDict()
+        self._query_cache: OrderedDict[tuple[bool, int, str], torch.Tensor] = OrderedDict()
         self._fingerprint: dict[str, Any] | None = None
         _prepare_tokenizer(tokenizer, name)
 
@@ -331,19 +332,29 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def query(
-        self, texts: Sequence[str], batch_size: int = 64, *, with_last: bool = False
+        self,
+        texts: Sequence[str],
+        batch_size: int = 64,
+        *,
+        with_last: bool = False,
+        prefix: int = 0,
     ) -> torch.Tensor:
         """Prompt-free features (N, H) on the CPU from ``query_layer``: what selectors route on.
 
         ``with_last``: (N, 2H), the query layer's and the last layer's mean-pooled states side
-        by side, from one full pass (what `ViewGaussianSelector` routes on). Up to
+        by side, from one full pass (what `ViewGaussianSelector` routes on). ``prefix``: the
+        input carries that many placeholder positions before it, as in a pass whose prompt is
+        put in at the query layer (`prompted_hidden`), so these are the very features that
+        pass routes on. Up to
         ``query_cache_size`` texts' features are cached (least recently used dropped first), so
         a training set's queries are computed once.
         """
         cache = self._query_cache
         found: dict[str, torch.Tensor] = {}
+        if with_last and prefix:
+            raise ContinualError("query features with a prefix come from the query layer only")
         for text in texts:
-            key = (with_last, text)
+            key = (with_last, prefix, text)
             if key in cache:
                 found[text] = cache[key]
                 cache.move_to_end(key)
@@ -352,11 +363,11 @@ class Backbone(nn.Module):
             chunk = missing[start : start + batch_size]
             batch = self.tokenize(chunk)
             features = self.query_ids(
-                batch["input_ids"], batch["attention_mask"], with_last=with_last
+                batch["input_ids"], batch["attention_mask"], with_last=with_last, prefix=prefix
             ).cpu()
             found.update(zip(chunk, features))
             if self.query_cache_size:
-                cache.update(((with_last, text), row) for text, row in zip(chunk, features))
+                cache.update(((with_last, prefix, text), row) for text, row in zip(chunk, features))
                 while len(cache) > self.query_cache_size:
                     cache.popitem(last=False)
         if not texts:
@@ -365,9 +376,20 @@ class Backbone(nn.Module):
 
     @torch.no_grad()
     def query_ids(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, with_last: bool = False
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        with_last: bool = False,
+        prefix: int = 0,
     ) -> torch.Tensor:
         """`query` for token ids (B, n) that are already tokenized: (B, H) or (B, 2H), not cached."""
+        if prefix:
+            embeds, mask = self.with_placeholders(input_ids, attention_mask, prefix)
+            hidden = self._query_model(
+                inputs_embeds=embeds.to(self.dtype), attention_mask=mask, **self.extra_inputs(mask)
+            ).last_hidden_state
+            return self.pool(hidden[:, prefix:], attention_mask)
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
@@ -384,6 +406,69 @@ class Backbone(nn.Module):
             ],
             dim=1,
         )
+
+    # -- prompts inside the model -------------------------------------------------------------
+    def with_placeholders(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, length: int
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input embeddings with ``length`` zero vectors before them, and the mask to match.
+
+        The zeros hold the places a deep prompt fills at its first layer: every task shares
+        them, so the layers below carry no task and one pass of them serves every prompt.
+        """
+        embeds = self.embed(input_ids)
+        batch = embeds.shape[0]
+        holes = embeds.new_zeros(batch, length, embeds.shape[2])
+        ones = attention_mask.new_ones(batch, length)
+        return torch.cat([holes, embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
+
+    def prompted_hidden(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        length: int,
+        start: int,
+        prompts_for: Callable[[torch.Tensor], torch.Tensor],
+    ) -> torch.Tensor:
+        """Pooled features (B, H) of a pass whose prompt enters at layer ``start`` (0-based).
+
+        The input carries ``length`` placeholders (`with_placeholders`). At the input of layer
+        ``start``, ``prompts_for`` is called once with that layer's input (B, length + n, H) and
+        returns each row's deep prompt (B, D, length, H), D = num_layers - start; from then on
+        each layer's placeholder states are replaced by that layer's prompt vectors. So the
+        prompt may depend on the lower layers' output: that is how one pass both routes (on the
+        query layer's states) and runs the routed prompt. Gradients flow to the prompts.
+        """
+        if self.layers is None:
+            raise ContinualError(
+                f"backbone {self.name!r} ({self.architecture}): no layer list found to put a "
+                "prompt in at a middle layer; use placement='input'"
+            )
+        if not 0 < start < self.num_layers:
+            raise ContinualError(f"a deep prompt starts at a layer in 1..{self.num_layers - 1}")
+        chosen: list[torch.Tensor] = []
+
+        def replace(depth: int) -> Callable[..., tuple]:
+            def hook(_module: nn.Module, args: tuple) -> tuple:
+                hidden = args[0]
+                if not chosen:
+                    chosen.append(prompts_for(hidden))
+                prompt = chosen[0][:, depth].to(hidden.dtype)
+                return (torch.cat([prompt, hidden[:, length:]], dim=1), *args[1:])
+
+            return hook
+
+        handles = [
+            self.layers[layer].register_forward_pre_hook(replace(layer - start))
+            for layer in range(start, self.num_layers)
+        ]
+        try:
+            embeds, mask = self.with_placeholders(input_ids, attention_mask, length)
+            pool_mask = torch.cat([torch.zeros_like(mask[:, :length]), attention_mask], dim=1)
+            return self.encode(embeds, mask, pool_mask)
+        finally:
+            for handle in handles:
+                handle.remove()
 
     # -- identity ----------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:

@@ -23,7 +23,7 @@ from .data import Task
 from .entry import TaskEntry
 from .errors import ContinualError
 from .progress import Progress
-from .prompt import PromptInit, SoftPrompt, prompted_features
+from .prompt import Placement, PromptInit, SoftPrompt, prompted_features
 
 
 @dataclass
@@ -108,16 +108,23 @@ def train_task(
     *,
     seed: int = 0,
     progress: bool = True,
+    placement: Placement = "input",
 ) -> TaskEntry:
     """Train a soft prompt and a linear head for ``task``.
 
-    Returns a `TaskEntry` with detached tensors and an empty selector state (the pool fits
-    that when it adds the entry).
+    ``placement``: the prompt at the ``input`` or a deep prompt from the ``query_layer`` on
+    (see `continual.prompt`). Returns a `TaskEntry` with detached tensors and an empty selector
+    state (the pool fits that when it adds the entry).
     """
     generator = torch.Generator().manual_seed(check_seed(seed))
     prompt = SoftPrompt.initialise(
-        backbone, prompt_length, config.prompt_init, text=config.prompt_text, generator=generator
-    )
+        backbone,
+        prompt_length,
+        config.prompt_init,
+        text=config.prompt_text,
+        generator=generator,
+        placement=placement,
+    ).to(backbone.device)
     head = _new_head(backbone.hidden_size, len(task.labels), generator).to(backbone.device)
     groups: list[dict] = [{"params": prompt.parameters(), "lr": config.prompt_lr}]
     if config.head == "verbalizer":

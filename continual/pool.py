@@ -28,8 +28,8 @@ from .entry import State, TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
 from .learner import TrainingConfig, train_task
 from .metrics import Score
-from .prompt import prompted_features
-from .selector import DEFAULT_SELECTOR, UNKNOWN_TASK, Selector, build_selector
+from .prompt import PLACEMENTS, Placement, prompt_shape, prompted_features
+from .selector import UNKNOWN_TASK, Selector, build_selector, default_selector
 from .storage import (
     FORMAT,
     FORMAT_VERSION,
@@ -80,9 +80,13 @@ class PromptPool:
     Args:
         backbone: the frozen encoder every task shares.
         prompt_length: soft prompt vectors per task.
-        selector: ``"gaussian_views"`` (default: query and last layers, fitted on each text and
-            its first sentence; see `ViewGaussianSelector`), ``"gaussian"``, ``"prototypes"``,
-            ``"keys"``, ``"oracle"``, or a `Selector`.
+        placement: ``"input"`` (each prompt before the input embeddings; routing is a separate
+            pass) or ``"query_layer"`` (a deep prompt from the query layer on; one pass routes
+            on the query layer and finishes with each row's prompt). See `continual.prompt`.
+        selector: by default ``"gaussian_views"`` (fitted on each text and its first sentence;
+            on the query and last layers for ``input`` placement, the query layer alone for
+            ``query_layer``: see `ViewGaussianSelector`), or ``"gaussian"``,
+            ``"prototypes"``, ``"keys"``, ``"oracle"``, or a `Selector`.
         training: how each task is trained (`TrainingConfig`).
 
     Example:
@@ -96,12 +100,24 @@ class PromptPool:
         backbone: Backbone,
         *,
         prompt_length: int = 16,
-        selector: str | dict[str, Any] | Selector = DEFAULT_SELECTOR,
+        placement: Placement = "input",
+        selector: str | dict[str, Any] | Selector | None = None,
         training: TrainingConfig | None = None,
     ) -> None:
+        if placement not in PLACEMENTS:
+            raise ContinualError(f"unknown placement {placement!r}; use 'input' or 'query_layer'")
         self.backbone = backbone
         self.prompt_length = prompt_length
-        self.selector = build_selector(selector)
+        self.placement: Placement = placement
+        self.selector = build_selector(
+            default_selector(placement) if selector is None else selector
+        )
+        if placement == "query_layer" and self.selector.with_last:
+            raise ContinualError(
+                f"selector {self.selector.name!r} routes on the last layer too, which a pass "
+                "with the prompt at the query layer does not have before the prompt; use "
+                "placement='input' or a selector on the query layer alone"
+            )
         self.training = training or TrainingConfig()
         self.entries: list[TaskEntry] = []
         self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
@@ -119,6 +135,11 @@ class PromptPool:
             )
 
     # -- growing ------------------------------------------------------------------------------
+    @property
+    def prompt_shape(self) -> tuple[int, ...]:
+        """One task's prompt: (L, H) at the input, (D, L, H) from the query layer."""
+        return prompt_shape(self.backbone, self.prompt_length, self.placement)
+
     @property
     def tasks(self) -> list[str]:
         """Names of the learned tasks, in the order they were learned."""
@@ -146,6 +167,7 @@ class PromptPool:
             training or self.training,
             seed=seed,
             progress=progress,
+            placement=self.placement,
         )
         return self.add_trained(task, trained, seed=seed)
 
@@ -158,8 +180,7 @@ class PromptPool:
         # The selector may fit on more than the texts as given (e.g. each one's first sentence)
         # and on wider features (query layer + last layer): see `Selector.training_texts`.
         texts = self.selector.training_texts([text for text, _ in task.train])
-        queries = self.backbone.query(texts, with_last=self.selector.with_last)
-        state = self.selector.fit_task(queries, self._states(), seed=seed)
+        state = self.selector.fit_task(self._queries(texts), self._states(), seed=seed)
         entry = dataclasses.replace(trained, selector_state=state)
         self.add(entry)
         return entry
@@ -169,10 +190,10 @@ class PromptPool:
         if entry.name in self.tasks:
             raise TaskDataError(f"task {entry.name!r} is already in the pool")
         hidden = self.backbone.hidden_size
-        if tuple(entry.prompt.shape) != (self.prompt_length, hidden):
+        if tuple(entry.prompt.shape) != self.prompt_shape:
             raise PoolFormatError(
-                f"task {entry.name!r}: prompt shape {tuple(entry.prompt.shape)}, "
-                f"expected {(self.prompt_length, hidden)}"
+                f"task {entry.name!r}: prompt shape {tuple(entry.prompt.shape)}, expected "
+                f"{self.prompt_shape} (placement {self.placement!r})"
             )
         if tuple(entry.head_weight.shape) != (len(entry.labels), hidden) or tuple(
             entry.head_bias.shape
@@ -193,19 +214,22 @@ class PromptPool:
     def _states(self) -> list[State]:
         return [entry.selector_state for entry in self.entries]
 
+    def _queries(self, texts: Sequence[str]) -> torch.Tensor:
+        """The selector's features of ``texts``, as the prediction pass sees them."""
+        prefix = self.prompt_length if self.placement == "query_layer" else 0
+        return self.backbone.query(list(texts), with_last=self.selector.with_last, prefix=prefix)
+
     def task_scores(self, texts: Sequence[str]) -> torch.Tensor:
         """How well each text matches each task, (B, T), higher is better (the selector's view)."""
         if not self.entries:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
-        queries = self.backbone.query(list(texts), with_last=self.selector.with_last)
-        return self.selector.task_scores(queries, self._states())
+        return self.selector.task_scores(self._queries(texts), self._states())
 
     def route(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Task index (B,) and routing score (B,) per text; `UNKNOWN_TASK` where refused."""
         if not self.entries:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
-        queries = self.backbone.query(list(texts), with_last=self.selector.with_last)
-        return self.selector.route(queries, self._states())
+        return self.selector.route(self._queries(texts), self._states())
 
     @torch.no_grad()
     def predict(
@@ -230,6 +254,7 @@ class PromptPool:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
         if not texts:
             return []
+        forced = torch.full((len(texts),), UNKNOWN_TASK, dtype=torch.long)
         if tasks is not None:
             names = [tasks] * len(texts) if isinstance(tasks, str) else list(tasks)
             if len(names) != len(texts):
@@ -243,46 +268,46 @@ class PromptPool:
                     f"unknown task(s) [{', '.join(unknown)}]; the pool has {self.tasks}"
                 )
             positions = {name: index for index, name in enumerate(self.tasks)}
-            routed = torch.tensor(
+            forced = torch.tensor(
                 [UNKNOWN_TASK if name is None else positions[name] for name in names],
                 dtype=torch.long,
             )
-            route_scores = torch.ones(len(texts))
-            open_rows = [i for i, name in enumerate(names) if name is None]
-            if open_rows:
-                found, found_scores = self.route([texts[i] for i in open_rows])
-                routed[open_rows] = found.to(torch.long)
-                route_scores[open_rows] = found_scores.float()
-        else:
-            routed, route_scores = self.route(texts)
-            open_rows = list(range(len(texts)))
-        if min_score is not None:
-            thresholds = _thresholds(min_score, len(texts))
-            for i in open_rows:
-                threshold = thresholds[i]
-                if threshold is not None and float(route_scores[i]) < threshold:
-                    routed[i] = UNKNOWN_TASK
+        thresholds = _thresholds(min_score, len(texts)) if min_score is not None else None
+        routed = forced.clone()
+        route_scores = torch.ones(len(texts))
         labels: list[str | None] = [None] * len(texts)
         scores = [0.0] * len(texts)
+        one_pass = self.placement == "query_layer"
+        open_rows = [i for i in range(len(texts)) if forced[i] == UNKNOWN_TASK]
+        if open_rows and not one_pass:
+            found, found_scores = self.route([texts[i] for i in open_rows])
+            self._settle(open_rows, found, found_scores, routed, route_scores, thresholds)
         # Similar lengths in one batch waste less compute on padding.
-        lengths = [len(text) for text in texts]
-        kept = [
-            i
-            for i in sorted(range(len(texts)), key=lengths.__getitem__)
-            if routed[i] != UNKNOWN_TASK
-        ]
-        for start in range(0, len(kept), batch_size):
-            rows = kept[start : start + batch_size]
-            index = routed[rows].to(self.backbone.device)  # (B,)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        if not one_pass:  # refused rows need no prompted pass
+            order = [i for i in order if routed[i] != UNKNOWN_TASK]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
             batch = self.backbone.tokenize([texts[i] for i in rows])
-            logits = self.task_logits(index, batch["input_ids"], batch["attention_mask"])
+            if one_pass:
+                logits = self._one_pass_logits(
+                    rows,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    routed,
+                    route_scores,
+                    thresholds,
+                )
+            else:
+                index = routed[rows].to(self.backbone.device)
+                logits = self.task_logits(index, batch["input_ids"], batch["attention_mask"])
             probabilities = logits.softmax(dim=1)  # padded classes have bias -inf: probability 0
             best, choice = probabilities.max(dim=1)
-            for row, task_index, label_index, probability in zip(
-                rows, index.tolist(), choice.tolist(), best.tolist()
-            ):
-                labels[row] = self.entries[task_index].labels[label_index]
-                scores[row] = probability
+            for row, label_index, probability in zip(rows, choice.tolist(), best.tolist()):
+                task_index = int(routed[row])
+                if task_index != UNKNOWN_TASK:
+                    labels[row] = self.entries[task_index].labels[label_index]
+                    scores[row] = probability
         return [
             Prediction(
                 text=text,
@@ -293,6 +318,64 @@ class PromptPool:
             )
             for i, text in enumerate(texts)
         ]
+
+    def _settle(
+        self,
+        rows: Sequence[int],
+        found: torch.Tensor,
+        found_scores: torch.Tensor,
+        routed: torch.Tensor,
+        route_scores: torch.Tensor,
+        thresholds: list[float | None] | None,
+    ) -> None:
+        """Write the selector's answer for ``rows`` into ``routed``, refusing below threshold."""
+        for row, task_index, score in zip(rows, found.tolist(), found_scores.tolist()):
+            threshold = None if thresholds is None else thresholds[row]
+            refused = threshold is not None and score < threshold
+            routed[row] = UNKNOWN_TASK if refused else int(task_index)
+            route_scores[row] = float(score)
+
+    def _one_pass_logits(
+        self,
+        rows: list[int],
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        routed: torch.Tensor,
+        route_scores: torch.Tensor,
+        thresholds: list[float | None] | None,
+    ) -> torch.Tensor:
+        """Logits (B, C) of one pass that routes at the query layer and runs the routed prompts.
+
+        Rows whose task is already set in ``routed`` keep it; the others are routed on the
+        query layer's states in the middle of the pass (written back into ``routed`` and
+        ``route_scores``). Refused rows run under the first task's prompt, their answer unused.
+        """
+        prompts, weights, biases = self._stack()
+        length = self.prompt_length
+        chosen: list[torch.Tensor] = []
+
+        def prompts_for(hidden: torch.Tensor) -> torch.Tensor:
+            open_at = [k for k, row in enumerate(rows) if routed[row] == UNKNOWN_TASK]
+            if open_at:
+                queries = self.backbone.pool(hidden[open_at, length:], attention_mask[open_at])
+                found, found_scores = self.selector.route(queries.cpu(), self._states())
+                self._settle(
+                    [rows[k] for k in open_at],
+                    found,
+                    found_scores,
+                    routed,
+                    route_scores,
+                    thresholds,
+                )
+            index = routed[rows].clamp(min=0).to(prompts.device)
+            chosen.append(index)
+            return prompts[index]
+
+        features = self.backbone.prompted_hidden(
+            input_ids, attention_mask, length, self.backbone.query_layer, prompts_for
+        )
+        index = chosen[0]
+        return torch.einsum("bh,bch->bc", features, weights[index]) + biases[index]
 
     @torch.no_grad()
     def task_logits(
@@ -375,6 +458,7 @@ class PromptPool:
             "backbone": self.backbone.fingerprint(),
             "hidden_size": self.backbone.hidden_size,
             "prompt_length": self.prompt_length,
+            "placement": self.placement,
             "selector": self.selector.config(),
             "training": self.training.to_dict(),
             "tasks": records,
@@ -462,6 +546,7 @@ class PromptPool:
             pool = cls(
                 backbone,
                 prompt_length=manifest["prompt_length"],
+                placement=manifest.get("placement", "input"),
                 selector=selector,
                 training=training,
             )

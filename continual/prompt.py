@@ -1,6 +1,14 @@
-"""Soft prompts: L trainable vectors of the backbone's width, put before the input embeddings.
+"""Soft prompts: L trainable vectors of the backbone's width, put before the input.
 
 Prompt tuning (Lester et al. 2021): the backbone stays frozen and only these vectors learn.
+Two placements:
+
+- ``input``: L vectors (L, H) before the input embeddings, the paper's form.
+- ``query_layer``: a deep prompt (D, L, H) from the query layer on (one set of L vectors for
+  each of the last D layers, as in P-tuning v2). The layers below carry no prompt, so a mixed
+  batch runs them once, routes on their output and finishes with each row's prompt: a routed
+  prediction costs one pass, and training never back-propagates through the lower layers.
+
 How they start matters on small data; three initialisations are offered, as in the paper.
 """
 
@@ -15,12 +23,23 @@ from .backbone import Backbone
 from .errors import ContinualError
 
 PromptInit = Literal["random", "vocab", "text"]
+Placement = Literal["input", "query_layer"]
+PLACEMENTS: tuple[str, ...] = ("input", "query_layer")
+
+
+def prompt_shape(backbone: Backbone, length: int, placement: str) -> tuple[int, ...]:
+    """The shape of one task's prompt: (L, H) at the input, (D, L, H) from the query layer."""
+    if placement == "input":
+        return (length, backbone.hidden_size)
+    if placement == "query_layer":
+        return (backbone.num_layers - backbone.query_layer, length, backbone.hidden_size)
+    raise ContinualError(f"unknown placement {placement!r}; use 'input' or 'query_layer'")
 
 
 class SoftPrompt(nn.Module):
-    """``length`` trainable vectors (L, H).
+    """``length`` trainable vectors (L, H), or (D, L, H) for a deep prompt.
 
-    Build one with `SoftPrompt.initialise`; ``prepend`` puts it before a batch of embeddings.
+    Build one with `SoftPrompt.initialise`; calling it repeats it for a batch.
 
     Example:
         >>> prompt = SoftPrompt.initialise(backbone, 16, "text", text="Classify the topic")
@@ -30,13 +49,15 @@ class SoftPrompt(nn.Module):
 
     def __init__(self, vectors: torch.Tensor) -> None:
         super().__init__()
-        if vectors.dim() != 2:
-            raise ContinualError(f"prompt vectors must be (L, H), got shape {tuple(vectors.shape)}")
+        if vectors.dim() not in (2, 3):
+            raise ContinualError(
+                f"prompt vectors must be (L, H) or (D, L, H), got shape {tuple(vectors.shape)}"
+            )
         self.vectors = nn.Parameter(vectors.detach().clone().float())
 
     @property
     def length(self) -> int:
-        return self.vectors.shape[0]
+        return self.vectors.shape[-2]
 
     @classmethod
     def initialise(
@@ -47,13 +68,17 @@ class SoftPrompt(nn.Module):
         *,
         text: str | None = None,
         generator: torch.Generator | None = None,
+        placement: Placement = "input",
     ) -> SoftPrompt:
         """A new prompt for ``backbone``.
 
         ``random``: normal vectors scaled to the embedding matrix's spread. ``vocab``: embeddings
         of tokens sampled from the vocabulary (the paper's stronger default). ``text``: the
-        embeddings of ``text``'s tokens, repeated to fill ``length``.
+        embeddings of ``text``'s tokens, repeated to fill ``length``. For a deep prompt
+        (``placement="query_layer"``) each layer's vectors start as those tokens' states at
+        that layer (noise: scaled to those states' spread), so every layer starts in range.
         """
+        shape = prompt_shape(backbone, length, placement)
         if length < 1:
             raise ContinualError(f"prompt length must be at least 1, got {length}")
         table = backbone.embedding_matrix.detach()  # (V, H)
@@ -77,11 +102,37 @@ class SoftPrompt(nn.Module):
             vectors = table[torch.tensor(ids)]
         else:
             raise ContinualError(f"unknown prompt init {init!r}; use 'random', 'vocab' or 'text'")
+        if len(shape) == 3:
+            vectors = _states_of(backbone, vectors, init == "random", generator)
         return cls(vectors)
 
     def forward(self, batch_size: int) -> torch.Tensor:
-        """The prompt repeated for a batch: (B, L, H)."""
-        return self.vectors.unsqueeze(0).expand(batch_size, -1, -1)
+        """The prompt repeated for a batch: (B, L, H) or (B, D, L, H)."""
+        return self.vectors.unsqueeze(0).expand(batch_size, *self.vectors.shape)
+
+
+@torch.no_grad()
+def _states_of(
+    backbone: Backbone,
+    embeds: torch.Tensor,
+    noise: bool,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """(D, L, H): the states ``embeds`` (L, H) take at the input of each of the last D layers
+    when run through the frozen model as a sequence of their own."""
+    start = backbone.query_layer
+    mask = torch.ones(1, embeds.shape[0], dtype=torch.long, device=embeds.device)
+    states = backbone.model(
+        inputs_embeds=embeds.unsqueeze(0).to(backbone.dtype),
+        attention_mask=mask,
+        output_hidden_states=True,
+        **backbone.extra_inputs(mask),
+    ).hidden_states
+    deep = torch.stack([states[layer][0] for layer in range(start, backbone.num_layers)]).float()
+    if noise:
+        drawn = torch.randn(deep.shape, generator=generator).to(deep.device)
+        deep = drawn * deep.std(dim=(1, 2), keepdim=True)
+    return deep
 
 
 def prompted_features(
@@ -90,11 +141,17 @@ def prompted_features(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
 ) -> torch.Tensor:
-    """Features of inputs with a per-row prompt before them: prompts (B, L, H) → (B, H).
+    """Features of inputs with a per-row prompt: prompts (B, L, H) or (B, D, L, H) → (B, H).
 
     Every row may carry a different prompt, so one forward pass serves a batch that mixes tasks.
-    The features average the input's tokens only: the prompt steers them through attention.
+    A 4-d prompt is deep: it enters at the query layer (`Backbone.prompted_hidden`). The
+    features average the input's tokens only: the prompt steers them through attention.
     """
+    if prompts.dim() == 4:
+        start = backbone.num_layers - prompts.shape[1]
+        return backbone.prompted_hidden(
+            input_ids, attention_mask, prompts.shape[2], start, lambda _hidden: prompts
+        )
     batch, length, _ = prompts.shape
     embeds = torch.cat([prompts, backbone.embed(input_ids)], dim=1)  # (B, L + n, H)
     prompt_mask = torch.ones(

@@ -312,20 +312,31 @@ class ViewGaussianSelector(GaussianSelector):
     32 x 64 tokens, 16 prompt tokens) a routed prediction measured 1.31x the layer-3
     selector's (``results/step_cost.json``).
     State per task: a 2H mean and a 2H x 2H covariance (768 x 768 float32, 2.4 MB, for MiniLM).
+
+    ``last_layer=False`` routes on the query layer alone (H wide): what a pool whose prompts
+    enter at the query layer has before the prompt (``placement="query_layer"``).
     """
 
     name = "gaussian_views"
-    with_last = True
 
-    def __init__(self, shrinkage: float = 0.3, min_score: float | None = None) -> None:
+    def __init__(
+        self, shrinkage: float = 0.3, min_score: float | None = None, last_layer: bool = True
+    ) -> None:
         super().__init__(shrinkage=shrinkage, min_score=min_score)
+        if not isinstance(last_layer, bool):
+            raise ContinualError(f"last_layer must be true or false, got {last_layer!r}")
+        self.with_last = last_layer
 
     def training_texts(self, texts: Sequence[str]) -> list[str]:
         texts = list(texts)
         return texts + [first_sentence(text) for text in texts]
 
     def state_shapes(self, hidden: int) -> dict[str, tuple[int, ...]]:
-        return {"mean": (2 * hidden,), "covariance": (2 * hidden, 2 * hidden)}
+        width = 2 * hidden if self.with_last else hidden
+        return {"mean": (width,), "covariance": (width, width)}
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "last_layer": self.with_last}
 
 
 class OracleSelector(Selector):
@@ -347,6 +358,12 @@ class OracleSelector(Selector):
 
 
 DEFAULT_SELECTOR = "gaussian_views"
+
+
+def default_selector(placement: str) -> dict[str, Any]:
+    """The default selector's settings for a pool whose prompts sit at ``placement``."""
+    return {"name": DEFAULT_SELECTOR, "last_layer": placement != "query_layer"}
+
 
 SELECTORS: dict[str, type[Selector]] = {
     cls.name: cls

@@ -39,6 +39,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--max-length", type=int, help="tokens per input (default 64)")
     parser.add_argument(
+        "--placement",
+        choices=["input", "query_layer"],
+        help="where the pool's prompts go: before the input, or deep from the query layer on "
+        "(routed in the same pass)",
+    )
+    parser.add_argument(
         "--device", default="cpu", help="cpu, cuda, cuda:1... or auto (the GPU if there is one)"
     )
     parser.add_argument(
@@ -90,6 +96,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
         "finetune_epochs",
         "query_layer",
         "max_length",
+        "placement",
     ):
         value = getattr(args, key)
         if value is not None:

@@ -19,6 +19,8 @@ class BenchmarkConfig:
         max_length: tokens per input (prompt not counted).
         query_layer: the backbone layer the selectors route on.
         prompt_length: soft prompt vectors per task.
+        placement: where the pool's prompts go: ``input`` or ``query_layer`` (deep from the
+            query layer on, routed in the same pass); see `continual.prompt`.
         epochs: prompt-tuning epochs at most (the probe trains 4x as many).
         finetune_epochs: full fine-tuning epochs.
         batch_size: examples per step.
@@ -37,6 +39,7 @@ class BenchmarkConfig:
     max_length: int = 64
     query_layer: int | None = 3
     prompt_length: int = 16
+    placement: str = "input"
     epochs: int = 4
     finetune_epochs: int = 2
     batch_size: int = 32
@@ -60,7 +63,7 @@ def shaping_of(config: dict[str, Any]) -> dict[str, Any]:
     """`BenchmarkConfig.shaping_results` of a config as recorded in results.json."""
     shaping = {key: value for key, value in config.items() if key not in ("methods", "device")}
     # Left out at their defaults, so results made before they existed still resume.
-    for key, default in (("backbone", None), ("dtype", "float32")):
+    for key, default in (("backbone", None), ("dtype", "float32"), ("placement", "input")):
         if shaping.get(key, default) == default:
             shaping.pop(key, None)
     return shaping

@@ -110,6 +110,7 @@ class TrainedPrompts:
                 self.training,
                 seed=self.config.seed,
                 progress=self.progress,
+                placement=self.config.placement,  # type: ignore[arg-type]
             )
             if self.cache is not None:
                 records = write_entries(self.cache, list(self.entries.values()))
@@ -137,12 +138,13 @@ class Context:
 class PoolMethod:
     """The prompt pool under one selector, replaying the shared trained prompts."""
 
-    def __init__(self, context: Context, selector: str) -> None:
+    def __init__(self, context: Context, selector: str | None) -> None:
         self.context = context
         self.oracle = selector == "oracle"
         self.pool = PromptPool(
             context.backbone,
             prompt_length=context.config.prompt_length,
+            placement=context.config.placement,  # type: ignore[arg-type]
             selector=selector,
             training=context.prompts.training,
         )
@@ -295,7 +297,7 @@ METHODS: dict[str, MethodSpec] = {
         MethodSpec(
             "prompt-pool",
             f"the prompt pool, routed by the default {DEFAULT_SELECTOR!r} selector",
-            lambda context: PoolMethod(context, DEFAULT_SELECTOR),
+            lambda context: PoolMethod(context, None),
         ),
         MethodSpec(
             "prompt-pool-oracle",
