@@ -160,14 +160,16 @@ def train_task(
         for step in range(steps_per_epoch):
             rows = order[step * config.batch_size : (step + 1) * config.batch_size]
             batch = backbone.tokenize([texts[i] for i in rows])
-            features = prompted_features(
-                backbone, prompt(len(rows)), batch["input_ids"], batch["attention_mask"]
+            loss = train_step(
+                backbone,
+                prompt,
+                head,
+                optimizer,
+                batch["input_ids"],
+                batch["attention_mask"],
+                targets[rows],
             )
-            loss = F.cross_entropy(head(features), targets[rows])
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            total_loss += loss.item()
+            total_loss += loss
             bar.update(1, loss=f"{total_loss / (step + 1):.3f}")
         if not task.validation:
             bar.checkpoint(f"epoch {epoch + 1}/{config.epochs}")
@@ -211,6 +213,28 @@ def train_task(
         head_bias=bias.cpu().clone(),
         stats=stats,
     )
+
+
+def train_step(
+    backbone: Backbone,
+    prompt: SoftPrompt,
+    head: nn.Linear,
+    optimizer: torch.optim.Optimizer,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    targets: torch.Tensor,
+) -> float:
+    """One optimizer step on one batch (forward, backward, update); returns the loss.
+
+    Only ``prompt`` and ``head`` get gradients: the frozen backbone's weights never need them,
+    and with a deep prompt nothing below the query layer is differentiated at all.
+    """
+    features = prompted_features(backbone, prompt(len(input_ids)), input_ids, attention_mask)
+    loss = F.cross_entropy(head(features), targets)
+    optimizer.zero_grad()
+    loss.backward()
+    optimizer.step()
+    return loss.item()
 
 
 def _new_head(hidden: int, classes: int, generator: torch.Generator) -> nn.Linear:
