@@ -421,6 +421,7 @@ def _info(args: argparse.Namespace) -> int:
         "backbone": manifest["backbone"].get("name"),
         "hidden_size": hidden,
         "prompt_length": length,
+        "placement": manifest.get("placement", "input"),
         "selector": manifest["selector"],
         "tasks": tasks,
     }

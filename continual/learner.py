@@ -126,7 +126,14 @@ def train_task(
         placement=placement,
     ).to(backbone.device)
     head = _new_head(backbone.hidden_size, len(task.labels), generator).to(backbone.device)
-    groups: list[dict] = [{"params": prompt.parameters(), "lr": config.prompt_lr}]
+    # Adam moves each number by about the learning rate per step, whatever its scale. A deep
+    # prompt's vectors live at the scale of hidden states (about 12x the input embeddings' for
+    # MiniLM), so its rate is scaled by that ratio to learn at the same relative pace.
+    scale = 1.0
+    if prompt.vectors.dim() == 3:
+        spread = backbone.embedding_matrix.detach().float().std().clamp(min=1e-12)
+        scale = float(prompt.vectors.detach().std() / spread)
+    groups: list[dict] = [{"params": prompt.parameters(), "lr": config.prompt_lr * scale}]
     if config.head == "verbalizer":
         from .verbalizer import verbalizer_weight
 

@@ -43,7 +43,7 @@ def entry_from_export(
     *,
     name: str | None,
     backbone: dict,
-    prompt_length: int,
+    prompt_shape: tuple[int, ...],
     selector: Selector,
     tasks: list[str],
 ) -> TaskEntry:
@@ -63,10 +63,10 @@ def entry_from_export(
                 f"{backbone.get(key)!r}); a task only works on the backbone it was trained on"
             )
     hidden = backbone["hidden_size"]
-    if tuple(tensors["prompt"].shape) != (prompt_length, hidden):
+    if tuple(tensors["prompt"].shape) != tuple(prompt_shape):
         raise PoolFormatError(
             f"{path}: prompt shape {tuple(tensors['prompt'].shape)}, the pool "
-            f"needs {(prompt_length, hidden)}"
+            f"needs {tuple(prompt_shape)} (a prompt at another length or placement)"
         )
     if info["selector"] != selector.name:
         raise PoolFormatError(
@@ -172,7 +172,8 @@ def import_task(
                 "format_version": FORMAT_VERSION,
                 "backbone": info["backbone"],
                 "hidden_size": info["backbone"]["hidden_size"],
-                "prompt_length": int(tensors["prompt"].shape[0]),
+                "prompt_length": int(tensors["prompt"].shape[-2]),
+                "placement": "query_layer" if tensors["prompt"].dim() == 3 else "input",
                 "selector": info["selector_config"],
                 "training": TrainingConfig().to_dict(),
                 "tasks": [],
@@ -188,7 +189,7 @@ def import_task(
             info,
             name=name,
             backbone=manifest["backbone"],
-            prompt_length=manifest["prompt_length"],
+            prompt_shape=manifest_prompt_shape(manifest),
             selector=selector,
             tasks=[record.get("name") for record in manifest["tasks"]],
         )
@@ -205,3 +206,12 @@ def import_task(
         write_manifest(pool_dir, manifest)
         remove_unreferenced(pool_dir, {r["file"] for r in manifest["tasks"]})
     return entry
+
+
+def manifest_prompt_shape(manifest: dict) -> tuple[int, ...]:
+    """The prompt shape a pool's manifest calls for: (L, H), or (D, L, H) from the query layer."""
+    hidden, length = manifest["hidden_size"], manifest["prompt_length"]
+    if manifest.get("placement", "input") != "query_layer":
+        return (length, hidden)
+    fingerprint = manifest["backbone"]
+    return (fingerprint["num_layers"] - fingerprint["query_layer"], length, hidden)

@@ -604,7 +604,7 @@ class PromptPool:
             info,
             name=name,
             backbone=self.backbone.fingerprint(),
-            prompt_length=self.prompt_length,
+            prompt_shape=self.prompt_shape,
             selector=self.selector,
             tasks=self.tasks,
         )

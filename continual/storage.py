@@ -272,6 +272,11 @@ def read_manifest(pool_dir: str | os.PathLike) -> dict:
     ):
         if not isinstance(manifest.get(field), kind):
             raise PoolFormatError(f"{path}: field {field!r} is missing or not a {kind.__name__}")
+    placement = manifest.get("placement", "input")  # older pools: prompts at the input
+    if placement not in ("input", "query_layer"):
+        raise PoolFormatError(
+            f"{path}: field 'placement' must be 'input' or 'query_layer', got {placement!r}"
+        )
     return manifest
 
 
@@ -577,9 +582,10 @@ def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
                 f"{path}: tensor {key!r} is {tensor.dtype}, expected torch.float32"
             )
     prompt, weight, bias = tensors["prompt"], tensors["head.weight"], tensors["head.bias"]
-    if prompt.dim() != 2 or prompt.shape[0] < 1 or prompt.shape[1] != hidden:
+    if prompt.dim() not in (2, 3) or min(prompt.shape) < 1 or prompt.shape[-1] != hidden:
         raise PoolFormatError(
-            f"{path}: prompt shape {tuple(prompt.shape)} is not (length, {hidden})"
+            f"{path}: prompt shape {tuple(prompt.shape)} is not (length, {hidden}) "
+            f"or (layers, length, {hidden})"
         )
     if tuple(weight.shape) != (len(labels), hidden) or tuple(bias.shape) != (len(labels),):
         raise PoolFormatError(

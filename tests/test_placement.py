@@ -1,0 +1,158 @@
+"""Prompts at the query layer (``placement="query_layer"``) on every backbone family.
+
+A deep prompt enters at the query layer, so one pass routes on the lower layers' output and
+finishes with each row's prompt. These tests check what that promises: the pass routes exactly
+as the stand-alone query does, a mixed batch equals each row alone, nothing below the query
+layer is differentiated, and the placement survives saving, export and import.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from test_backbone_families import FAMILIES, make_backbone
+
+from continual import ContinualError, PoolFormatError, PromptPool, TrainingConfig
+from continual.prompt import SoftPrompt, prompted_features
+from continual.storage import MANIFEST
+
+TEXTS = ["the red and the blue", "a dog", "the lion and the tiger and the bear were here today"]
+
+
+@pytest.fixture(scope="module", params=FAMILIES + ["bert"])
+def deep_pool(request, tokenizer, synthetic_tasks):
+    colours, animals = synthetic_tasks
+    if request.param == "bert":
+        from conftest import tiny_bert
+
+        from continual import Backbone
+
+        backbone = Backbone(tiny_bert(tokenizer, 0), tokenizer, "tiny-bert", max_length=32)
+    else:
+        backbone = make_backbone(request.param, tokenizer)
+    pool = PromptPool(
+        backbone, prompt_length=4, placement="query_layer", training=TrainingConfig(epochs=1)
+    )
+    pool.learn(colours, progress=False)
+    pool.learn(animals, progress=False)
+    return pool
+
+
+def test_deep_prompt_has_one_set_of_vectors_per_layer_from_the_query_layer(deep_pool):
+    backbone = deep_pool.backbone
+    depth = backbone.num_layers - backbone.query_layer
+    assert deep_pool.prompt_shape == (depth, 4, backbone.hidden_size)
+    assert all(tuple(e.prompt.shape) == deep_pool.prompt_shape for e in deep_pool.entries)
+    assert deep_pool.selector.with_last is False  # the last layer is not there before the prompt
+
+
+def test_one_pass_routes_exactly_as_the_query_does(deep_pool):
+    texts = TEXTS + ["the cat and the wolf", "gold and navy"]
+    tasks, scores = deep_pool.route(texts)
+    predictions = deep_pool.predict(texts)
+    assert [p.task for p in predictions] == [deep_pool.tasks[i] for i in tasks.tolist()]
+    assert torch.allclose(
+        torch.tensor([p.routing_score for p in predictions]), scores, rtol=1e-4, atol=1e-3
+    )
+
+
+def test_one_pass_answers_equal_the_routed_tasks_answers(deep_pool):
+    texts = TEXTS + ["the cat and the wolf"]
+    routed = deep_pool.predict(texts)
+    forced = deep_pool.predict(texts, tasks=[p.task for p in routed])
+    assert [p.label for p in routed] == [p.label for p in forced]
+    assert [p.score for p in routed] == pytest.approx([p.score for p in forced], abs=1e-5)
+
+
+def test_deep_mixed_batch_equals_each_row_alone(deep_pool):
+    backbone = deep_pool.backbone
+    texts = TEXTS + ["the cat and the wolf"]
+    tasks = torch.tensor([0, 1, 0, 1])
+    batch = backbone.tokenize(texts)
+    mixed = deep_pool.task_logits(tasks, batch["input_ids"], batch["attention_mask"])
+    for row, text in enumerate(texts):
+        alone = backbone.tokenize([text])
+        logits = deep_pool.task_logits(
+            tasks[row : row + 1], alone["input_ids"], alone["attention_mask"]
+        )
+        assert torch.allclose(mixed[row], logits[0], atol=1e-5), row
+
+
+def test_nothing_below_the_query_layer_is_differentiated(deep_pool):
+    backbone = deep_pool.backbone
+    prompt = SoftPrompt.initialise(
+        backbone, 4, "vocab", generator=torch.Generator().manual_seed(0), placement="query_layer"
+    )
+    seen: dict[int, bool] = {}
+    handles = [
+        layer.register_forward_hook(
+            lambda _m, _a, out, i=i: seen.__setitem__(
+                i, (out[0] if isinstance(out, tuple) else out).requires_grad
+            )
+        )
+        for i, layer in enumerate(backbone.layers)
+    ]
+    try:
+        batch = backbone.tokenize(TEXTS)
+        features = prompted_features(
+            backbone, prompt(len(TEXTS)), batch["input_ids"], batch["attention_mask"]
+        )
+    finally:
+        for handle in handles:
+            handle.remove()
+    features.sum().backward()
+    below = [seen[i] for i in range(backbone.query_layer)]
+    above = [seen[i] for i in range(backbone.query_layer, backbone.num_layers)]
+    assert below == [False] * len(below) and all(above)
+    assert prompt.vectors.grad is not None
+    # Every layer's vectors steer the features (the last layer's through its own attention).
+    assert all(float(layer.abs().sum()) > 0 for layer in prompt.vectors.grad)
+
+
+def test_a_selector_on_the_last_layer_is_refused_with_the_prompt_at_the_query_layer(
+    tiny_backbone,
+):
+    with pytest.raises(ContinualError, match="last layer"):
+        PromptPool(tiny_backbone, placement="query_layer", selector="gaussian_views")
+    with pytest.raises(ContinualError, match="placement"):
+        PromptPool(tiny_backbone, placement="middle")  # type: ignore[arg-type]
+
+
+def test_placement_survives_save_load_export_and_import(tiny_backbone, synthetic_tasks, tmp_path):
+    colours, animals = synthetic_tasks
+    pool = PromptPool(
+        tiny_backbone, prompt_length=4, placement="query_layer", training=TrainingConfig(epochs=1)
+    )
+    pool.learn(colours, progress=False)
+    pool.save(tmp_path / "pool")
+    manifest = json.loads((tmp_path / "pool" / MANIFEST).read_text())
+    assert manifest["placement"] == "query_layer"
+    loaded = PromptPool.load(tmp_path / "pool", tiny_backbone)
+    assert loaded.placement == "query_layer"
+    assert [p.label for p in loaded.predict(TEXTS)] == [p.label for p in pool.predict(TEXTS)]
+
+    exported = pool.export_task("colours", tmp_path / "colours.safetensors")
+    other = PromptPool(
+        tiny_backbone, prompt_length=4, placement="query_layer", training=TrainingConfig(epochs=1)
+    )
+    other.learn(animals, progress=False)
+    other.import_task(exported)
+    assert other.tasks == ["animals", "colours"]
+    at_input = PromptPool(tiny_backbone, prompt_length=4, selector="gaussian_views")
+    with pytest.raises(PoolFormatError, match="placement"):
+        at_input.import_task(exported)
+
+
+def test_a_manifest_with_an_unknown_placement_is_refused(tiny_backbone, synthetic_tasks, tmp_path):
+    colours, _ = synthetic_tasks
+    pool = PromptPool(tiny_backbone, prompt_length=4, training=TrainingConfig(epochs=1))
+    pool.learn(colours, progress=False)
+    pool.save(tmp_path / "pool")
+    path = tmp_path / "pool" / MANIFEST
+    manifest = json.loads(path.read_text())
+    manifest["placement"] = "sideways"
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(PoolFormatError, match="'placement'"):
+        PromptPool.load(tmp_path / "pool", tiny_backbone)
