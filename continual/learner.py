@@ -126,14 +126,11 @@ def train_task(
         placement=placement,
     ).to(backbone.device)
     head = _new_head(backbone.hidden_size, len(task.labels), generator).to(backbone.device)
-    # Adam moves each number by about the learning rate per step, whatever its scale. A deep
-    # prompt's vectors live at the scale of hidden states (about 12x the input embeddings' for
-    # MiniLM), so its rate is scaled by that ratio to learn at the same relative pace.
-    scale = 1.0
-    if prompt.vectors.dim() == 3:
-        spread = backbone.embedding_matrix.detach().float().std().clamp(min=1e-12)
-        scale = float(prompt.vectors.detach().std() / spread)
-    groups: list[dict] = [{"params": prompt.parameters(), "lr": config.prompt_lr * scale}]
+    # A deep prompt learns at the same rate as one at the input: scaling the rate by its
+    # vectors' larger spread (hidden states are about 12x the embeddings' for MiniLM) was
+    # measured worse on text4 (oracle 69.3 with the square root of that ratio, three tasks at
+    # chance with the full ratio, against 70.7 unscaled).
+    groups: list[dict] = [{"params": prompt.parameters(), "lr": config.prompt_lr}]
     if config.head == "verbalizer":
         from .verbalizer import verbalizer_weight
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from .backbone import DEFAULT_MODEL_NAME, Backbone
@@ -53,6 +54,20 @@ _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.
 # hash depends on it, and "load it in bfloat16" says more than "the weights differ".
 _RECORDED = ("architecture", "gguf_sha256")
 _RECORDED_FEATURES = ("dtype", "pooling")
+
+
+# Shares of a task's held-out inputs at which its calibration records the own-match score.
+CALIBRATION_LEVELS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 21))
+
+
+@dataclass
+class _Routing:
+    """Where one `predict` call collects each row's task and routing score."""
+
+    routed: torch.Tensor  # (N,) task index, UNKNOWN_TASK for open or refused rows
+    scores: torch.Tensor  # (N,)
+    thresholds: list[float | None] | None  # min_score per row
+    refuse: list[float] | None  # calibrated own-score threshold per task
 
 
 @dataclass
@@ -181,9 +196,31 @@ class PromptPool:
         # and on wider features (query layer + last layer): see `Selector.training_texts`.
         texts = self.selector.training_texts([text for text, _ in task.train])
         state = self.selector.fit_task(self._queries(texts), self._states(), seed=seed)
-        entry = dataclasses.replace(trained, selector_state=state)
+        stats = dict(trained.stats)
+        if self.selector.name != "oracle":
+            stats["calibration"] = self.calibration(task, state)
+        entry = dataclasses.replace(trained, selector_state=state, stats=stats)
         self.add(entry)
         return entry
+
+    def calibration(self, task: Task, state: State) -> dict[str, Any]:
+        """How ``task``'s own held-out inputs match its selector ``state`` alone: the score at
+        each share of `CALIBRATION_LEVELS` (what ``predict(refuse=...)`` thresholds on).
+
+        Held-out inputs are the validation split in the selector's views (whole and first
+        sentence for gaussian_views); without one, the training texts (and the refusal of
+        known inputs then runs above the asked share). Scores judged by the task's state alone
+        never change as tasks are added, so the entry stays as it was learned.
+        """
+        source = "validation" if task.validation else "train"
+        examples = task.validation if task.validation else task.train
+        texts = self.selector.training_texts([text for text, _ in examples])
+        own = self.selector.own_scores(self._queries(texts), state).double().numpy()
+        return {
+            "source": source,
+            "examples": len(texts),
+            "scores": [round(float(np.quantile(own, level)), 6) for level in CALIBRATION_LEVELS],
+        }
 
     def add(self, entry: TaskEntry) -> None:
         """Add a ready-made entry (from a file, or trained elsewhere), checking its shapes."""
@@ -239,6 +276,7 @@ class PromptPool:
         tasks: Sequence[str | None] | str | None = None,
         batch_size: int = 64,
         min_score: float | Sequence[float | None] | None = None,
+        refuse: float | None = None,
     ) -> list[Prediction]:
         """Label each text. Without ``tasks``, the selector routes each text to a task.
 
@@ -248,6 +286,11 @@ class PromptPool:
         whose routing score is below it: their task and label are None. It is on the selector's
         scale (cosine similarity for prototypes, minus a squared distance for gaussian) and does
         not apply to texts whose task was given.
+
+        ``refuse`` (a share in (0, 0.2]) is calibrated refusal: a routed text is refused when it
+        matches its task, judged by that task's statistics alone, worse than that share of the
+        task's own held-out inputs did when it was learned (see `calibration`). So about that
+        share of a known task's inputs is refused, and inputs unlike every task mostly are.
         """
         texts = list(texts)
         if not self.entries:
@@ -273,15 +316,16 @@ class PromptPool:
                 dtype=torch.long,
             )
         thresholds = _thresholds(min_score, len(texts)) if min_score is not None else None
+        levels = self._refusal_levels(refuse)
         routed = forced.clone()
         route_scores = torch.ones(len(texts))
+        routing = _Routing(routed, route_scores, thresholds, levels)
         labels: list[str | None] = [None] * len(texts)
         scores = [0.0] * len(texts)
         one_pass = self.placement == "query_layer"
         open_rows = [i for i in range(len(texts)) if forced[i] == UNKNOWN_TASK]
         if open_rows and not one_pass:
-            found, found_scores = self.route([texts[i] for i in open_rows])
-            self._settle(open_rows, found, found_scores, routed, route_scores, thresholds)
+            self._settle(open_rows, self._queries([texts[i] for i in open_rows]), routing)
         # Similar lengths in one batch waste less compute on padding.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         if not one_pass:  # refused rows need no prompted pass
@@ -291,12 +335,7 @@ class PromptPool:
             batch = self.backbone.tokenize([texts[i] for i in rows])
             if one_pass:
                 logits = self._one_pass_logits(
-                    rows,
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    routed,
-                    route_scores,
-                    thresholds,
+                    rows, batch["input_ids"], batch["attention_mask"], routing
                 )
             else:
                 index = routed[rows].to(self.backbone.device)
@@ -319,30 +358,55 @@ class PromptPool:
             for i, text in enumerate(texts)
         ]
 
-    def _settle(
-        self,
-        rows: Sequence[int],
-        found: torch.Tensor,
-        found_scores: torch.Tensor,
-        routed: torch.Tensor,
-        route_scores: torch.Tensor,
-        thresholds: list[float | None] | None,
-    ) -> None:
-        """Write the selector's answer for ``rows`` into ``routed``, refusing below threshold."""
-        for row, task_index, score in zip(rows, found.tolist(), found_scores.tolist()):
-            threshold = None if thresholds is None else thresholds[row]
+    def _settle(self, rows: Sequence[int], queries: torch.Tensor, routing: _Routing) -> None:
+        """Route ``rows`` on their query features (len(rows), F) and write the answers into
+        ``routing``, refusing below a given ``min_score`` or the calibrated threshold."""
+        found, found_scores = self.selector.route(queries, self._states())
+        own = None
+        if routing.refuse is not None:
+            own = torch.full((len(rows),), float("inf"))
+            for task_index in set(found.tolist()) - {UNKNOWN_TASK}:
+                at = (found == task_index).nonzero().flatten()
+                state = self.entries[task_index].selector_state
+                own[at] = self.selector.own_scores(queries[at], state).float()
+        for k, (row, task_index, score) in enumerate(
+            zip(rows, found.tolist(), found_scores.tolist())
+        ):
+            threshold = None if routing.thresholds is None else routing.thresholds[row]
             refused = threshold is not None and score < threshold
-            routed[row] = UNKNOWN_TASK if refused else int(task_index)
-            route_scores[row] = float(score)
+            if own is not None and task_index != UNKNOWN_TASK and routing.refuse is not None:
+                refused = refused or float(own[k]) < routing.refuse[task_index]
+            routing.routed[row] = UNKNOWN_TASK if refused else int(task_index)
+            routing.scores[row] = float(score)
+
+    def _refusal_levels(self, refuse: float | None) -> list[float] | None:
+        """Each task's own-score threshold for calibrated refusal at share ``refuse``."""
+        if refuse is None:
+            return None
+        if isinstance(refuse, bool) or not isinstance(refuse, (int, float)):
+            raise TaskDataError(f"refuse must be a number, got {refuse!r}")
+        if not CALIBRATION_LEVELS[0] <= refuse <= CALIBRATION_LEVELS[-1]:
+            raise TaskDataError(
+                f"refuse must be a share from {CALIBRATION_LEVELS[0]} to "
+                f"{CALIBRATION_LEVELS[-1]}, got {refuse!r}"
+            )
+        levels = []
+        for entry in self.entries:
+            calibration = entry.stats.get("calibration")
+            if not isinstance(calibration, dict) or "scores" not in calibration:
+                raise TaskDataError(
+                    f"task {entry.name!r} has no routing calibration (it was learned by an "
+                    "older version or without held-out data); learn it again, or use min_score"
+                )
+            levels.append(float(np.interp(refuse, CALIBRATION_LEVELS, calibration["scores"])))
+        return levels
 
     def _one_pass_logits(
         self,
         rows: list[int],
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        routed: torch.Tensor,
-        route_scores: torch.Tensor,
-        thresholds: list[float | None] | None,
+        routing: _Routing,
     ) -> torch.Tensor:
         """Logits (B, C) of one pass that routes at the query layer and runs the routed prompts.
 
@@ -355,19 +419,11 @@ class PromptPool:
         chosen: list[torch.Tensor] = []
 
         def prompts_for(hidden: torch.Tensor) -> torch.Tensor:
-            open_at = [k for k, row in enumerate(rows) if routed[row] == UNKNOWN_TASK]
+            open_at = [k for k, row in enumerate(rows) if routing.routed[row] == UNKNOWN_TASK]
             if open_at:
                 queries = self.backbone.pool(hidden[open_at, length:], attention_mask[open_at])
-                found, found_scores = self.selector.route(queries.cpu(), self._states())
-                self._settle(
-                    [rows[k] for k in open_at],
-                    found,
-                    found_scores,
-                    routed,
-                    route_scores,
-                    thresholds,
-                )
-            index = routed[rows].clamp(min=0).to(prompts.device)
+                self._settle([rows[k] for k in open_at], queries.cpu(), routing)
+            index = routing.routed[rows].clamp(min=0).to(prompts.device)
             chosen.append(index)
             return prompts[index]
 
@@ -446,7 +502,7 @@ class PromptPool:
 
     # -- size -------------------------------------------------------------------------------------
     def bytes_per_task(self) -> list[int]:
-        """Bytes each task's tensors take (float32), as stored."""
+        """Bytes each task's tensors take as stored (selector statistics may be float16)."""
         return [entry.bytes for entry in self.entries]
 
     # -- persistence ------------------------------------------------------------------------------

@@ -329,13 +329,21 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise PoolFormatError(f"{path}: not a valid safetensors file ({error})") from None
     for name, tensor in tensors.items():
-        # Every tensor a pool writes is float32; another dtype would fail only at prediction.
-        if tensor.dtype != torch.float32:
+        # Another dtype than a pool writes would fail only at prediction.
+        if tensor.dtype not in stored_dtypes(name):
             raise PoolFormatError(
                 f"{path}: tensor {name!r} is {tensor.dtype}, expected torch.float32; "
                 "the file was not written by PromptPool.save"
             )
     return tensors
+
+
+def stored_dtypes(name: str) -> tuple[torch.dtype, ...]:
+    """The dtypes a task file may hold tensor ``name`` in: float32, and for selector
+    statistics also float16 (a covariance stored in half the bytes routes the same)."""
+    if name.startswith("selector."):
+        return (torch.float32, torch.float16)
+    return (torch.float32,)
 
 
 def task_record(entry: TaskEntry, file: str, sha256: str) -> dict:
@@ -577,7 +585,7 @@ def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     for key, tensor in tensors.items():
         if key not in ("prompt", "head.weight", "head.bias") and not key.startswith("selector."):
             raise PoolFormatError(f"{path}: unexpected tensor {key!r}")
-        if tensor.dtype != torch.float32:
+        if tensor.dtype not in stored_dtypes(key):
             raise PoolFormatError(
                 f"{path}: tensor {key!r} is {tensor.dtype}, expected torch.float32"
             )
