@@ -84,6 +84,13 @@ def main() -> int:
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--query-layer", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--placement",
+        choices=["input", "query_layer"],
+        default="input",
+        help="query_layer: route as a pool whose prompts enter at the query layer does (the "
+        "query layer alone, with 16 placeholder positions before each input)",
+    )
     parser.add_argument("--out", type=Path, default=Path("results/routing_shift"))
     args = parser.parse_args()
 
@@ -96,17 +103,22 @@ def main() -> int:
         test_per_label=args.test_per_label,
         validation_per_label=16,
     )
+    prefix = 16 if args.placement == "query_layer" else 0  # the pool's default prompt length
     rows = []
     for selector_name in args.selectors:
         for spans in args.spans:
-            selector = build_selector(selector_name)
+            selector = build_selector(
+                {"name": selector_name, "last_layer": False}
+                if args.placement == "query_layer" and selector_name == DEFAULT_SELECTOR
+                else selector_name
+            )
             rng = random.Random(args.seed)
             states: list = []
             for task in tasks:
                 texts = with_spans([text for text, _ in task.train], spans, rng)
                 # As PromptPool.add_trained: the selector's own training views and features.
                 texts = selector.training_texts(texts)
-                queries = backbone.query(texts, with_last=selector.with_last)
+                queries = backbone.query(texts, with_last=selector.with_last, prefix=prefix)
                 states.append(selector.fit_task(queries, states, seed=args.seed))
             bytes_per_task = sum(t.numel() * t.element_size() for t in states[0].values())
             row = {"selector": selector_name, "spans": spans, "bytes_per_task": bytes_per_task}
@@ -122,7 +134,7 @@ def main() -> int:
                     texts = [
                         shorten(text) if shorten else mixed(text, view_rng) for text, _ in task.test
                     ]
-                    queries = backbone.query(texts, with_last=selector.with_last)
+                    queries = backbone.query(texts, with_last=selector.with_last, prefix=prefix)
                     routed, _ = selector.route(queries, states)
                     per_task[task.name] = round(100 * (routed == index).float().mean().item(), 1)
                 row[view] = {
@@ -154,7 +166,8 @@ def main() -> int:
         "whole; first sentence; headline (text before the first '. ', a BBC article's headline "
         "line); mixed (seeded: whole, first sentence or a 1-3 sentence window). `spans`: "
         "sentences per training text added to the routing statistics (0 = as the pool fits "
-        f"them). The pool's default selector is `{DEFAULT_SELECTOR}`.",
+        f"them). The pool's default selector is `{DEFAULT_SELECTOR}`. Placement of the "
+        f"prompts: `{args.placement}`.",
         "",
         "| selector | spans | selector bytes/task | "
         + " | ".join(VIEWS)
