@@ -174,9 +174,15 @@ def _parser() -> argparse.ArgumentParser:
     learn.add_argument("--prompt-length", type=int, default=16, help="for a new pool")
     learn.add_argument(
         "--selector",
-        default=DEFAULT_SELECTOR,
         choices=[name for name in SELECTORS if name != "oracle"],
-        help="for a new pool",
+        help=f"for a new pool (default: {DEFAULT_SELECTOR})",
+    )
+    learn.add_argument(
+        "--placement",
+        choices=["input", "query_layer"],
+        default="input",
+        help="for a new pool: prompts before the input (default), or deep prompts from the "
+        "query layer on, routed in the same pass (cheaper to serve; see the README)",
     )
     learn.add_argument(
         "--backbone",
@@ -224,6 +230,13 @@ def _parser() -> argparse.ArgumentParser:
         type=float,
         help="refuse (task and label null) texts "
         "whose routing score is below this, on the selector's scale",
+    )
+    predict.add_argument(
+        "--refuse",
+        type=float,
+        metavar="SHARE",
+        help="calibrated refusal: refuse texts that match their task worse than this share "
+        "(0.01 to 0.2) of the task's own held-out inputs did",
     )
     predict.add_argument("--backbone", help=backbone_help)
     _add_device_arguments(predict)
@@ -342,6 +355,7 @@ def _learn(args: argparse.Namespace) -> int:
             pool = PromptPool(
                 backbone,
                 prompt_length=args.prompt_length,
+                placement=args.placement,
                 selector=args.selector,
                 training=TrainingConfig(head=args.head),
             )
@@ -379,7 +393,8 @@ def _predict(args: argparse.Namespace) -> int:
     if not texts:
         raise ContinualError("nothing to predict: give texts or --file")
     pool = _load_pool(args)
-    for prediction in pool.predict(texts, tasks=args.task, min_score=args.min_score):
+    predictions = pool.predict(texts, tasks=args.task, min_score=args.min_score, refuse=args.refuse)
+    for prediction in predictions:
         print(_json(prediction.to_dict(), ensure_ascii=False))
     return 0
 

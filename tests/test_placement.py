@@ -156,3 +156,31 @@ def test_a_manifest_with_an_unknown_placement_is_refused(tiny_backbone, syntheti
     path.write_text(json.dumps(manifest))
     with pytest.raises(PoolFormatError, match="'placement'"):
         PromptPool.load(tmp_path / "pool", tiny_backbone)
+
+
+def test_cli_learns_a_query_layer_pool_and_predicts_with_refusal(tokenizer, tmp_path, capsys):
+    """``continual learn --placement query_layer`` on a saved tiny BERT; ``predict --refuse``."""
+    from conftest import tiny_bert
+
+    from continual.cli import main
+
+    folder = tmp_path / "tiny-bert"
+    tiny_bert(tokenizer, 0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    rows = [("the red and the pink here", "warm"), ("the blue and the teal now", "cool")] * 8
+    train = tmp_path / "train.csv"
+    train.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
+    pool = tmp_path / "pool"
+    common = ["--backbone", str(folder), "--no-progress"]
+    learn = ["learn", str(pool), "--task", "colours", "--train", str(train), "--epochs", "1"]
+    options = ["--prompt-length", "4", "--max-length", "32", "--placement", "query_layer"]
+    assert main([*learn, *options, *common]) == 0
+    capsys.readouterr()
+    assert main(["info", str(pool), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["placement"] == "query_layer"
+    predict = ["predict", str(pool), "the red one", "--backbone", str(folder)]
+    assert main([*predict, "--refuse", "0.2"]) == 0
+    answer = json.loads(capsys.readouterr().out.splitlines()[0])
+    assert answer["task"] in ("colours", None)
+    assert main([*predict, "--refuse", "0.5"]) == 2
+    assert "refuse must be a share" in capsys.readouterr().err
