@@ -8,6 +8,7 @@ Any other failure prints one line and exits with code 1; ``--debug`` shows its t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -317,11 +318,10 @@ def _load_pool(args: argparse.Namespace):
 
 
 def _learn(args: argparse.Namespace) -> int:
-    from .backbone import Backbone
-    from .data import Task
-    from .learner import TrainingConfig, check_seed
-    from .pool import PromptPool
-    from .storage import MANIFEST, PoolLock, check_pool_folder
+    """``continual learn``; under torchrun or ``accelerate launch`` every process trains the
+    task data-parallel and rank 0 alone writes the pool (see `continual.distributed`)."""
+    from . import distributed
+    from .learner import check_seed
 
     if not args.task.strip():
         raise ContinualError("--task must be a non-empty name")
@@ -329,17 +329,40 @@ def _learn(args: argparse.Namespace) -> int:
     if args.epochs is not None and args.epochs < 1:
         raise ContinualError(f"--epochs must be at least 1, got {args.epochs}")
     _check_wait(args.wait)
+    if not distributed.launched():
+        return _learn_task(args)
+    args.device = str(distributed.rank_device(args.device))
+    distributed.init(args.device)
+    try:
+        return _learn_task(args)
+    finally:
+        distributed.teardown()
+
+
+def _learn_task(args: argparse.Namespace) -> int:
+    from . import distributed
+    from .backbone import Backbone
+    from .data import Task
+    from .learner import TrainingConfig
+    from .pool import PromptPool
+    from .storage import MANIFEST, PoolLock, check_pool_folder
+
     check_pool_folder(args.pool)  # before reading data: refuse a folder that is not a pool's
     task = Task.from_files(args.task, args.train, args.test, args.validation, seed=args.seed)
-    with PoolLock(args.pool, timeout=args.wait):
+    main = distributed.is_main()
+    # Rank 0 alone takes the lock and writes; the other ranks only read an existing pool (its
+    # settings and backbone), after the barrier, so while rank 0 holds the lock.
+    with PoolLock(args.pool, timeout=args.wait) if main else contextlib.nullcontext():
+        distributed.barrier()
         if (args.pool / MANIFEST).exists():
             pool = _load_pool(args)
             if args.task in pool.tasks:
                 if args.resume:
-                    print(
-                        f"task {args.task!r} is already in {args.pool}; nothing to do",
-                        file=sys.stderr,
-                    )
+                    if main:
+                        print(
+                            f"task {args.task!r} is already in {args.pool}; nothing to do",
+                            file=sys.stderr,
+                        )
                     return 0
                 raise ContinualError(
                     f"task {args.task!r} is already in {args.pool}; choose another --task name"
@@ -363,7 +386,18 @@ def _learn(args: argparse.Namespace) -> int:
         if args.epochs is not None:
             training = dataclasses.replace(pool.training, epochs=args.epochs)
         entry = pool.learn(task, seed=args.seed, progress=not args.no_progress, training=training)
-        pool.save(args.pool, lock=False)  # this process holds the lock already
+        if main:
+            pool.save(args.pool, lock=False)  # this process holds the lock already
+        distributed.barrier()
+        if not main:
+            digest = distributed.digest((entry.prompt, entry.head_weight, entry.head_bias))
+            print(
+                f"rank {distributed.rank()} of {distributed.world_size()}: trained task "
+                f"{_printable(entry.name)!r} with rank 0, which saved the pool (prompt and "
+                f"head sha256 {digest})",
+                file=sys.stderr,
+            )
+            return 0
         result = pool.evaluate(task) if task.test else None
     routing = result.routing_accuracy if result else None
     print(

@@ -4,6 +4,11 @@ Only the new prompt and head receive gradients; the backbone and every earlier t
 reach of the optimizer. Training is seeded and deterministic, shows a progress bar, and stops
 early on the validation split (keeping the best epoch). Randomness comes from one seeded
 ``torch.Generator``; the process's global random state is neither read nor changed.
+
+Started by torchrun or ``accelerate launch`` (`continual.distributed`), the processes train one
+task data-parallel: each draws the same seeded order, takes its share of every global batch of
+``batch_size`` rows, and DistributedDataParallel averages the gradients, so every process ends
+with the prompt and head one process would have learned (up to float rounding).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from . import distributed
 from .backbone import Backbone
 from .data import Task
 from .entry import TaskEntry
@@ -117,6 +124,9 @@ def train_task(
     state (the pool fits that when it adds the entry).
     """
     generator = torch.Generator().manual_seed(check_seed(seed))
+    parallel = distributed.init(backbone.device)
+    ranks, me = distributed.world_size(), distributed.rank()
+    progress = progress and me == 0
     prompt = SoftPrompt.initialise(
         backbone,
         prompt_length,
@@ -142,6 +152,12 @@ def train_task(
     else:
         raise ContinualError(f"unknown head {config.head!r}; use 'linear' or 'verbalizer'")
     optimizer = torch.optim.Adam(groups)
+    model: nn.Module = PromptedClassifier(backbone, prompt, head)
+    if parallel:
+        # Every rank built the same prompt and head from the same seed; DDP also broadcasts
+        # rank 0's copy at this point, so they start identical whatever happened before.
+        device_ids = [backbone.device.index] if backbone.device.type == "cuda" else None
+        model = DistributedDataParallel(model, device_ids=device_ids)
     texts = [text for text, _ in task.train]
     targets = torch.tensor(
         [task.label_index(label) for _, label in task.train], device=backbone.device
@@ -163,6 +179,9 @@ def train_task(
         total_loss = 0.0
         for step in range(steps_per_epoch):
             rows = order[step * config.batch_size : (step + 1) * config.batch_size]
+            weights = None
+            if parallel:
+                rows, weights = _shard(rows, ranks, me, backbone.device)
             batch = backbone.tokenize([texts[i] for i in rows])
             loss = train_step(
                 backbone,
@@ -172,13 +191,23 @@ def train_task(
                 batch["input_ids"],
                 batch["attention_mask"],
                 targets[rows],
+                model=model if parallel else None,
+                row_weights=weights,
             )
+            if parallel:  # the global batch's mean loss, for the progress line
+                loss = distributed.all_sum([loss], backbone.device)[0]
             total_loss += loss
             bar.update(1, loss=f"{total_loss / (step + 1):.3f}")
         if not task.validation:
             bar.checkpoint(f"epoch {epoch + 1}/{config.epochs}")
             continue
-        accuracy = _accuracy(backbone, prompt, head, task, task.validation, config.batch_size)
+        # Each rank scores its share of the validation split; the summed counts give every
+        # rank the same accuracy, so early stopping decides the same everywhere.
+        counts = _correct(
+            backbone, prompt, head, task, task.validation[me::ranks], config.batch_size
+        )
+        correct, seen = distributed.all_sum(counts, backbone.device)
+        accuracy = correct / max(seen, 1)
         bar.checkpoint(f"epoch {epoch + 1}/{config.epochs}", val=f"{accuracy:.1%}")
         if accuracy > best[0]:
             state = (
@@ -197,6 +226,7 @@ def train_task(
         vectors, weight, bias = best[1]
     else:
         vectors, weight, bias = prompt.vectors.detach(), head.weight.detach(), head.bias.detach()
+    distributed.check_same((vectors, weight, bias), "prompts and heads")
     stats = {
         "train_examples": len(texts),
         "epochs_run": epochs_run,
@@ -208,6 +238,8 @@ def train_task(
         "head": config.head,
         "seed": seed,
     }
+    if ranks > 1:
+        stats["processes"] = ranks
     # Entries live on the CPU: that is how they are stored, and the pool moves them as needed.
     return TaskEntry(
         name=task.name,
@@ -227,18 +259,75 @@ def train_step(
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
     targets: torch.Tensor,
+    *,
+    model: nn.Module | None = None,
+    row_weights: torch.Tensor | None = None,
 ) -> float:
     """One optimizer step on one batch (forward, backward, update); returns the loss.
 
     Only ``prompt`` and ``head`` get gradients: the frozen backbone's weights never need them,
     and with a deep prompt nothing below the query layer is differentiated at all.
+
+    Data-parallel, ``model`` is the `DistributedDataParallel` wrapper of a
+    `PromptedClassifier` over ``prompt`` and ``head``, the rows are this process's share of a
+    global batch, and ``row_weights`` weighs each row's loss (1 / the global batch's rows; 0
+    for a stand-in row when the share is empty). The returned loss is then this share's part
+    of the global batch's mean loss.
     """
-    features = prompted_features(backbone, prompt(len(input_ids)), input_ids, attention_mask)
-    loss = F.cross_entropy(head(features), targets)
+    classifier = model if model is not None else PromptedClassifier(backbone, prompt, head)
+    logits = classifier(input_ids, attention_mask)
+    if row_weights is None:
+        loss = F.cross_entropy(logits, targets)
+        objective = loss
+    else:
+        loss = (F.cross_entropy(logits, targets, reduction="none") * row_weights).sum()
+        # DDP averages the gradients of the processes, whose shares of the mean loss add up:
+        # scaling by their number makes the average the gradient of the global batch's mean.
+        objective = loss * distributed.world_size()
     optimizer.zero_grad()
-    loss.backward()
+    objective.backward()
     optimizer.step()
     return loss.item()
+
+
+class PromptedClassifier(nn.Module):
+    """One task's trainable part as a module: logits of a batch under ``prompt`` and ``head``.
+
+    The frozen backbone is held but not registered as a submodule, so that
+    `DistributedDataParallel` broadcasts and synchronises the prompt and head alone, not the
+    backbone's weights, which every process loads identically and never changes.
+    """
+
+    backbone: Backbone
+
+    def __init__(self, backbone: Backbone, prompt: SoftPrompt, head: nn.Linear) -> None:
+        super().__init__()
+        object.__setattr__(self, "backbone", backbone)  # bypasses submodule registration
+        self.prompt = prompt
+        self.head = head
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Logits (B, C) of a tokenized batch."""
+        features = prompted_features(
+            self.backbone, self.prompt(len(input_ids)), input_ids, attention_mask
+        )
+        return self.head(features)
+
+
+def _shard(
+    rows: torch.Tensor, ranks: int, rank: int, device: torch.device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This rank's rows of a global batch, every ``ranks``-th from ``rank``, and their weights.
+
+    Each row weighs 1 / the global batch's size, so the shares' losses add up to the batch's
+    mean. A share may be empty (a last batch with fewer rows than ranks); DDP still needs a
+    backward pass from every rank, so it gets the batch's first row with weight 0.
+    """
+    share = rows[rank::ranks]
+    weights = torch.full((len(share),), 1.0 / len(rows), device=device)
+    if len(share) == 0:
+        share, weights = rows[:1], torch.zeros(1, device=device)
+    return share, weights
 
 
 def _new_head(hidden: int, classes: int, generator: torch.Generator) -> nn.Linear:
@@ -252,14 +341,15 @@ def _new_head(hidden: int, classes: int, generator: torch.Generator) -> nn.Linea
 
 
 @torch.no_grad()
-def _accuracy(
+def _correct(
     backbone: Backbone,
     prompt: SoftPrompt,
     head: nn.Linear,
     task: Task,
     examples: Sequence[tuple[str, str]],
     batch_size: int,
-) -> float:
+) -> tuple[int, int]:
+    """Examples labelled right, and examples seen."""
     correct = 0
     for start in range(0, len(examples), batch_size):
         chunk = examples[start : start + batch_size]
@@ -272,4 +362,4 @@ def _accuracy(
             [task.label_index(label) for _, label in chunk], device=head.weight.device
         )
         correct += int((predicted == gold).sum())
-    return correct / max(len(examples), 1)
+    return correct, len(examples)

@@ -172,6 +172,11 @@ class PromptPool:
 
         Earlier entries are not touched. ``training`` overrides the pool's `TrainingConfig`
         for this task only. Raises `TaskDataError` for a name already in the pool.
+
+        Under torchrun or ``accelerate launch`` every process calls this: the prompt and head
+        train data-parallel (`continual.distributed`) and every process ends with the same
+        entry, selector state included (each fits it on the same texts). Only one process
+        should then write: ``if continual.distributed.is_main(): pool.save(path)``.
         """
         if task.name in self.tasks:
             raise TaskDataError(f"task {task.name!r} is already in the pool; choose another name")
