@@ -507,7 +507,9 @@ def _explain(args: argparse.Namespace) -> int:
     print("prompt similarity (cosine):")
     for name, row in zip(pool.tasks, similarity.tolist()):
         print(f"  {_printable(name):>16}: " + " ".join(f"{value:5.2f}" for value in row))
-    if args.tokens:
+    if args.tokens and pool.placement != "input":
+        print("nearest tokens: not for deep prompts (their vectors are middle-layer states)")
+    elif args.tokens:
         for name in pool.tasks:
             print(f"nearest tokens of {_printable(name)}'s prompt vectors:")
             for position, tokens in enumerate(nearest_tokens(pool, name, args.tokens)):

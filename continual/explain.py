@@ -16,8 +16,20 @@ from .pool import PromptPool
 
 
 def nearest_tokens(pool: PromptPool, task: str, k: int = 5) -> list[list[tuple[str, float]]]:
-    """For each vector of ``task``'s prompt, the ``k`` vocabulary tokens nearest by cosine."""
+    """For each vector of ``task``'s prompt, the ``k`` vocabulary tokens nearest by cosine.
+
+    Only for prompts at the input: a deep prompt's vectors are hidden states of middle layers,
+    which vocabulary embeddings do not describe.
+    """
     entry = pool.entries[_index(pool, task)]
+    if entry.prompt.dim() != 2:
+        from .errors import TaskDataError
+
+        raise TaskDataError(
+            f"task {task!r} has a deep prompt (placement 'query_layer'): its vectors live in "
+            "middle layers, not in the vocabulary's embedding space, so nearest tokens would "
+            "mean nothing; task similarity and routing explanations still apply"
+        )
     table = F.normalize(pool.backbone.embedding_matrix.detach().float(), dim=1)  # (V, H)
     similarity = F.normalize(entry.prompt.float().to(table.device), dim=1) @ table.T  # (L, V)
     values, ids = similarity.topk(k, dim=1)

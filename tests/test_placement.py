@@ -184,3 +184,13 @@ def test_cli_learns_a_query_layer_pool_and_predicts_with_refusal(tokenizer, tmp_
     assert answer["task"] in ("colours", None)
     assert main([*predict, "--refuse", "0.5"]) == 2
     assert "refuse must be a share" in capsys.readouterr().err
+
+
+def test_nearest_tokens_are_refused_for_a_deep_prompt(deep_pool):
+    from continual import TaskDataError
+    from continual.explain import nearest_tokens, prompt_similarity
+
+    with pytest.raises(TaskDataError, match="deep prompt"):
+        nearest_tokens(deep_pool, "colours")
+    similarity = prompt_similarity(deep_pool)
+    assert similarity.shape == (2, 2) and torch.allclose(similarity.diagonal(), torch.ones(2))
