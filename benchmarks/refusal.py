@@ -3,7 +3,8 @@ inputs of the tasks it did learn does it wrongly refuse?
 
 For each task of the sequence in turn, a pool learns the others (leave one out) and then sees
 the test inputs of all of them: the held-out task's inputs should be refused, the known tasks'
-should not. Refusal is ``PromptPool.predict(texts, refuse=share)``: a routed input is refused
+should not. Refusal is ``PromptPool.route(texts, refuse=share)`` (as ``predict`` refuses, without
+the prompted pass that labels the kept inputs): a routed input is refused
 when it matches its task, by that task's statistics alone, worse than ``share`` of the task's
 own validation inputs did (``PromptPool.calibration``). Refusal is a routing decision, so the
 prompts here are left untrained (they do not change which inputs are refused). Inputs are
@@ -26,7 +27,7 @@ import torch
 from continual import Backbone, PromptPool, TaskEntry
 from continual.bench.sequences import load_sequence
 from continual.prompt import SoftPrompt
-from continual.selector import first_sentence
+from continual.selector import UNKNOWN_TASK, first_sentence
 from continual.storage import atomic_write_bytes
 
 SHARES = (0.01, 0.02, 0.05, 0.1, 0.2)
@@ -77,9 +78,10 @@ def main() -> int:
             unseen = [shorten(text) for text, _ in held_out.test]
             row: dict = {"held_out": held_out.name, "view": view, "shares": {}}
             for share in SHARES:
-                answers = pool.predict(known + unseen, refuse=share)
-                known_refused = sum(p.task is None for p in answers[: len(known)])
-                unseen_refused = sum(p.task is None for p in answers[len(known) :])
+                routed, _ = pool.route(known + unseen, refuse=share)
+                refused = routed == UNKNOWN_TASK
+                known_refused = int(refused[: len(known)].sum())
+                unseen_refused = int(refused[len(known) :].sum())
                 row["shares"][str(share)] = {
                     "known_refused": round(100 * known_refused / len(known), 1),
                     "unseen_refused": round(100 * unseen_refused / len(unseen), 1),

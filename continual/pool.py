@@ -267,11 +267,30 @@ class PromptPool:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
         return self.selector.task_scores(self._queries(texts), self._states())
 
-    def route(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
-        """Task index (B,) and routing score (B,) per text; `UNKNOWN_TASK` where refused."""
+    def route(
+        self,
+        texts: Sequence[str],
+        *,
+        min_score: float | Sequence[float | None] | None = None,
+        refuse: float | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Task index (B,) and routing score (B,) per text; `UNKNOWN_TASK` where refused.
+
+        The routing half of `predict` (same ``min_score`` and ``refuse``), with no prompted pass.
+        """
         if not self.entries:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
-        return self.selector.route(self._queries(texts), self._states())
+        texts = list(texts)
+        thresholds = _thresholds(min_score, len(texts)) if min_score is not None else None
+        routing = _Routing(
+            torch.full((len(texts),), UNKNOWN_TASK, dtype=torch.long),
+            torch.zeros(len(texts)),
+            thresholds,
+            self._refusal_levels(refuse),
+        )
+        if texts:
+            self._settle(range(len(texts)), self._queries(texts), routing)
+        return routing.routed, routing.scores
 
     @torch.no_grad()
     def predict(

@@ -75,5 +75,8 @@ def test_real_minilm_refuses_an_unseen_task_and_keeps_the_known_one(minilm):
     # them: one-line reviews look like news first sentences, which the news statistics cover.
     assert known_refused <= 0.35, known_refused
     assert unseen_refused >= known_refused + 0.3, (known_refused, unseen_refused)
+    # route() refuses the very same inputs, without the prompted pass.
+    routed, _ = pool.route(known + unseen, refuse=0.2)
+    assert (routed == -1).tolist() == [p.task is None for p in answers]
     # Without refuse, every input goes to the one task there is.
     assert all(p.task == "bbc" for p in pool.predict(unseen))
