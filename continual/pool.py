@@ -67,7 +67,7 @@ class _Routing:
     routed: torch.Tensor  # (N,) task index, UNKNOWN_TASK for open or refused rows
     scores: torch.Tensor  # (N,)
     thresholds: list[float | None] | None  # min_score per row
-    refuse: list[float] | None  # calibrated own-score threshold per task
+    refuse: list[list[float] | None] | None  # per row: each task's own-score threshold
 
 
 @dataclass
@@ -272,7 +272,7 @@ class PromptPool:
         texts: Sequence[str],
         *,
         min_score: float | Sequence[float | None] | None = None,
-        refuse: float | None = None,
+        refuse: float | Sequence[float | None] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Task index (B,) and routing score (B,) per text; `UNKNOWN_TASK` where refused.
 
@@ -286,7 +286,7 @@ class PromptPool:
             torch.full((len(texts),), UNKNOWN_TASK, dtype=torch.long),
             torch.zeros(len(texts)),
             thresholds,
-            self._refusal_levels(refuse),
+            self._refusal_levels(refuse, len(texts)),
         )
         if texts:
             self._settle(range(len(texts)), self._queries(texts), routing)
@@ -300,7 +300,7 @@ class PromptPool:
         tasks: Sequence[str | None] | str | None = None,
         batch_size: int = 64,
         min_score: float | Sequence[float | None] | None = None,
-        refuse: float | None = None,
+        refuse: float | Sequence[float | None] | None = None,
     ) -> list[Prediction]:
         """Label each text. Without ``tasks``, the selector routes each text to a task.
 
@@ -311,7 +311,8 @@ class PromptPool:
         scale (cosine similarity for prototypes, minus a squared distance for gaussian) and does
         not apply to texts whose task was given.
 
-        ``refuse`` (a share in (0, 0.2]) is calibrated refusal: a routed text is refused when it
+        ``refuse`` (a share from 0.01 to 0.2, or one per text, None for none) is calibrated
+        refusal: a routed text is refused when it
         matches its task, judged by that task's statistics alone, worse than that share of the
         task's own held-out inputs did when it was learned (see `calibration`). So about that
         share of a known task's inputs is refused, and inputs unlike every task mostly are.
@@ -340,7 +341,7 @@ class PromptPool:
                 dtype=torch.long,
             )
         thresholds = _thresholds(min_score, len(texts)) if min_score is not None else None
-        levels = self._refusal_levels(refuse)
+        levels = self._refusal_levels(refuse, len(texts))
         routed = forced.clone()
         route_scores = torch.ones(len(texts))
         routing = _Routing(routed, route_scores, thresholds, levels)
@@ -387,7 +388,7 @@ class PromptPool:
         ``routing``, refusing below a given ``min_score`` or the calibrated threshold."""
         found, found_scores = self.selector.route(queries, self._states())
         own = None
-        if routing.refuse is not None:
+        if routing.refuse is not None and any(routing.refuse[row] is not None for row in rows):
             own = torch.full((len(rows),), float("inf"))
             for task_index in set(found.tolist()) - {UNKNOWN_TASK}:
                 at = (found == task_index).nonzero().flatten()
@@ -398,22 +399,40 @@ class PromptPool:
         ):
             threshold = None if routing.thresholds is None else routing.thresholds[row]
             refused = threshold is not None and score < threshold
-            if own is not None and task_index != UNKNOWN_TASK and routing.refuse is not None:
-                refused = refused or float(own[k]) < routing.refuse[task_index]
+            levels = None if routing.refuse is None else routing.refuse[row]
+            if own is not None and levels is not None and task_index != UNKNOWN_TASK:
+                refused = refused or float(own[k]) < levels[task_index]
             routing.routed[row] = UNKNOWN_TASK if refused else int(task_index)
             routing.scores[row] = float(score)
 
-    def _refusal_levels(self, refuse: float | None) -> list[float] | None:
-        """Each task's own-score threshold for calibrated refusal at share ``refuse``."""
+    def _refusal_levels(
+        self, refuse: float | Sequence[float | None] | None, count: int
+    ) -> list[list[float] | None] | None:
+        """Per text, each task's own-score threshold for its ``refuse`` share (or None)."""
         if refuse is None:
             return None
-        if isinstance(refuse, bool) or not isinstance(refuse, (int, float)):
-            raise TaskDataError(f"refuse must be a number, got {refuse!r}")
-        if not CALIBRATION_LEVELS[0] <= refuse <= CALIBRATION_LEVELS[-1]:
-            raise TaskDataError(
-                f"refuse must be a share from {CALIBRATION_LEVELS[0]} to "
-                f"{CALIBRATION_LEVELS[-1]}, got {refuse!r}"
-            )
+        shares: list[Any] = list(refuse) if isinstance(refuse, (list, tuple)) else [refuse] * count
+        if len(shares) != count:
+            raise TaskDataError(f"{len(shares)} refuse values for {count} texts")
+        found: dict[float, list[float]] = {}
+        for share in shares:
+            if share is None or (type(share) in (int, float) and share in found):
+                continue
+            found[share] = self.refusal_thresholds(share)  # checks the share first
+        return [None if share is None else found[share] for share in shares]
+
+    def refusal_thresholds(self, share: float) -> list[float]:
+        """Each task's own-score threshold for calibrated refusal at ``share`` (0.01 to 0.2).
+
+        Raises `TaskDataError` for a share out of range or a task without calibration.
+        """
+        low, high = CALIBRATION_LEVELS[0], CALIBRATION_LEVELS[-1]
+        if (
+            isinstance(share, bool)
+            or not isinstance(share, (int, float))
+            or not low <= share <= high
+        ):
+            raise TaskDataError(f"refuse must be a share from {low} to {high}, got {share!r}")
         levels = []
         for entry in self.entries:
             calibration = entry.stats.get("calibration")
@@ -422,7 +441,7 @@ class PromptPool:
                     f"task {entry.name!r} has no routing calibration (it was learned by an "
                     "older version or without held-out data); learn it again, or use min_score"
                 )
-            levels.append(float(np.interp(refuse, CALIBRATION_LEVELS, calibration["scores"])))
+            levels.append(float(np.interp(share, CALIBRATION_LEVELS, calibration["scores"])))
         return levels
 
     def _one_pass_logits(

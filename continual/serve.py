@@ -4,10 +4,11 @@
 
 Endpoints:
 
-- ``POST /predict`` ``{"texts": [...], "task": null | "name", "min_score": null | x}`` →
-  ``{"predictions": [{"text", "task", "label", "score"}, ...]}`` in input order. ``task`` skips
-  routing; ``min_score`` refuses routed texts whose routing score is below it (task and label
-  null).
+- ``POST /predict`` ``{"texts": [...], "task": null | "name", "min_score": null | x,
+  "refuse": null | share}`` → ``{"predictions": [{"text", "task", "label", "score"}, ...]}`` in
+  input order. ``task`` skips routing; ``min_score`` refuses routed texts whose routing score is
+  below it, ``refuse`` those that match their task worse than that share (0.01 to 0.2) of its
+  held-out inputs (task and label null; see `PromptPool.predict`).
 - ``GET /tasks`` → ``{"tasks": [{"name", "labels"}, ...]}``; ``GET /health`` → 200.
 
 Concurrent requests are queued and answered together: the first waits at most ``max_wait``
@@ -139,6 +140,7 @@ class _Job:
     texts: list[str]
     task: str | None
     min_score: float | None
+    refuse: float | None
     future: asyncio.Future
     enqueued: float = field(default_factory=time.perf_counter)
 
@@ -187,10 +189,15 @@ class MicroBatcher:
         self._executor.shutdown(wait=True)
 
     async def submit(
-        self, pool, texts: list[str], task: str | None, min_score: float | None
+        self,
+        pool,
+        texts: list[str],
+        task: str | None,
+        min_score: float | None,
+        refuse: float | None = None,
     ) -> list:
         future = asyncio.get_running_loop().create_future()
-        self._pending.append(_Job(pool, texts, task, min_score, future))
+        self._pending.append(_Job(pool, texts, task, min_score, refuse, future))
         assert self._wakeup is not None, "start() the batcher first"
         self._wakeup.set()
         return await future
@@ -244,15 +251,20 @@ class MicroBatcher:
             groups.setdefault(id(job.pool), []).append(number)
         for numbers in groups.values():
             pool = batch[numbers[0]].pool
-            texts, tasks, thresholds = [], [], []
+            texts, tasks, thresholds, shares = [], [], [], []
             for number in numbers:
                 job = batch[number]
                 texts += job.texts
                 tasks += [job.task] * len(job.texts)
                 thresholds += [job.min_score] * len(job.texts)
+                shares += [job.refuse] * len(job.texts)
             try:
                 predictions = pool.predict(
-                    texts, tasks=tasks, min_score=thresholds, batch_size=max(len(texts), 1)
+                    texts,
+                    tasks=tasks,
+                    min_score=thresholds,
+                    refuse=shares,
+                    batch_size=max(len(texts), 1),
                 )
             except Exception as error:
                 for number in numbers:
@@ -268,16 +280,18 @@ class MicroBatcher:
 
 # -- request parsing -------------------------------------------------------------------------------
 def parse_predict_request(body: bytes, pool, *, max_texts: int, max_chars: int) -> tuple:
-    """``(texts, task, min_score)`` from a /predict body, or `RequestError`."""
+    """``(texts, task, min_score, refuse)`` from a /predict body, or `RequestError`."""
     try:
         payload = json.loads(body.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
         raise RequestError(400, f"malformed JSON: {error}") from None
     if not isinstance(payload, dict):
         raise RequestError(422, "the body must be a JSON object with a 'texts' list")
-    unknown = sorted(set(payload) - {"texts", "task", "min_score"})
+    unknown = sorted(set(payload) - {"texts", "task", "min_score", "refuse"})
     if unknown:
-        raise RequestError(422, f"unknown field(s) {unknown}; expected texts, task, min_score")
+        raise RequestError(
+            422, f"unknown field(s) {unknown}; expected texts, task, min_score, refuse"
+        )
     if "texts" not in payload:
         raise RequestError(422, "missing field 'texts' (a list of strings)")
     texts = payload["texts"]
@@ -311,7 +325,14 @@ def parse_predict_request(body: bytes, pool, *, max_texts: int, max_chars: int) 
         ):
             raise RequestError(422, "field 'min_score' must be a finite number or null")
         min_score = float(min_score)
-    return texts, task, min_score
+    refuse = payload.get("refuse")
+    if refuse is not None:
+        try:
+            pool.refusal_thresholds(refuse)  # the share's range, and every task calibrated
+        except ContinualError as error:
+            raise RequestError(422, f"field 'refuse': {error}") from None
+        refuse = float(refuse)
+    return texts, task, min_score, refuse
 
 
 # -- the app ---------------------------------------------------------------------------------------
@@ -384,13 +405,13 @@ def create_app(
             chunks.append(chunk)
         body = b"".join(chunks)
         try:
-            texts, task, min_score = parse_predict_request(
+            texts, task, min_score, refuse = parse_predict_request(
                 body, pool, max_texts=max_texts, max_chars=max_chars
             )
         except RequestError as bad:
             return error(bad.status, bad.message)
         try:
-            predictions = await batcher.submit(pool, texts, task, min_score)
+            predictions = await batcher.submit(pool, texts, task, min_score, refuse)
         except ContinualError as failure:  # e.g. every task was removed from the pool
             return error(409, str(failure))
         except Exception as failure:

@@ -99,10 +99,11 @@ def server(setup, model_dir):
     assert not thread.is_alive()
 
 
-def expected(setup, texts, tasks=None, min_score=None) -> list[dict]:
+def expected(setup, texts, tasks=None, min_score=None, refuse=None) -> list[dict]:
     pool_dir, _, reference = setup
     pool = PromptPool.load(pool_dir, reference)
-    return [p.to_dict() for p in pool.predict(texts, tasks=tasks, min_score=min_score)]
+    answers = pool.predict(texts, tasks=tasks, min_score=min_score, refuse=refuse)
+    return [p.to_dict() for p in answers]
 
 
 def assert_one_line_error(response: httpx.Response, status: int, fragment: str) -> None:
@@ -139,6 +140,9 @@ def test_predict_routed_forced_and_refused(server, setup):
     # min_score never refuses texts whose task was given.
     kept = server.post("/predict", json={"texts": TEXTS[:2], "task": "colours", "min_score": 1e9})
     assert [r["task"] for r in kept.json()["predictions"]] == ["colours", "colours"]
+    # Calibrated refusal answers as the pool does.
+    calibrated = server.post("/predict", json={"texts": TEXTS, "refuse": 0.2})
+    assert calibrated.json() == {"predictions": expected(setup, TEXTS, refuse=0.2)}
 
 
 def test_concurrent_mixed_requests_share_forward_passes(server, setup):
@@ -178,6 +182,8 @@ def test_concurrent_mixed_requests_share_forward_passes(server, setup):
         (b'{"texts": ["fine"], "task": 7}', 422, "'task' must be"),
         (b'{"texts": ["fine"], "min_score": "high"}', 422, "'min_score'"),
         (b'{"texts": ["fine"], "min_score": true}', 422, "'min_score'"),
+        (b'{"texts": ["fine"], "refuse": 0.5}', 422, "'refuse'"),
+        (b'{"texts": ["fine"], "refuse": "5%"}', 422, "'refuse'"),
         (b'{"texts": ["a","b","c","d","e","f","g","h","i"]}', 413, "at most 8"),
         (b'{"texts": ["' + b"long " * 1000 + b'"]}', 413, "request body over 4096 bytes"),
     ],
