@@ -374,10 +374,10 @@ def our_curve(
     original = learner._accuracy
     start = time.perf_counter()
 
-    def validation_then_test(backbone_, prompt, head, task_, examples, batch_size):
+    def validation_then_test(backbone_, prompt, head, task_, examples, batch_size, *rest):
         # train_task evaluates validation after every epoch: that stays on the clock (it is
         # part of how our tool trains); the test evaluation below is ours and is not.
-        value = original(backbone_, prompt, head, task_, examples, batch_size)
+        value = original(backbone_, prompt, head, task_, examples, batch_size, *rest)
         now = time.perf_counter()
         accuracy = _our_test_accuracy(backbone_, prompt, head, task_)
         paused[0] += time.perf_counter() - now
@@ -471,7 +471,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from continual.bench.sequences import load_sequence
     from continual.data import Task
     from continual.entry import TaskEntry
-    from continual.learner import train_step
+    from continual.learner import _LowerStates, train_step
     from continual.pool import PromptPool
     from continual.prompt import SoftPrompt
     from continual.storage import atomic_write_bytes
@@ -513,11 +513,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps: dict[str, Callable[[], object]] = {}
     for placement in PLACEMENTS:
         prompt, head, optimizer = our_trainer(backbone, classes, placement)
+        # As train_task runs it: a deep prompt's steps start from each text's saved states at
+        # the query layer (computed once per task, before the first epoch).
+        saved = _LowerStates.build(backbone, prompt, [text for text, _ in rows], BATCH)
+        lower = None if saved is None else saved.batch([text for text, _ in rows], mask)
 
-        def ours(prompt=prompt, head=head, optimizer=optimizer) -> float:
-            return train_step(backbone, prompt, head, optimizer, ids, mask, targets)
+        def ours(prompt=prompt, head=head, optimizer=optimizer, lower=lower) -> float:
+            return train_step(backbone, prompt, head, optimizer, ids, mask, targets, lower=lower)
 
         steps[f"train_step.ours_{placement}"] = ours
+    # The deep prompt's step running every layer, as before the states were saved.
+    prompt, head, optimizer = our_trainer(backbone, classes, "query_layer")
+    steps["train_step.ours_query_layer_all_layers"] = lambda: train_step(
+        backbone, prompt, head, optimizer, ids, mask, targets
+    )
     peft = peft_model(classes)
     peft.train()  # as PEFT's examples train (dropout on)
     peft_optimizer = torch.optim.Adam(p for p in peft.parameters() if p.requires_grad)
