@@ -45,9 +45,9 @@ def fake_medians(perf) -> dict[str, float]:
 
 def fake_result(perf) -> dict:
     curves = {
-        "peft": [(10.0, 50.0), (20.0, 88.0), (30.0, 91.0)],
-        "ours_input": [(8.0, 85.0), (16.0, 92.0)],
-        "ours_query_layer": [(5.0, 70.0), (10.0, 89.0)],
+        "peft": [(10.0, 50.0, 18.0), (20.0, 88.0, 38.0), (30.0, 91.0, 60.0)],
+        "ours_input": [(8.0, 85.0, 15.0), (16.0, 92.0, 30.0)],
+        "ours_query_layer": [(5.0, 70.0, 9.0), (10.0, 89.0, 20.0)],
     }
     target = perf.common_target(curves, 90.0)
     end_to_end = {
@@ -55,6 +55,7 @@ def fake_result(perf) -> dict:
         "target": target,
         "curves": curves,
         "seconds_to_target": {tool: perf.time_to(c, target) for tool, c in curves.items()},
+        "cpu_seconds_to_target": {tool: perf.time_to(c, target, 2) for tool, c in curves.items()},
         "epochs_to_target": dict.fromkeys(curves, 1),
     }
     meta = {"command": "python benchmarks/perf.py --quick", "threads": 2}
@@ -102,6 +103,7 @@ def test_assemble_puts_every_ratio_at_top_level(perf):
     # target: min(90, peft's best 91, input's best 92, query_layer's best 89) = 89
     assert result["end_to_end"]["target"] == 89.0
     assert result["end_to_end_ratio_vs_peft"] == round(16.0 / 30.0, 3)
+    assert result["end_to_end_cpu_ratio_vs_peft"] == 0.5  # 30 CPU s against 60
     assert result["median_ms"]["train_step.peft"] == 400.0
     assert result["command"].endswith("--quick")
 
