@@ -15,11 +15,12 @@ padding.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, Literal
@@ -429,6 +430,7 @@ class Backbone(nn.Module):
         length: int,
         start: int,
         prompts_for: Callable[[torch.Tensor], torch.Tensor],
+        lower: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Pooled features (B, H) of a pass whose prompt enters at layer ``start`` (0-based).
 
@@ -438,6 +440,12 @@ class Backbone(nn.Module):
         each layer's placeholder states are replaced by that layer's prompt vectors. So the
         prompt may depend on the lower layers' output: that is how one pass both routes (on the
         query layer's states) and runs the routed prompt. Gradients flow to the prompts.
+
+        ``lower`` (B, n, H): the input's states at layer ``start`` from an earlier pass
+        (`lower_states`); the layers below ``start`` are then not run. They carry no prompt, so
+        their output for a text is the same whatever the prompt: a trainer computes it once
+        per text instead of every epoch. The layers are skipped by narrowing the model's layer
+        list for the duration of the call, so the model must not run another pass meanwhile.
         """
         if self.layers is None:
             raise ContinualError(
@@ -451,6 +459,10 @@ class Backbone(nn.Module):
         def replace(depth: int) -> Callable[..., tuple]:
             def hook(_module: nn.Module, args: tuple) -> tuple:
                 hidden = args[0]
+                if lower is not None and depth == 0:
+                    # The layers below were skipped: what enters here is the embeddings'
+                    # output, to be replaced by the saved states (placeholders in front).
+                    hidden = torch.cat([hidden[:, :length], lower.to(hidden.dtype)], dim=1)
                 if not chosen:
                     chosen.append(prompts_for(hidden))
                 prompt = chosen[0][:, depth].to(hidden.dtype)
@@ -465,10 +477,54 @@ class Backbone(nn.Module):
         try:
             embeds, mask = self.with_placeholders(input_ids, attention_mask, length)
             pool_mask = torch.cat([torch.zeros_like(mask[:, :length]), attention_mask], dim=1)
-            return self.encode(embeds, mask, pool_mask)
+            with self._layers_from(start) if lower is not None else contextlib.nullcontext():
+                return self.encode(embeds, mask, pool_mask)
         finally:
             for handle in handles:
                 handle.remove()
+
+    @torch.no_grad()
+    def lower_states(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, length: int, start: int
+    ) -> torch.Tensor:
+        """The input's states (B, n, H) at the input of layer ``start`` in a pass with
+        ``length`` placeholders: what `prompted_hidden` takes as ``lower``. Only the layers
+        below ``start`` run."""
+        if self.layers is None or not 0 < start < self.num_layers:
+            raise ContinualError(f"no layer {start} to read the states below a deep prompt at")
+        captured: list[torch.Tensor] = []
+
+        def stop(_module: nn.Module, args: tuple) -> None:
+            captured.append(args[0][:, length:])
+            raise _Stop
+
+        handle = self.layers[start].register_forward_pre_hook(stop)
+        try:
+            embeds, mask = self.with_placeholders(input_ids, attention_mask, length)
+            self.model(
+                inputs_embeds=embeds.to(self.dtype), attention_mask=mask, **self.extra_inputs(mask)
+            )
+        except _Stop:
+            pass
+        finally:
+            handle.remove()
+        if not captured:
+            raise ContinualError(f"layer {start} did not run")
+        return captured[0]
+
+    @contextlib.contextmanager
+    def _layers_from(self, start: int) -> Iterator[None]:
+        """The model's layer list holds only layers ``start`` on while inside (then restored)."""
+        assert self.layers is not None
+        modules = self.layers._modules
+        saved = list(modules.items())
+        modules.clear()
+        modules.update((str(i), module) for i, (_, module) in enumerate(saved[start:]))
+        try:
+            yield
+        finally:
+            modules.clear()
+            modules.update(saved)
 
     # -- identity ----------------------------------------------------------------------------
     def fingerprint(self) -> dict[str, Any]:

@@ -140,18 +140,22 @@ def prompted_features(
     prompts: torch.Tensor,
     input_ids: torch.Tensor,
     attention_mask: torch.Tensor,
+    lower: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Features of inputs with a per-row prompt: prompts (B, L, H) or (B, D, L, H) → (B, H).
 
     Every row may carry a different prompt, so one forward pass serves a batch that mixes tasks.
-    A 4-d prompt is deep: it enters at the query layer (`Backbone.prompted_hidden`). The
-    features average the input's tokens only: the prompt steers them through attention.
+    A 4-d prompt is deep: it enters at the query layer (`Backbone.prompted_hidden`; ``lower``,
+    the inputs' saved states there, skips the layers below). The features average the input's
+    tokens only: the prompt steers them through attention.
     """
     if prompts.dim() == 4:
         start = backbone.num_layers - prompts.shape[1]
         return backbone.prompted_hidden(
-            input_ids, attention_mask, prompts.shape[2], start, lambda _hidden: prompts
+            input_ids, attention_mask, prompts.shape[2], start, lambda _hidden: prompts, lower
         )
+    if lower is not None:
+        raise ContinualError("saved lower-layer states go with a deep prompt only")
     batch, length, _ = prompts.shape
     embeds = torch.cat([prompts, backbone.embed(input_ids)], dim=1)  # (B, L + n, H)
     prompt_mask = torch.ones(
