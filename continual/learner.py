@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Literal
 
@@ -116,8 +116,12 @@ def train_task(
     seed: int = 0,
     progress: bool = True,
     placement: Placement = "input",
+    on_epoch: Callable[[int, SoftPrompt, nn.Linear], None] | None = None,
 ) -> TaskEntry:
     """Train a soft prompt and a linear head for ``task``.
+
+    ``on_epoch(epoch, prompt, head)`` is called after each epoch (1-based) with the live
+    prompt and head, e.g. to log or evaluate them; an exception it raises ends training there.
 
     ``placement``: the prompt at the ``input`` or a deep prompt from the ``query_layer`` on
     (see `continual.prompt`). Returns a `TaskEntry` with detached tensors and an empty selector
@@ -212,6 +216,8 @@ def train_task(
             bar.update(1, loss=f"{total_loss / (step + 1):.3f}")
         if not task.validation:
             bar.checkpoint(f"epoch {epoch + 1}/{config.epochs}")
+            if on_epoch is not None:
+                on_epoch(epoch + 1, prompt, head)
             continue
         # Each rank scores its share of the validation split; the summed counts give every
         # rank the same accuracy, so early stopping decides the same everywhere.
@@ -231,8 +237,10 @@ def train_task(
             stale = 0
         else:
             stale += 1
-            if config.patience and stale >= config.patience:
-                break
+        if on_epoch is not None:
+            on_epoch(epoch + 1, prompt, head)
+        if config.patience and stale >= config.patience:
+            break
     bar.close()
     if best[1] is not None:
         vectors, weight, bias = best[1]
