@@ -68,6 +68,14 @@ def init(device: str | torch.device = "cpu") -> bool:
         )
     target = torch.device(device)
     if target.type == "cuda":
+        if (target.index or 0) != local_rank():
+            # Every process on one GPU would make nccl fail (or share that GPU): the backbone
+            # must be loaded on this process's own one.
+            raise ContinualError(
+                f"process {local_rank()} on this machine holds its backbone on {target}; load "
+                "it with Backbone.load(..., device=continual.distributed.rank_device('cuda')) "
+                f"so that it goes to cuda:{local_rank()}"
+            )
         torch.cuda.set_device(target)  # nccl binds each process to its own GPU
         dist.init_process_group("nccl")
     else:

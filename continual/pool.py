@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
+import math
 import os
 import re
 from collections import Counter
@@ -127,6 +129,15 @@ class PromptPool:
         self.selector = build_selector(
             default_selector(placement) if selector is None else selector
         )
+        if placement == "query_layer" and (
+            backbone.layers is None or backbone.query_layer >= backbone.num_layers
+        ):
+            raise ContinualError(
+                f"placement 'query_layer' needs a layer above the query layer and a findable "
+                f"layer list; backbone {backbone.name!r} has query_layer {backbone.query_layer} "
+                f"of {backbone.num_layers} layers"
+                + ("" if backbone.layers is not None else " and no layer list")
+            )
         if placement == "query_layer" and self.selector.with_last:
             raise ContinualError(
                 f"selector {self.selector.name!r} routes on the last layer too, which a pass "
@@ -249,6 +260,9 @@ class PromptPool:
             raise PoolFormatError(f"task {entry.name!r}: {problem}")
         if len(set(entry.labels)) != len(entry.labels):
             raise PoolFormatError(f"task {entry.name!r}: duplicate labels {entry.labels}")
+        problem = _calibration_problem(entry.stats.get("calibration"))
+        if problem:
+            raise PoolFormatError(f"task {entry.name!r}: field 'stats.calibration' {problem}")
         self.entries.append(entry)
         self._stacked = None
 
@@ -341,7 +355,14 @@ class PromptPool:
                 dtype=torch.long,
             )
         thresholds = _thresholds(min_score, len(texts)) if min_score is not None else None
-        levels = self._refusal_levels(refuse, len(texts))
+        shares: list[Any] | None = None
+        if refuse is not None:  # rows whose task is given are never refused
+            given = list(refuse) if isinstance(refuse, (list, tuple)) else [refuse] * len(texts)
+            shares = [
+                None if i < len(forced) and forced[i] != UNKNOWN_TASK else share
+                for i, share in enumerate(given)
+            ]
+        levels = self._refusal_levels(shares, len(texts))
         routed = forced.clone()
         route_scores = torch.ones(len(texts))
         routing = _Routing(routed, route_scores, thresholds, levels)
@@ -433,13 +454,15 @@ class PromptPool:
             or not low <= share <= high
         ):
             raise TaskDataError(f"refuse must be a share from {low} to {high}, got {share!r}")
+        if self.selector.name == "oracle":
+            raise TaskDataError("the oracle selector does not route, so it refuses nothing")
         levels = []
         for entry in self.entries:
             calibration = entry.stats.get("calibration")
-            if not isinstance(calibration, dict) or "scores" not in calibration:
+            if calibration is None:
                 raise TaskDataError(
                     f"task {entry.name!r} has no routing calibration (it was learned by an "
-                    "older version or without held-out data); learn it again, or use min_score"
+                    "older version); learn it again, or use min_score"
                 )
             levels.append(float(np.interp(share, CALIBRATION_LEVELS, calibration["scores"])))
         return levels
@@ -785,6 +808,27 @@ def _backbone_for(
         raise PoolFormatError(
             f"{where}: cannot load the pool's backbone {shown!r}: {error}"
         ) from None
+
+
+def _calibration_problem(calibration: object) -> str | None:
+    """Why a recorded calibration cannot be used, or None (also when there is none)."""
+    if calibration is None:
+        return None
+    if not isinstance(calibration, dict):
+        return "must be an object"
+    scores = calibration.get("scores")
+    if (
+        not isinstance(scores, list)
+        or len(scores) != len(CALIBRATION_LEVELS)
+        or not all(
+            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+            for v in scores
+        )
+    ):
+        return f"must hold 'scores': {len(CALIBRATION_LEVELS)} finite numbers"
+    if any(a > b for a, b in itertools.pairwise(scores)):
+        return "must hold 'scores' that rise with the share"
+    return None
 
 
 def _thresholds(min_score: object, count: int) -> list[float | None]:

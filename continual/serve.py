@@ -326,12 +326,14 @@ def parse_predict_request(body: bytes, pool, *, max_texts: int, max_chars: int) 
             raise RequestError(422, "field 'min_score' must be a finite number or null")
         min_score = float(min_score)
     refuse = payload.get("refuse")
-    if refuse is not None:
+    if refuse is not None and task is None:  # a named task is never refused
         try:
             pool.refusal_thresholds(refuse)  # the share's range, and every task calibrated
         except ContinualError as error:
             raise RequestError(422, f"field 'refuse': {error}") from None
         refuse = float(refuse)
+    elif refuse is not None and (isinstance(refuse, bool) or not isinstance(refuse, (int, float))):
+        raise RequestError(422, "field 'refuse' must be a share from 0.01 to 0.2, or null")
     return texts, task, min_score, refuse
 
 

@@ -277,6 +277,14 @@ def read_manifest(pool_dir: str | os.PathLike) -> dict:
         raise PoolFormatError(
             f"{path}: field 'placement' must be 'input' or 'query_layer', got {placement!r}"
         )
+    if placement == "query_layer":
+        for key in ("num_layers", "query_layer"):
+            value = manifest["backbone"].get(key)
+            if type(value) is not int or value < 1:
+                raise PoolFormatError(
+                    f"{path}: field 'backbone.{key}' must be a positive integer for a pool "
+                    f"whose prompts sit at the query layer, got {value!r}"
+                )
     return manifest
 
 
@@ -331,8 +339,9 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
     for name, tensor in tensors.items():
         # Another dtype than a pool writes would fail only at prediction.
         if tensor.dtype not in stored_dtypes(name):
+            allowed = " or ".join(str(dtype) for dtype in stored_dtypes(name))
             raise PoolFormatError(
-                f"{path}: tensor {name!r} is {tensor.dtype}, expected torch.float32; "
+                f"{path}: tensor {name!r} is {tensor.dtype}, expected {allowed}; "
                 "the file was not written by PromptPool.save"
             )
     return tensors
@@ -586,9 +595,8 @@ def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         if key not in ("prompt", "head.weight", "head.bias") and not key.startswith("selector."):
             raise PoolFormatError(f"{path}: unexpected tensor {key!r}")
         if tensor.dtype not in stored_dtypes(key):
-            raise PoolFormatError(
-                f"{path}: tensor {key!r} is {tensor.dtype}, expected torch.float32"
-            )
+            allowed = " or ".join(str(dtype) for dtype in stored_dtypes(key))
+            raise PoolFormatError(f"{path}: tensor {key!r} is {tensor.dtype}, expected {allowed}")
     prompt, weight, bias = tensors["prompt"], tensors["head.weight"], tensors["head.bias"]
     if prompt.dim() not in (2, 3) or min(prompt.shape) < 1 or prompt.shape[-1] != hidden:
         raise PoolFormatError(

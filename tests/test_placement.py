@@ -14,7 +14,7 @@ import pytest
 import torch
 from test_backbone_families import FAMILIES, make_backbone
 
-from continual import ContinualError, PoolFormatError, PromptPool, TrainingConfig
+from continual import Backbone, ContinualError, PoolFormatError, PromptPool, TrainingConfig
 from continual.prompt import SoftPrompt, prompted_features
 from continual.storage import MANIFEST
 
@@ -181,7 +181,8 @@ def test_cli_learns_a_query_layer_pool_and_predicts_with_refusal(tokenizer, tmp_
     predict = ["predict", str(pool), "the red one", "--backbone", str(folder)]
     assert main([*predict, "--refuse", "0.2"]) == 0
     answer = json.loads(capsys.readouterr().out.splitlines()[0])
-    assert answer["task"] in ("colours", None)
+    loaded = PromptPool.load(pool, Backbone.load(folder, max_length=32))
+    assert answer == loaded.predict(["the red one"], refuse=0.2)[0].to_dict()
     assert main([*predict, "--refuse", "0.5"]) == 2
     assert "refuse must be a share" in capsys.readouterr().err
 
@@ -194,3 +195,19 @@ def test_nearest_tokens_are_refused_for_a_deep_prompt(deep_pool):
         nearest_tokens(deep_pool, "colours")
     similarity = prompt_similarity(deep_pool)
     assert similarity.shape == (2, 2) and torch.allclose(similarity.diagonal(), torch.ones(2))
+
+
+def test_one_pass_refuses_exactly_what_route_refuses(deep_pool):
+    texts = TEXTS + ["the cat and the wolf", "gold and navy", "quarterly earnings beat forecasts"]
+    for share in (0.05, 0.2):
+        routed, _ = deep_pool.route(texts, refuse=share)
+        answers = deep_pool.predict(texts, refuse=share, batch_size=2)
+        assert [p.task is None for p in answers] == (routed == -1).tolist()
+
+
+def test_query_layer_placement_needs_a_layer_above_the_query_layer(tokenizer):
+    from conftest import tiny_bert
+
+    backbone = Backbone(tiny_bert(tokenizer, 0), tokenizer, "tiny-bert", query_layer=2)
+    with pytest.raises(ContinualError, match="query_layer 2 of 2 layers"):
+        PromptPool(backbone, placement="query_layer")

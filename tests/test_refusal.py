@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from continual import PromptPool, Task, TaskDataError, TaskEntry
+from continual import PoolFormatError, PromptPool, Task, TaskDataError, TaskEntry
 from continual.pool import CALIBRATION_LEVELS
 from continual.prompt import SoftPrompt
 
@@ -80,3 +80,39 @@ def test_real_minilm_refuses_an_unseen_task_and_keeps_the_known_one(minilm):
     assert (routed == -1).tolist() == [p.task is None for p in answers]
     # Without refuse, every input goes to the one task there is.
     assert all(p.task == "bbc" for p in pool.predict(unseen))
+
+
+def test_rows_whose_task_is_given_are_never_refused(tiny_backbone, synthetic_tasks):
+    colours, animals = synthetic_tasks
+    pool = PromptPool(tiny_backbone, prompt_length=4, selector="gaussian")
+    pool.add_trained(colours, untrained(pool, colours))
+    pool.add_trained(animals, untrained(pool, animals))
+    texts = ["the red and the blue", "a dog", "quarterly earnings beat forecasts"] * 2
+    names = ["colours", "animals", "colours", None, None, None]
+    answers = pool.predict(texts, tasks=names, refuse=0.2, min_score=None)
+    assert [p.task for p in answers[:3]] == names[:3]
+    routed, _ = pool.route(texts[3:], refuse=0.2)
+    assert [p.task is None for p in answers[3:]] == (routed == -1).tolist()
+
+
+def test_a_damaged_calibration_is_refused_on_load(tiny_backbone, synthetic_tasks, tmp_path):
+    import json
+
+    colours, _ = synthetic_tasks
+    pool = PromptPool(tiny_backbone, prompt_length=4, selector="gaussian")
+    pool.add_trained(colours, untrained(pool, colours))
+    pool.save(tmp_path / "pool")
+    path = tmp_path / "pool" / "manifest.json"
+    manifest = json.loads(path.read_text())
+    manifest["tasks"][0]["stats"]["calibration"]["scores"] = [1.0, 2.0]
+    path.write_text(json.dumps(manifest))
+    with pytest.raises(PoolFormatError, match=r"'colours'.*stats\.calibration"):
+        PromptPool.load(tmp_path / "pool", tiny_backbone)
+
+
+def test_an_oracle_pool_says_it_does_not_route(tiny_backbone, synthetic_tasks):
+    colours, _ = synthetic_tasks
+    pool = PromptPool(tiny_backbone, prompt_length=4, selector="oracle")
+    pool.add_trained(colours, untrained(pool, colours))
+    with pytest.raises(TaskDataError, match="oracle selector does not route"):
+        pool.refusal_thresholds(0.05)

@@ -322,3 +322,11 @@ def test_the_default_selector_routes_inside_avalanche(
     metrics = evaluator.get_last_metrics()
     accuracy = next(v for k, v in metrics.items() if k.startswith("Top1_Acc_Stream/eval_phase"))
     assert 0.0 <= accuracy <= 1.0
+
+
+def test_a_pool_with_deep_prompts_is_refused_with_a_clear_error(
+    avalanche_backbone: Backbone,
+) -> None:
+    pool = PromptPool(avalanche_backbone, prompt_length=4, placement="query_layer")
+    with pytest.raises(continual.ContinualError, match="placement is 'query_layer'"):
+        PromptPoolStrategy(pool=pool)

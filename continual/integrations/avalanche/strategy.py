@@ -279,6 +279,11 @@ class PromptPoolStrategy(SupervisedTemplate):
     ) -> None:
         if isinstance(pool.selector, OracleSelector) and task_labels is False:
             raise ContinualError("the oracle selector needs task labels; pass task_labels=True")
+        if pool.placement != "input":
+            raise ContinualError(
+                f"PromptPoolStrategy trains prompts at the input; this pool's placement is "
+                f"{pool.placement!r} (use PromptPool.learn for deep prompts)"
+            )
         if device is not None:
             pool.backbone.to(device)
         model = PromptPoolModel(pool, pad_token_id(pool.backbone.tokenizer))
