@@ -328,8 +328,10 @@ class PromptPool:
         ``refuse`` (a share from 0.01 to 0.2, or one per text, None for none) is calibrated
         refusal: a routed text is refused when it
         matches its task, judged by that task's statistics alone, worse than that share of the
-        task's own held-out inputs did when it was learned (see `calibration`). So about that
-        share of a known task's inputs is refused, and inputs unlike every task mostly are.
+        task's own held-out inputs did when it was learned (see `calibration`). The held-out
+        inputs include the selector's views (first sentences for gaussian_views), so whole
+        inputs of a known task are refused less often than the share (on text4, about a third
+        of it) and one-line inputs more often; inputs unlike every task are refused far more.
         """
         texts = list(texts)
         if not self.entries:

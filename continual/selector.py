@@ -293,6 +293,8 @@ class GaussianSelector(Selector):
         key = id(state["covariance"])
         held = self._own.get(key)
         if held is None or held[0] is not state["covariance"]:
+            if len(self._own) >= 1024:  # tasks removed from a long-lived pool: start afresh
+                self._own.clear()
             held = (state["covariance"], GaussianSelector(shrinkage=self.shrinkage))
             self._own[key] = held
         return held[1].task_scores(queries, [state])[:, 0]
