@@ -68,6 +68,16 @@ def tiny_backbone(tokenizer) -> Backbone:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """The tiny random BERT (seed 0) and the tokenizer saved in a folder: a backbone to name by
+    path, as the command line and the server do."""
+    folder = tmp_path_factory.mktemp("tiny-model")
+    tiny_bert(tokenizer, 0).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
 def make_tiny_model(tokenizer):
     """Builds another tiny random BERT: ``make_tiny_model(seed)``."""
     return lambda seed=0: tiny_bert(tokenizer, seed)

@@ -49,14 +49,6 @@ LEARN_ARGS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, make_tiny_model, tokenizer) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_model(0).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def tensors(entry) -> tuple[torch.Tensor, ...]:
     return entry.prompt, entry.head_weight, entry.head_bias
 
@@ -107,11 +99,11 @@ def test_shards_cover_the_global_batch_and_weigh_to_its_mean():
 
 
 @pytest.mark.slow
-def test_continual_learn_under_torchrun_matches_one_process(model_dir, tmp_path):
+def test_continual_learn_under_torchrun_matches_one_process(tiny_model_dir, tmp_path):
     train = tmp_path / "train.csv"
     rows = synthetic_pairs(COLOURS, 40, seed=1)
     train.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows))
-    args = ["--train", str(train), "--backbone", str(model_dir), *LEARN_ARGS]
+    args = ["--train", str(train), "--backbone", str(tiny_model_dir), *LEARN_ARGS]
     single, parallel = tmp_path / "single", tmp_path / "parallel"
     assert main(["learn", str(single), *args]) == 0
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
@@ -134,7 +126,7 @@ def test_continual_learn_under_torchrun_matches_one_process(model_dir, tmp_path)
     ]
     assert listing[0] == listing[1]
     assert len(list((parallel / "tasks").iterdir())) == 1
-    loaded = PromptPool.load(parallel, backbone=str(model_dir))
+    loaded = PromptPool.load(parallel, backbone=str(tiny_model_dir))
     assert loaded.tasks == ["colours"]
     learned = loaded.entries[0]
     assert learned.stats["processes"] == 2
@@ -159,13 +151,13 @@ def api_task() -> Task:
     return Task("colours", train=pairs[:33], validation=pairs[33:], test=pairs[33:])
 
 
-def api_pool(model_dir: Path) -> PromptPool:
-    backbone = Backbone.load(model_dir, max_length=32)
+def api_pool(tiny_model_dir: Path) -> PromptPool:
+    backbone = Backbone.load(tiny_model_dir, max_length=32)
     training = TrainingConfig(epochs=3, batch_size=16, patience=1)
     return PromptPool(backbone, prompt_length=4, selector="prototypes", training=training)
 
 
-def _api_worker(rank: int, port: int, model_dir: Path, out: Path) -> None:
+def _api_worker(rank: int, port: int, tiny_model_dir: Path, out: Path) -> None:
     os.environ.update(
         WORLD_SIZE="2",
         RANK=str(rank),
@@ -174,7 +166,7 @@ def _api_worker(rank: int, port: int, model_dir: Path, out: Path) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
-    pool = api_pool(model_dir)
+    pool = api_pool(tiny_model_dir)
     entry = pool.learn(api_task(), seed=5, progress=False)  # joins the group by itself
     torch.save({"tensors": tensors(entry), "stats": entry.stats}, out / f"rank{rank}.pt")
     if distributed.is_main():
@@ -187,9 +179,9 @@ def _api_worker(rank: int, port: int, model_dir: Path, out: Path) -> None:
 
 
 @pytest.mark.slow
-def test_prompt_pool_learn_in_two_processes_matches_one(model_dir, tmp_path):
+def test_prompt_pool_learn_in_two_processes_matches_one(tiny_model_dir, tmp_path):
     context = torch.multiprocessing.spawn(
-        _api_worker, args=(_free_port(), model_dir, tmp_path), nprocs=2, join=False
+        _api_worker, args=(_free_port(), tiny_model_dir, tmp_path), nprocs=2, join=False
     )
     deadline = time.monotonic() + 180
     while not context.join(timeout=5):
@@ -207,7 +199,7 @@ def test_prompt_pool_learn_in_two_processes_matches_one(model_dir, tmp_path):
         assert "different test values" in (tmp_path / f"refused{rank}.txt").read_text()
     saved = read_entries(tmp_path / "pool")[0]
     assert all(torch.equal(a, b) for a, b in zip(tensors(saved), ranks[0]["tensors"]))
-    reference = api_pool(model_dir).learn(api_task(), seed=5, progress=False)
+    reference = api_pool(tiny_model_dir).learn(api_task(), seed=5, progress=False)
     assert_close(saved, reference, TOLERANCE)
     assert saved.stats["epochs_run"] == reference.stats["epochs_run"]
     assert saved.stats["best_epoch"] == reference.stats["best_epoch"]

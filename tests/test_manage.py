@@ -55,16 +55,8 @@ def same(a, b) -> bool:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, make_tiny_model, tokenizer) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_model(0).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def backbone(model_dir) -> Backbone:
-    return Backbone.load(model_dir, max_length=32)
+def backbone(tiny_model_dir) -> Backbone:
+    return Backbone.load(tiny_model_dir, max_length=32)
 
 
 def new_pool(backbone, selector="prototypes", prompt_length=4) -> PromptPool:

@@ -37,14 +37,6 @@ TEXTS = [
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory, make_tiny_model, tokenizer) -> Path:
-    folder = tmp_path_factory.mktemp("tiny-model")
-    make_tiny_model(0).save_pretrained(folder)
-    tokenizer.save_pretrained(folder)
-    return folder
-
-
 def new_pool(backbone) -> PromptPool:
     return PromptPool(
         backbone,
@@ -55,10 +47,10 @@ def new_pool(backbone) -> PromptPool:
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, model_dir):
+def setup(tmp_path_factory, tiny_model_dir):
     """A two-task pool on disk, a third task exported to a file, and a reference backbone."""
     root = tmp_path_factory.mktemp("serve")
-    backbone = Backbone.load(model_dir, max_length=32)
+    backbone = Backbone.load(tiny_model_dir, max_length=32)
     pool = new_pool(backbone)
     pool.learn(Task.from_pairs("colours", synthetic_pairs(COLOURS, 20, seed=1)), progress=False)
     pool.learn(Task.from_pairs("animals", synthetic_pairs(ANIMALS, 20, seed=2)), progress=False)
@@ -67,16 +59,16 @@ def setup(tmp_path_factory, model_dir):
     other.learn(Task.from_pairs("sizes", synthetic_pairs(SIZES, 20, seed=3)), progress=False)
     exported = other.export_task("sizes", root / "sizes.safetensors")
     # Expected answers come from a backbone of their own: the server's is busy in its thread.
-    reference = Backbone.load(model_dir, max_length=32)
+    reference = Backbone.load(tiny_model_dir, max_length=32)
     return pool_dir, exported, reference
 
 
 @pytest.fixture(scope="module")
-def server(setup, model_dir):
+def server(setup, tiny_model_dir):
     pool_dir, _, _ = setup
     app = create_app(
         pool_dir,
-        backbone=str(model_dir),
+        backbone=str(tiny_model_dir),
         max_batch=16,
         max_wait=0.05,
         max_texts=8,
