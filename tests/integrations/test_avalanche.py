@@ -33,6 +33,7 @@ from continual.integrations.avalanche import (
     experience_tensors,
     tasks_to_benchmark,
 )
+from continual.integrations.avalanche.strategy import CHECKPOINT_FILE
 
 
 def test_converters_round_trip(avalanche_backbone: Backbone, avalanche_tasks: list) -> None:
@@ -283,6 +284,10 @@ def test_one_class_experiences_and_checkpoint(
     assert again == pytest.approx(results)
     with pytest.raises(continual.ContinualError, match="class ids"):
         PromptPoolStrategy(pool=_stripped(pool))
+    # A damaged counters file is refused, naming it, rather than half-read.
+    (folder / CHECKPOINT_FILE).write_text('{"clock": {"total_iterations": -1}}')
+    with pytest.raises(continual.PoolFormatError, match=r"avalanche_strategy\.json.*'clock'"):
+        PromptPoolStrategy.load_checkpoint(folder, avalanche_backbone)
 
 
 def _stripped(pool: PromptPool) -> PromptPool:
@@ -329,4 +334,12 @@ def test_a_pool_with_deep_prompts_is_refused_with_a_clear_error(
 ) -> None:
     pool = PromptPool(avalanche_backbone, prompt_length=4, placement="query_layer")
     with pytest.raises(continual.ContinualError, match="placement is 'query_layer'"):
+        PromptPoolStrategy(pool=pool)
+
+
+def test_a_verbalizer_head_is_refused_with_a_clear_error(avalanche_backbone: Backbone) -> None:
+    pool = PromptPool(
+        avalanche_backbone, prompt_length=4, training=TrainingConfig(head="verbalizer")
+    )
+    with pytest.raises(continual.ContinualError, match="linear heads"):
         PromptPoolStrategy(pool=pool)

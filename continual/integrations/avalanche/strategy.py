@@ -36,6 +36,7 @@ from ...errors import ContinualError, TaskDataError
 from ...pool import PromptPool
 from ...prompt import SoftPrompt, prompted_features
 from ...selector import UNKNOWN_TASK, OracleSelector
+from ...storage import atomic_write_bytes
 from .convert import (
     LabelNames,
     _label_namer,
@@ -284,8 +285,14 @@ class PromptPoolStrategy(SupervisedTemplate):
                 f"PromptPoolStrategy trains prompts at the input; this pool's placement is "
                 f"{pool.placement!r} (use PromptPool.learn for deep prompts)"
             )
+        if pool.training.head != "linear":
+            raise ContinualError(
+                f"PromptPoolStrategy trains linear heads; the pool's training config asks for "
+                f"head={pool.training.head!r} (use PromptPool.learn for verbalizer heads)"
+            )
         if device is not None:
             pool.backbone.to(device)
+            pool._stacked = None  # stacked prompts and heads were built on the old device
         model = PromptPoolModel(pool, pad_token_id(pool.backbone.tokenizer))
         model.use_task_labels = task_labels
         for number, entry in enumerate(pool.entries):
@@ -351,19 +358,10 @@ class PromptPoolStrategy(SupervisedTemplate):
         """
         folder = Path(path)
         self.pool.save(folder)
-        clock = {
-            key: getattr(self.clock, key)
-            for key in (
-                "train_iterations",
-                "train_exp_counter",
-                "train_exp_epochs",
-                "train_exp_iterations",
-                "train_epoch_iterations",
-                "total_iterations",
-            )
-        }
+        clock = {key: getattr(self.clock, key) for key in _CLOCK_KEYS}
         state = {"clock": clock, "min_outputs": self.model.min_outputs}
-        (folder / CHECKPOINT_FILE).write_text(json.dumps(state, indent=2) + "\n", encoding="utf-8")
+        # Atomic, like the pool: a crash leaves the previous counters, never half a file.
+        atomic_write_bytes(folder / CHECKPOINT_FILE, (json.dumps(state, indent=2) + "\n").encode())
         return folder
 
     @classmethod
@@ -378,10 +376,10 @@ class PromptPoolStrategy(SupervisedTemplate):
         strategy = cls(pool=PromptPool.load(folder, backbone), **kwargs)
         state_file = folder / CHECKPOINT_FILE
         if state_file.is_file():
-            state = json.loads(state_file.read_text(encoding="utf-8"))
-            for key, value in state.get("clock", {}).items():
+            state = _read_checkpoint_state(state_file)
+            for key, value in state["clock"].items():
                 setattr(strategy.clock, key, value)
-            strategy.model.min_outputs = int(state.get("min_outputs", 0))
+            strategy.model.min_outputs = state["min_outputs"]
         return strategy
 
     # -- Avalanche hooks -------------------------------------------------------------------
@@ -614,3 +612,34 @@ class PromptPoolStrategy(SupervisedTemplate):
         model.candidate_task_label = None
         model.candidate_state = {}
         self._best = None
+
+
+_CLOCK_KEYS = (
+    "train_iterations",
+    "train_exp_counter",
+    "train_exp_epochs",
+    "train_exp_iterations",
+    "train_epoch_iterations",
+    "total_iterations",
+)
+
+
+def _read_checkpoint_state(path: Path) -> dict[str, Any]:
+    """The counters `save_checkpoint` wrote, checked: a clear error naming the file if not."""
+    from ...errors import PoolFormatError
+    from ...files import read_regular_file
+
+    data = read_regular_file(path, limit=1 << 20, error=PoolFormatError, what="checkpoint")
+    try:
+        state = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError, RecursionError) as error:
+        raise PoolFormatError(f"{path}: not valid JSON ({error})") from None
+    clock = state.get("clock", {}) if isinstance(state, dict) else None
+    if not isinstance(clock, dict) or not all(
+        key in _CLOCK_KEYS and type(value) is int and value >= 0 for key, value in clock.items()
+    ):
+        raise PoolFormatError(f"{path}: field 'clock' must map {', '.join(_CLOCK_KEYS)} to counts")
+    minimum = state.get("min_outputs", 0)
+    if type(minimum) is not int or minimum < 0:
+        raise PoolFormatError(f"{path}: field 'min_outputs' must be a count, got {minimum!r}")
+    return {"clock": clock, "min_outputs": minimum}
