@@ -31,6 +31,7 @@ import socket
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,13 +61,15 @@ class PoolHolder:
     fails (a save half-seen, a corrupt file) keeps the current pool and is retried next poll.
     """
 
-    def __init__(self, path: str | os.PathLike, pool) -> None:
+    def __init__(self, path: str | os.PathLike, load: Callable[[], Any]) -> None:
         self.path = Path(path)
-        self.pool = pool
         self.reloads = 0
         self.reload_error: str | None = None
+        # The manifest is read before the pool it names: a save landing in between then
+        # shows as a change at the first poll instead of passing unseen.
         self._signature = self._stat()
         self._digest = self._read_digest()
+        self.pool = load()
         self._lock = threading.Lock()
 
     def _stat(self) -> tuple | None:
@@ -368,7 +371,9 @@ def create_app(
         raise ContinualError(f"max_texts must be at least 1, got {max_texts}")
     if poll_interval <= 0:
         raise ContinualError(f"poll_interval must be positive, got {poll_interval}")
-    holder = PoolHolder(pool_path, PromptPool.load(pool_path, backbone, device=device, dtype=dtype))
+    holder = PoolHolder(
+        pool_path, lambda: PromptPool.load(pool_path, backbone, device=device, dtype=dtype)
+    )
     batcher = MicroBatcher(max_batch=max_batch, max_wait=max_wait)
     stop = threading.Event()
 

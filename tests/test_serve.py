@@ -194,7 +194,7 @@ def test_holder_swaps_one_reference_and_keeps_the_old_pool_usable(setup, tmp_pat
     pool_dir, exported, reference = setup
     copy = tmp_path / "pool"
     PromptPool.load(pool_dir, reference).save(copy)
-    holder = PoolHolder(copy, PromptPool.load(copy, reference))
+    holder = PoolHolder(copy, lambda: PromptPool.load(copy, reference))
     old = holder.pool
     assert holder.check() is False  # nothing changed on disk
     import_task(copy, exported)
@@ -203,6 +203,22 @@ def test_holder_swaps_one_reference_and_keeps_the_old_pool_usable(setup, tmp_pat
     assert holder.pool.tasks == ["colours", "animals", "sizes"]
     assert old.tasks == ["colours", "animals"]  # a request holding it finishes on it
     assert len(old.predict(TEXTS)) == len(TEXTS)
+
+
+def test_a_save_landing_while_the_pool_loads_is_picked_up_at_the_first_poll(setup, tmp_path):
+    pool_dir, exported, reference = setup
+    copy = tmp_path / "pool"
+    PromptPool.load(pool_dir, reference).save(copy)
+
+    def load_then_change():
+        pool = PromptPool.load(copy, reference)
+        import_task(copy, exported)  # another process saves after the read, before serving
+        return pool
+
+    holder = PoolHolder(copy, load_then_change)
+    assert holder.pool.tasks == ["colours", "animals"]
+    assert holder.check() is True
+    assert holder.pool.tasks == ["colours", "animals", "sizes"]
 
 
 def cli(argv) -> None:
