@@ -18,6 +18,7 @@ import torch
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
 from .pool import _FEATURES, _IDENTITY, _RECORDED, _RECORDED_FEATURES
+from .prompt import prompt_shape
 from .selector import Selector, build_selector
 from .storage import (
     FORMAT,
@@ -189,7 +190,13 @@ def import_task(
             info,
             name=name,
             backbone=manifest["backbone"],
-            prompt_shape=manifest_prompt_shape(manifest),
+            prompt_shape=prompt_shape(
+                manifest["prompt_length"],
+                manifest.get("placement", "input"),
+                hidden=manifest["hidden_size"],
+                num_layers=manifest["backbone"].get("num_layers"),
+                query_layer=manifest["backbone"].get("query_layer"),
+            ),
             selector=selector,
             tasks=[record.get("name") for record in manifest["tasks"]],
         )
@@ -206,12 +213,3 @@ def import_task(
         write_manifest(pool_dir, manifest)
         remove_unreferenced(pool_dir, {r["file"] for r in manifest["tasks"]})
     return entry
-
-
-def manifest_prompt_shape(manifest: dict) -> tuple[int, ...]:
-    """The prompt shape a pool's manifest calls for: (L, H), or (D, L, H) from the query layer."""
-    hidden, length = manifest["hidden_size"], manifest["prompt_length"]
-    if manifest.get("placement", "input") != "query_layer":
-        return (length, hidden)
-    fingerprint = manifest["backbone"]
-    return (fingerprint["num_layers"] - fingerprint["query_layer"], length, hidden)

@@ -164,7 +164,14 @@ class PromptPool:
     @property
     def prompt_shape(self) -> tuple[int, ...]:
         """One task's prompt: (L, H) at the input, (D, L, H) from the query layer."""
-        return prompt_shape(self.backbone, self.prompt_length, self.placement)
+        backbone = self.backbone
+        return prompt_shape(
+            self.prompt_length,
+            self.placement,
+            hidden=backbone.hidden_size,
+            num_layers=backbone.num_layers,
+            query_layer=backbone.query_layer,
+        )
 
     @property
     def tasks(self) -> list[str]:

@@ -27,12 +27,18 @@ Placement = Literal["input", "query_layer"]
 PLACEMENTS: tuple[str, ...] = ("input", "query_layer")
 
 
-def prompt_shape(backbone: Backbone, length: int, placement: str) -> tuple[int, ...]:
-    """The shape of one task's prompt: (L, H) at the input, (D, L, H) from the query layer."""
+def prompt_shape(
+    length: int, placement: str, *, hidden: int, num_layers: int, query_layer: int
+) -> tuple[int, ...]:
+    """The shape of one task's prompt: (L, H) at the input, (D, L, H) from the query layer.
+
+    Takes the backbone's sizes as numbers, so that a manifest's recorded fingerprint answers
+    as a loaded `Backbone` does.
+    """
     if placement == "input":
-        return (length, backbone.hidden_size)
+        return (length, hidden)
     if placement == "query_layer":
-        return (backbone.num_layers - backbone.query_layer, length, backbone.hidden_size)
+        return (num_layers - query_layer, length, hidden)
     raise ContinualError(f"unknown placement {placement!r}; use 'input' or 'query_layer'")
 
 
@@ -78,7 +84,13 @@ class SoftPrompt(nn.Module):
         (``placement="query_layer"``) each layer's vectors start as those tokens' states at
         that layer (noise: scaled to those states' spread), so every layer starts in range.
         """
-        shape = prompt_shape(backbone, length, placement)
+        shape = prompt_shape(
+            length,
+            placement,
+            hidden=backbone.hidden_size,
+            num_layers=backbone.num_layers,
+            query_layer=backbone.query_layer,
+        )
         if length < 1:
             raise ContinualError(f"prompt length must be at least 1, got {length}")
         table = backbone.embedding_matrix.detach()  # (V, H)
