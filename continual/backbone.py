@@ -386,11 +386,8 @@ class Backbone(nn.Module):
     ) -> torch.Tensor:
         """`query` for token ids (B, n) that are already tokenized: (B, H) or (B, 2H), not cached."""
         if prefix:
-            embeds, mask = self.with_placeholders(input_ids, attention_mask, prefix)
-            hidden = self._query_model(
-                inputs_embeds=embeds.to(self.dtype), attention_mask=mask, **self.extra_inputs(mask)
-            ).last_hidden_state
-            return self.pool(hidden[:, prefix:], attention_mask)
+            states = self.lower_states(input_ids, attention_mask, prefix, self.query_layer)
+            return self.pool(states, attention_mask)
         inputs = {
             "input_ids": input_ids,
             "attention_mask": attention_mask,
