@@ -307,7 +307,9 @@ class PromptPool:
             torch.full((len(texts),), UNKNOWN_TASK, dtype=torch.long),
             torch.zeros(len(texts)),
             thresholds,
-            self._refusal_levels(refuse, len(texts)),
+            None
+            if refuse is None
+            else self._refusal_levels(_per_text(refuse, len(texts), "refuse")),
         )
         if texts:
             self._settle(range(len(texts)), self._queries(texts), routing)
@@ -364,14 +366,13 @@ class PromptPool:
                 dtype=torch.long,
             )
         thresholds = _thresholds(min_score, len(texts)) if min_score is not None else None
-        shares: list[Any] | None = None
+        shares = None
         if refuse is not None:  # rows whose task is given are never refused
-            given = list(refuse) if isinstance(refuse, (list, tuple)) else [refuse] * len(texts)
             shares = [
-                None if i < len(forced) and forced[i] != UNKNOWN_TASK else share
-                for i, share in enumerate(given)
+                None if forced[i] != UNKNOWN_TASK else share
+                for i, share in enumerate(_per_text(refuse, len(texts), "refuse"))
             ]
-        levels = self._refusal_levels(shares, len(texts))
+        levels = self._refusal_levels(shares)
         routed = forced.clone()
         route_scores = torch.ones(len(texts))
         routing = _Routing(routed, route_scores, thresholds, levels)
@@ -435,15 +436,10 @@ class PromptPool:
             routing.routed[row] = UNKNOWN_TASK if refused else int(task_index)
             routing.scores[row] = float(score)
 
-    def _refusal_levels(
-        self, refuse: float | Sequence[float | None] | None, count: int
-    ) -> list[list[float] | None] | None:
+    def _refusal_levels(self, shares: list[Any] | None) -> list[list[float] | None] | None:
         """Per text, each task's own-score threshold for its ``refuse`` share (or None)."""
-        if refuse is None:
+        if shares is None:
             return None
-        shares: list[Any] = list(refuse) if isinstance(refuse, (list, tuple)) else [refuse] * count
-        if len(shares) != count:
-            raise TaskDataError(f"{len(shares)} refuse values for {count} texts")
         found: dict[float, list[float]] = {}
         for share in shares:
             if share is None or (type(share) in (int, float) and share in found):
@@ -850,8 +846,13 @@ def _thresholds(min_score: object, count: int) -> list[float | None]:
             raise TaskDataError(f"min_score must be a number, got {value!r}")
         return float(value)
 
-    if isinstance(min_score, (list, tuple)):
-        if len(min_score) != count:
-            raise TaskDataError(f"{len(min_score)} min_score values for {count} texts")
-        return [check(value) for value in min_score]
-    return [check(min_score)] * count
+    return [check(value) for value in _per_text(min_score, count, "min_score")]
+
+
+def _per_text(value: object, count: int, name: str) -> list[Any]:
+    """``value`` for each of ``count`` texts: a list of that length as given, else repeated."""
+    if isinstance(value, (list, tuple)):
+        if len(value) != count:
+            raise TaskDataError(f"{len(value)} {name} values for {count} texts")
+        return list(value)
+    return [value] * count
