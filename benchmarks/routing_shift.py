@@ -25,6 +25,7 @@ from pathlib import Path
 
 from continual.backbone import Backbone
 from continual.bench.sequences import load_sequence
+from continual.prompt import PLACEMENTS
 from continual.selector import DEFAULT_SELECTOR, build_selector, first_sentence
 from continual.storage import atomic_write_bytes
 
@@ -86,7 +87,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--placement",
-        choices=["input", "query_layer"],
+        choices=list(PLACEMENTS),
         default="input",
         help="query_layer: route as a pool whose prompts enter at the query layer does (the "
         "query layer alone, with 16 placeholder positions before each input)",

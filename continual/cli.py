@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import ContinualError
+from .prompt import PLACEMENTS
 from .selector import DEFAULT_SELECTOR, SELECTORS
 
 EXIT_USAGE = 2
@@ -180,7 +181,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     learn.add_argument(
         "--placement",
-        choices=["input", "query_layer"],
+        choices=list(PLACEMENTS),
         default="input",
         help="for a new pool: prompts before the input (default), or deep prompts from the "
         "query layer on, routed in the same pass (cheaper to serve; see the README)",

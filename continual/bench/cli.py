@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ..prompt import PLACEMENTS
 from .config import QUICK_METHODS, BenchmarkConfig, quick
 from .methods import METHODS
 
@@ -40,7 +41,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-length", type=int, help="tokens per input (default 64)")
     parser.add_argument(
         "--placement",
-        choices=["input", "query_layer"],
+        choices=list(PLACEMENTS),
         help="where the pool's prompts go: before the input, or deep from the query layer on "
         "(routed in the same pass)",
     )
