@@ -83,7 +83,10 @@ PROBES = [
 
 
 def say(*words) -> None:
-    print(*words, flush=True)
+    # One write per line: print() hands its pieces to the stream one by one, and a SIGKILL
+    # between them left torn lines such as "saved " (no task) for the test to misread.
+    sys.stdout.flush()
+    os.write(1, (" ".join(str(word) for word in words) + "\n").encode())
 
 
 def tasks(count: int):
