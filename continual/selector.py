@@ -9,6 +9,7 @@ training data is kept: only statistics of the frozen backbone's features.
 from __future__ import annotations
 
 import re
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
@@ -209,6 +210,33 @@ class KeySelector(Selector):
         }
 
 
+#: The precision P (H, H), P m' (H, T) and m'Pm (T,) of a shared-covariance Gaussian selector.
+_Terms = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _lda_terms(states: list[State], shrinkage: float) -> _Terms:
+    """Scoring terms from the tasks' stored means and covariances (shared and shrunk)."""
+    shared = torch.stack([state["covariance"].double() for state in states]).mean(0)
+    scale = shared.diagonal().mean().clamp(min=1e-12)
+    eye = torch.eye(shared.shape[0], dtype=shared.dtype)
+    precision = torch.linalg.inv((1 - shrinkage) * shared + shrinkage * scale * eye)
+    means = torch.stack([state["mean"].double() for state in states])  # (T, H)
+    projected = precision @ means.T  # (H, T)
+    offsets = (means * projected.T).sum(1)  # (T,)
+    return precision, projected, offsets
+
+
+def _lda_scores(queries: torch.Tensor, terms: _Terms) -> torch.Tensor:
+    """Minus the squared Mahalanobis distance of each query (B, H) to each task mean: (B, T)."""
+    precision, projected, offsets = terms
+    points = F.normalize(queries.double(), dim=1)
+    # Expanded: x'Px - 2 x'Pm + m'Pm.
+    distance = (
+        ((points @ precision) * points).sum(1, keepdim=True) - 2 * points @ projected + offsets
+    )
+    return (-distance).float()
+
+
 class GaussianSelector(Selector):
     """Nearest task mean by Mahalanobis distance under a covariance shared by all tasks.
 
@@ -239,13 +267,11 @@ class GaussianSelector(Selector):
             raise ContinualError(f"shrinkage must be a number in (0, 1], got {shrinkage!r}")
         self.shrinkage = float(shrinkage)
         self.min_score = _check_min_score(min_score)
-        # The tasks' covariances behind the cached terms (held, so compared by identity), then
-        # the precision (H, H), P m' (H, T) and m'Pm (T,): states never change once stored, so
-        # the inverse is computed once per set of tasks, not on every call.
-        self._cache: tuple[list[torch.Tensor], torch.Tensor, torch.Tensor, torch.Tensor] | None
-        self._cache = None
-        # Each task's own precision, for `own_scores`, by its covariance tensor.
-        self._own: dict[int, tuple[torch.Tensor, GaussianSelector]] = {}
+        # The tasks' covariances behind the cached terms (held, so compared by identity): states
+        # never change once stored, so the inverse is computed once per set of tasks.
+        self._cache: tuple[list[torch.Tensor], _Terms] | None = None
+        # Each task's own terms, for `own_scores`, by its covariance tensor (held weakly).
+        self._own: dict[int, tuple[weakref.ref[torch.Tensor], _Terms]] = {}
 
     def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
         points = F.normalize(queries.double(), dim=1)
@@ -259,7 +285,7 @@ class GaussianSelector(Selector):
     def state_shapes(self, hidden: int) -> dict[str, tuple[int, ...]]:
         return {"mean": (hidden,), "covariance": (hidden, hidden)}
 
-    def _terms(self, states: list[State]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def _terms(self, states: list[State]) -> _Terms:
         covariances = [state["covariance"] for state in states]
         cached = self._cache
         if (
@@ -267,37 +293,26 @@ class GaussianSelector(Selector):
             and len(cached[0]) == len(covariances)
             and all(a is b for a, b in zip(cached[0], covariances))
         ):
-            return cached[1], cached[2], cached[3]
-        shared = torch.stack([c.double() for c in covariances]).mean(0)
-        scale = shared.diagonal().mean().clamp(min=1e-12)
-        eye = torch.eye(shared.shape[0], dtype=shared.dtype)
-        precision = torch.linalg.inv((1 - self.shrinkage) * shared + self.shrinkage * scale * eye)
-        means = torch.stack([state["mean"].double() for state in states])  # (T, H)
-        projected = precision @ means.T  # (H, T)
-        offsets = (means * projected.T).sum(1)  # (T,)
-        self._cache = (covariances, precision, projected, offsets)
-        return precision, projected, offsets
+            return cached[1]
+        terms = _lda_terms(states, self.shrinkage)
+        self._cache = (covariances, terms)
+        return terms
 
     def task_scores(self, queries: torch.Tensor, states: list[State]) -> torch.Tensor:
-        precision, projected, offsets = self._terms(states)
-        points = F.normalize(queries.double(), dim=1)  # (B, H)
-        # Squared Mahalanobis distance, expanded: x'Px - 2 x'Pm + m'Pm.
-        distance = (
-            ((points @ precision) * points).sum(1, keepdim=True) - 2 * points @ projected + offsets
-        )
-        return (-distance).float()
+        return _lda_scores(queries, self._terms(states))
 
     def own_scores(self, queries: torch.Tensor, state: State) -> torch.Tensor:
-        # A one-task selector per state keeps its own cached inverse: scoring rows routed to
-        # several tasks in turn inverts each task's covariance once, not once per call.
-        key = id(state["covariance"])
+        # Each task's own inverse is computed once, not once per call: a routed batch scores
+        # its rows against several tasks in turn. The entry goes when the state's covariance
+        # does (a removed task), so a long-lived pool holds no terms of tasks it no longer has.
+        covariance = state["covariance"]
+        key = id(covariance)
         held = self._own.get(key)
-        if held is None or held[0] is not state["covariance"]:
-            if len(self._own) >= 1024:  # tasks removed from a long-lived pool: start afresh
-                self._own.clear()
-            held = (state["covariance"], GaussianSelector(shrinkage=self.shrinkage))
+        if held is None or held[0]() is not covariance:
+            held = (weakref.ref(covariance), _lda_terms([state], self.shrinkage))
             self._own[key] = held
-        return held[1].task_scores(queries, [state])[:, 0]
+            weakref.finalize(covariance, self._own.pop, key, None)
+        return _lda_scores(queries, held[1])[:, 0]
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "shrinkage": self.shrinkage, "min_score": self.min_score}

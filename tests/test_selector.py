@@ -111,3 +111,21 @@ def test_gaussian_terms_are_cached_per_set_of_tasks_and_never_stale():
     assert grown.shape == (len(test[0]), 3)
     assert torch.allclose(grown, GaussianSelector().task_scores(test[0], states))
     assert torch.allclose(selector.task_scores(test[0], states[:2]), first)
+
+
+def test_gaussian_own_scores_are_cached_per_task_and_dropped_with_the_task():
+    import gc
+
+    _, train, test = gaussian_clusters()
+    selector = GaussianSelector()
+    states = [selector.fit_task(points, []) for points in train]
+    own = [selector.own_scores(test[0], state) for state in states]
+    for state, scores in zip(states, own):
+        # Judged by its state alone: the same as a selector that holds no other task.
+        assert torch.allclose(scores, GaussianSelector().task_scores(test[0], [state])[:, 0])
+        assert torch.equal(selector.own_scores(test[0], state), scores)  # from the cache
+    assert len(selector._own) == 3
+    del states[1], state  # a task removed from the pool
+    gc.collect()
+    assert len(selector._own) == 2
+    assert torch.equal(selector.own_scores(test[0], states[1]), own[2])
