@@ -29,6 +29,8 @@ def fake_medians(perf) -> dict[str, float]:
     medians = {
         "train_step.ours_input": 300.0,
         "train_step.ours_query_layer": 150.0,
+        "train_step.ours_input_bfloat16": 240.0,
+        "train_step.ours_query_layer_bfloat16": 120.0,
         "train_step.peft": 400.0,
         "train_step.full_finetune": 800.0,
         "inference.ours_routed_input": 220.0,
@@ -102,6 +104,7 @@ def test_assemble_puts_every_ratio_at_top_level(perf):
     assert result["serving_64_vs_1_tasks"] == round(164 / 101, 3)
     # target: min(90, peft's best 91, input's best 92, query_layer's best 89) = 89
     assert result["end_to_end"]["target"] == 89.0
+    assert result["train_step_ratio_vs_peft_input_bfloat16"] == 0.6
     assert result["end_to_end_ratio_vs_peft"] == round(16.0 / 30.0, 3)
     assert result["end_to_end_cpu_ratio_vs_peft"] == 0.5  # 30 CPU s against 60
     assert result["median_ms"]["train_step.peft"] == 400.0
