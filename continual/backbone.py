@@ -546,6 +546,7 @@ class Backbone(nn.Module):
             modules.update(saved)
 
     # -- identity ----------------------------------------------------------------------------
+    @_exclusive
     def fingerprint(self) -> dict[str, Any]:
         """What a saved pool records to recognise this backbone: name, shape, weights hash,
         architecture, pooling and, for a ``.gguf`` file, its sha256.
@@ -582,6 +583,15 @@ class Backbone(nn.Module):
         # The backbone stays in eval mode whatever the caller asks: dropout would make the
         # frozen features noisy and predictions non-deterministic.
         return super().train(False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A lock cannot be copied or pickled (Avalanche deep-copies the model in several
+        # strategies): a copy gets a lock of its own.
+        return {key: value for key, value in self.__dict__.items() if key != "lock"}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.lock = threading.RLock()
 
 
 def resolve_device(device: str | torch.device) -> torch.device:

@@ -9,13 +9,13 @@ training data is kept: only statistics of the frozen backbone's features.
 from __future__ import annotations
 
 import re
-import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .entry import State
 from .errors import ContinualError
@@ -270,8 +270,9 @@ class GaussianSelector(Selector):
         # The tasks' covariances behind the cached terms (held, so compared by identity): states
         # never change once stored, so the inverse is computed once per set of tasks.
         self._cache: tuple[list[torch.Tensor], _Terms] | None = None
-        # Each task's own terms, for `own_scores`, by its covariance tensor (held weakly).
-        self._own: dict[int, tuple[weakref.ref[torch.Tensor], _Terms]] = {}
+        # Each task's own terms, for `own_scores`, by its covariance tensor: held weakly, so a
+        # removed task's terms go with its state.
+        self._own: WeakIdKeyDictionary = WeakIdKeyDictionary()
 
     def fit_task(self, queries: torch.Tensor, previous: list[State], seed: int = 0) -> State:
         points = F.normalize(queries.double(), dim=1)
@@ -303,16 +304,19 @@ class GaussianSelector(Selector):
 
     def own_scores(self, queries: torch.Tensor, state: State) -> torch.Tensor:
         # Each task's own inverse is computed once, not once per call: a routed batch scores
-        # its rows against several tasks in turn. The entry goes when the state's covariance
-        # does (a removed task), so a long-lived pool holds no terms of tasks it no longer has.
-        covariance = state["covariance"]
-        key = id(covariance)
-        held = self._own.get(key)
-        if held is None or held[0]() is not covariance:
-            held = (weakref.ref(covariance), _lda_terms([state], self.shrinkage))
-            self._own[key] = held
-            weakref.finalize(covariance, self._own.pop, key, None)
-        return _lda_scores(queries, held[1])[:, 0]
+        # its rows against several tasks in turn.
+        terms = self._own.get(state["covariance"])
+        if terms is None:
+            terms = self._own[state["covariance"]] = _lda_terms([state], self.shrinkage)
+        return _lda_scores(queries, terms)[:, 0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        # The caches are derived (and weak references cannot be pickled): a copy starts empty.
+        return {**self.__dict__, "_cache": None, "_own": None}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._own = WeakIdKeyDictionary()
 
     def config(self) -> dict[str, Any]:
         return {"name": self.name, "shrinkage": self.shrinkage, "min_score": self.min_score}

@@ -187,3 +187,13 @@ def test_query_cache_is_bounded(tiny_backbone):
     assert torch.allclose(small.query(TEXTS), first, atol=1e-5)
     with pytest.raises(ContinualError, match="query_cache_size"):
         Backbone(tiny_backbone.model, tiny_backbone.tokenizer, "t", query_cache_size=-1)
+
+
+def test_a_backbone_can_be_deep_copied_with_a_lock_of_its_own(tiny_backbone):
+    """Avalanche deep-copies the model in several strategies (LwF, GDumb...), backbone and all."""
+    texts = ["one text", "and another one"]
+    expected = tiny_backbone.query(texts, with_last=True)  # every layer has run
+    copied = copy.deepcopy(tiny_backbone)
+    assert copied.lock is not tiny_backbone.lock
+    with copied.lock:  # a working re-entrant lock
+        torch.testing.assert_close(copied.query(texts, with_last=True), expected)
