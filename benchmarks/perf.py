@@ -544,29 +544,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     targets = torch.tensor([bbc.label_index(label) for _, label in rows])
     classes = len(bbc.labels)
     steps: dict[str, Callable[[], object]] = {}
-    for placement in PLACEMENTS:
-        prompt, head, optimizer = our_trainer(backbone, classes, placement)
-        # As train_task runs it: a deep prompt's steps start from each text's saved states at
-        # the query layer (computed once per task, before the first epoch).
-        saved = _LowerStates.build(backbone, prompt, [text for text, _ in rows], BATCH)
-        lower = None if saved is None else saved.batch([text for text, _ in rows], mask)
-
-        def ours(prompt=prompt, head=head, optimizer=optimizer, lower=lower) -> float:
-            return train_step(backbone, prompt, head, optimizer, ids, mask, targets, lower=lower)
-
-        steps[f"train_step.ours_{placement}"] = ours
-    # The same steps with the frozen weights in bfloat16 (`Backbone.load(dtype=...)`; prompt,
-    # head and optimizer stay float32): text4 accuracy holds (results/text4-bf16).
+    # Ours also with the frozen weights in bfloat16 (`Backbone.load(dtype=...)`; prompt, head
+    # and optimizer stay float32): text4 accuracy holds (results/text4-bf16).
     half = Backbone.load(max_length=MAX_LENGTH, query_layer=QUERY_LAYER, dtype="bfloat16")
-    for placement in PLACEMENTS:
-        prompt, head, optimizer = our_trainer(half, classes, placement)
-        saved = _LowerStates.build(half, prompt, [text for text, _ in rows], BATCH)
-        lower = None if saved is None else saved.batch([text for text, _ in rows], mask)
+    for suffix, model in (("", backbone), ("_bfloat16", half)):
+        for placement in PLACEMENTS:
+            prompt, head, optimizer = our_trainer(model, classes, placement)
+            # As train_task runs it: a deep prompt's steps start from each text's saved states
+            # at the query layer (computed once per task, before the first epoch).
+            saved = _LowerStates.build(model, prompt, [text for text, _ in rows], BATCH)
+            lower = None if saved is None else saved.batch([text for text, _ in rows], mask)
 
-        def ours_half(prompt=prompt, head=head, optimizer=optimizer, lower=lower) -> float:
-            return train_step(half, prompt, head, optimizer, ids, mask, targets, lower=lower)
+            def ours(model=model, prompt=prompt, head=head, optimizer=optimizer, lower=lower):
+                return train_step(model, prompt, head, optimizer, ids, mask, targets, lower=lower)
 
-        steps[f"train_step.ours_{placement}_bfloat16"] = ours_half
+            steps[f"train_step.ours_{placement}{suffix}"] = ours
     # The deep prompt's step running every layer, as before the states were saved.
     prompt, head, optimizer = our_trainer(backbone, classes, "query_layer")
     steps["train_step.ours_query_layer_all_layers"] = lambda: train_step(
