@@ -84,6 +84,14 @@ def main() -> int:
     parser.add_argument("--test-per-label", type=int, default=50)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--query-layer", type=int, default=3)
+    parser.add_argument(
+        "--query-layer-only",
+        action="store_true",
+        help=f"route {DEFAULT_SELECTOR} on the query layer alone (no pass above it)",
+    )
+    parser.add_argument(
+        "--backbone", help="a hub name, folder or .gguf file (default: the packaged MiniLM)"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
         "--placement",
@@ -96,7 +104,9 @@ def main() -> int:
     args = parser.parse_args()
 
     started = time.perf_counter()
-    backbone = Backbone.load(max_length=args.max_length, query_layer=args.query_layer)
+    backbone = Backbone.load(
+        args.backbone, max_length=args.max_length, query_layer=args.query_layer
+    )
     tasks = load_sequence(
         args.sequence,
         seed=args.seed,
@@ -108,9 +118,10 @@ def main() -> int:
     rows = []
     for selector_name in args.selectors:
         for spans in args.spans:
+            query_only = args.placement == "query_layer" or args.query_layer_only
             selector = build_selector(
                 {"name": selector_name, "last_layer": False}
-                if args.placement == "query_layer" and selector_name == DEFAULT_SELECTOR
+                if query_only and selector_name == DEFAULT_SELECTOR
                 else selector_name
             )
             rng = random.Random(args.seed)
@@ -168,7 +179,10 @@ def main() -> int:
         "line); mixed (seeded: whole, first sentence or a 1-3 sentence window). `spans`: "
         "sentences per training text added to the routing statistics (0 = as the pool fits "
         f"them). The pool's default selector is `{DEFAULT_SELECTOR}`. Placement of the "
-        f"prompts: `{args.placement}`.",
+        f"prompts: `{args.placement}`. Backbone: `{backbone.name}`, query layer "
+        f"{backbone.query_layer} of {backbone.num_layers}"
+        + (" (routed on it alone)" if args.query_layer_only else "")
+        + ".",
         "",
         "| selector | spans | selector bytes/task | "
         + " | ".join(VIEWS)
