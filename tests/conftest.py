@@ -46,14 +46,15 @@ def tokenizer():
     return AutoTokenizer.from_pretrained(continual.backbone.default_model_path())
 
 
-def tiny_bert(tokenizer, seed: int = 0):
-    """A 2-layer, 32-wide random BERT with the MiniLM vocabulary, built with ``seed``."""
+def tiny_bert(tokenizer, seed: int = 0, layers: int = 2):
+    """A ``layers``-layer (2), 32-wide random BERT with the MiniLM vocabulary, built with
+    ``seed``."""
     from transformers import BertConfig, BertModel
 
     config = BertConfig(
         vocab_size=len(tokenizer),
         hidden_size=32,
-        num_hidden_layers=2,
+        num_hidden_layers=layers,
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=128,
@@ -172,3 +173,14 @@ def avalanche_tasks() -> list[Task]:
         validation=[("Tasty", "yum"), ("Awful", "yuck"), ("Fine", "meh")],
     )
     return [sport, food]
+
+
+def assert_mixed_batch_equals_each_row_alone(pool, texts, tasks) -> None:
+    """A batch mixing tasks gives each row the logits it gets alone (no leak across rows)."""
+    backbone = pool.backbone
+    batch = backbone.tokenize(texts)
+    mixed = pool.task_logits(tasks, batch["input_ids"], batch["attention_mask"])
+    for row, text in enumerate(texts):
+        alone = backbone.tokenize([text])
+        logits = pool.task_logits(tasks[row : row + 1], alone["input_ids"], alone["attention_mask"])
+        assert torch.allclose(mixed[row], logits[0], atol=1e-5), row

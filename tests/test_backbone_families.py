@@ -132,15 +132,11 @@ def test_learns_two_tasks_and_earlier_entry_stays_bit_identical(grown):
 
 
 def test_mixed_batch_equals_each_row_alone(grown):
-    _, backbone, pool, _, _ = grown
+    from conftest import assert_mixed_batch_equals_each_row_alone
+
+    _, _, pool, _, _ = grown
     texts = TEXTS + ["the cat and the wolf"]
-    tasks = torch.tensor([0, 1, 0, 1])
-    batch = backbone.tokenize(texts)
-    mixed = pool.task_logits(tasks, batch["input_ids"], batch["attention_mask"])
-    for row, text in enumerate(texts):
-        alone = backbone.tokenize([text])
-        logits = pool.task_logits(tasks[row : row + 1], alone["input_ids"], alone["attention_mask"])
-        assert torch.allclose(mixed[row], logits[0], atol=1e-5), row
+    assert_mixed_batch_equals_each_row_alone(pool, texts, torch.tensor([0, 1, 0, 1]))
 
 
 def test_save_load_round_trip(grown):

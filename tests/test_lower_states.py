@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import torch
-from transformers import BertConfig, BertModel
+from conftest import tiny_bert
 
 from continual import learner
 from continual.backbone import Backbone
@@ -14,16 +14,9 @@ from continual.prompt import SoftPrompt, prompted_features
 
 def four_layer_backbone(tokenizer) -> Backbone:
     """A 4-layer random BERT whose deep prompts start at layer 2 (two layers below them)."""
-    config = BertConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=4,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=128,
+    return Backbone(
+        tiny_bert(tokenizer, 0, layers=4), tokenizer, "tiny-bert-4", max_length=32, query_layer=2
     )
-    torch.manual_seed(0)
-    return Backbone(BertModel(config), tokenizer, "tiny-bert-4", max_length=32, query_layer=2)
 
 
 def test_features_from_saved_states_match_a_full_pass(tokenizer):

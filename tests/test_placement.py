@@ -67,17 +67,10 @@ def test_one_pass_answers_equal_the_routed_tasks_answers(deep_pool):
 
 
 def test_deep_mixed_batch_equals_each_row_alone(deep_pool):
-    backbone = deep_pool.backbone
+    from conftest import assert_mixed_batch_equals_each_row_alone
+
     texts = TEXTS + ["the cat and the wolf"]
-    tasks = torch.tensor([0, 1, 0, 1])
-    batch = backbone.tokenize(texts)
-    mixed = deep_pool.task_logits(tasks, batch["input_ids"], batch["attention_mask"])
-    for row, text in enumerate(texts):
-        alone = backbone.tokenize([text])
-        logits = deep_pool.task_logits(
-            tasks[row : row + 1], alone["input_ids"], alone["attention_mask"]
-        )
-        assert torch.allclose(mixed[row], logits[0], atol=1e-5), row
+    assert_mixed_batch_equals_each_row_alone(deep_pool, texts, torch.tensor([0, 1, 0, 1]))
 
 
 def test_nothing_below_the_query_layer_is_differentiated(deep_pool):
