@@ -564,32 +564,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     steps["train_step.ours_query_layer_all_layers"] = lambda: train_step(
         backbone, prompt, head, optimizer, ids, mask, targets
     )
+
+    def classifier_step(model: Any, optimizer: torch.optim.Optimizer) -> Callable[[], float]:
+        """One step of a transformers sequence classifier on the batch, in train mode."""
+        model.train()  # as PEFT's examples train (dropout on)
+
+        def step() -> float:
+            loss = model(input_ids=ids, attention_mask=mask, labels=targets).loss
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            return loss.item()
+
+        return step
+
     peft = peft_model(classes)
-    peft.train()  # as PEFT's examples train (dropout on)
-    peft_optimizer = torch.optim.Adam(p for p in peft.parameters() if p.requires_grad)
-
-    def peft_step() -> float:
-        loss = peft(input_ids=ids, attention_mask=mask, labels=targets).loss
-        peft_optimizer.zero_grad()
-        loss.backward()
-        peft_optimizer.step()
-        return loss.item()
-
-    steps["train_step.peft"] = peft_step
+    steps["train_step.peft"] = classifier_step(
+        peft, torch.optim.Adam(p for p in peft.parameters() if p.requires_grad)
+    )
     full = classifier_model(classes)  # the same classifier model PEFT wraps, no prompt
     for parameter in full.parameters():
         parameter.requires_grad_(True)
-    full.train()
-    full_optimizer = torch.optim.AdamW(full.parameters(), lr=2e-5)
-
-    def full_step() -> float:
-        loss = full(input_ids=ids, attention_mask=mask, labels=targets).loss
-        full_optimizer.zero_grad()
-        loss.backward()
-        full_optimizer.step()
-        return loss.item()
-
-    steps["train_step.full_finetune"] = full_step
+    steps["train_step.full_finetune"] = classifier_step(
+        full, torch.optim.AdamW(full.parameters(), lr=2e-5)
+    )
     for name, step in steps.items():  # memory first: optimizer state is allocated on step 1
         with PeakMemory() as peak:
             step()
