@@ -11,6 +11,7 @@ extends the KV cache one token at a time; each row stops at end of text, at a ne
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,7 +53,9 @@ class LanguageModel:
             options.pop("use_safetensors", None)
             tokenizer = AutoTokenizer.from_pretrained(path, **options)
         except (OSError, ValueError) as error:
-            raise ContinualError(f"cannot load language model {str(name_or_path)!r}: {error}")
+            raise ContinualError(
+                f"cannot load language model {str(name_or_path)!r}: {error}"
+            ) from None
         finally:
             hf_logging.set_verbosity(verbosity)
         model.eval()  # float32 already (a GGUF-dequantized model refuses .float())
@@ -156,12 +159,16 @@ def generate(
             break
         mask = torch.cat([mask, mask.new_ones(len(rows), 1)], dim=1)
         positions = positions[:, -1:] + 1
+        # Newer transformers name the KV cache ``cache``; older ones ``past_key_values``.
+        key = (
+            "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+        )
         out = model(
             input_ids=token[:, None],
             attention_mask=mask,
             position_ids=positions,
-            past_key_values=out.past_key_values,
             use_cache=True,
+            **{key: getattr(out, key)},
         )
     return outputs
 

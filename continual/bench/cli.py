@@ -14,7 +14,11 @@ from .methods import METHODS
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sequence", default="text4", help="text4, or a TOML file of tasks")
+    parser.add_argument(
+        "--sequence",
+        default="text4",
+        help="text4, gen3 (text-to-text on a language model), or a TOML file of tasks",
+    )
     parser.add_argument(
         "--methods",
         nargs="+",
@@ -24,8 +28,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, help="result folder (default results/<sequence>)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--orders", type=int, help="task orders to average over (default 1)")
-    parser.add_argument("--train-per-label", type=int)
-    parser.add_argument("--test-per-label", type=int)
+    parser.add_argument("--train-per-label", type=int, help="(gen3: examples per task)")
+    parser.add_argument("--test-per-label", type=int, help="(gen3: examples per task)")
     parser.add_argument("--epochs", type=int, help="prompt-tuning epochs at most")
     parser.add_argument("--finetune-epochs", type=int, help="full fine-tuning epochs")
     parser.add_argument(
@@ -106,19 +110,39 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    from .generative_corpora import GENERATIVE_SEQUENCES
     from .report import render_report
     from .runner import run_benchmark
 
+    if args.sequence in GENERATIVE_SEQUENCES:
+        return _run_generative(args)
     config = config_from_args(args)
     stem = Path(config.sequence).stem if config.sequence.endswith(".toml") else config.sequence
     out = args.out or Path("results") / (stem + ("-quick" if args.quick else ""))
-    command = "continual " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv else ""
     summary = run_benchmark(
-        config, out, resume=args.resume, progress=not args.no_progress, command=command.strip()
+        config, out, resume=args.resume, progress=not args.no_progress, command=_command()
     )
     print(render_report(summary))
     print(f"results in {out}/ (results.json, report.md, *.png)", file=sys.stderr)
     return 0
+
+
+def _run_generative(args: argparse.Namespace) -> int:
+    from .generative_report import render_generative_report
+    from .generative_runner import generative_config_from_args, run_generative
+
+    config = generative_config_from_args(args)
+    out = args.out or Path("results") / (config.sequence + ("-quick" if args.quick else ""))
+    summary = run_generative(
+        config, out, resume=args.resume, progress=not args.no_progress, command=_command()
+    )
+    print(render_generative_report(summary))
+    print(f"results in {out}/ (results.json, report.md, runs/, *.png)", file=sys.stderr)
+    return 0
+
+
+def _command() -> str:
+    return ("continual " + " ".join(shlex.quote(a) for a in sys.argv[1:])).strip()
 
 
 def plot_from_args(args: argparse.Namespace) -> int:

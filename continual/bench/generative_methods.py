@@ -1,9 +1,9 @@
 """The generative benchmark's methods: written prompts, one shared soft prompt, fine-tuning.
 
 All run on the same frozen language model, inputs and task order. Trained methods read an input
-as its tokens and a newline (``text\\n``), and learn the target's tokens and the end-of-text
-token after it (teacher forcing, loss on the target only); written prompts use the model's chat
-template with the task's instruction. The prompt pool's methods live in
+as the pool does (its tokens, the target right after them) and learn the target's tokens and the
+end-of-text token (teacher forcing, loss on the target only); written prompts use the model's
+chat template with the task's instruction. The prompt pool's methods live in
 `continual.bench.generative_pool`.
 """
 
@@ -41,12 +41,12 @@ class GenerativeSettings:
         seed: seeds prompt initialisation, batch order and shot choice.
     """
 
-    max_input_tokens: int = 48
-    prompt_length: int = 16
-    epochs: int = 2
+    max_input_tokens: int = 32
+    prompt_length: int = 8
+    epochs: int = 1
     batch_size: int = 8
     prompt_lr: float = 0.03
-    finetune_lr: float = 5e-5
+    finetune_lr: float = 1e-4
     shots: int = 3
     eval_batch_size: int = 16
     seed: int = 0
@@ -158,8 +158,9 @@ class GenerativeMethod:
         return outputs
 
     def input_ids(self, text: str) -> list[int]:
-        """A trained method's input: the text's tokens and a newline."""
-        return self.lm.ids(text) + self.lm.ids("\n")
+        """A trained method's input as the pool reads it: the tokenizer's ids (with its special
+        tokens), the target right after them."""
+        return list(self.lm.tokenizer(text)["input_ids"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,7 +190,9 @@ class WrittenPrompt(GenerativeMethod):
         if missing:
             instruction = self.instructions[task.name]
             turns = [(f"{instruction}\n\n{x}", y) for x, y in self.examples[task.name]]
-            rows = [self.lm.chat_ids([*turns, (f"{instruction}\n\n{text}", "")]) for text in missing]
+            rows = [
+                self.lm.chat_ids([*turns, (f"{instruction}\n\n{text}", "")]) for text in missing
+            ]
             outputs = self.decode(rows, task.max_new_tokens)
             self.cache.update(((task.name, text), out) for text, out in zip(missing, outputs))
         return Answers([self.cache[(task.name, text)] for text in texts])
@@ -226,9 +229,7 @@ def _shots(task: GenerativeTask, count: int, seed: int) -> list[Pair]:
 # Trained methods
 
 
-def batches(
-    pairs: Sequence[Pair], epochs: int, size: int, seed: int | str
-) -> Iterator[list[Pair]]:
+def batches(pairs: Sequence[Pair], epochs: int, size: int, seed: int | str) -> Iterator[list[Pair]]:
     """Seeded shuffled batches, epoch after epoch (the last short batch of an epoch kept)."""
     rng = random.Random(seed)
     for _ in range(epochs):
@@ -255,7 +256,9 @@ class _Trained(GenerativeMethod):
         started = time.perf_counter()
         model.train()
         with Progress(steps, label, enabled=self.progress) as progress:
-            for batch in batches(data, settings.epochs, settings.batch_size, f"{settings.seed}-{label}"):
+            for batch in batches(
+                data, settings.epochs, settings.batch_size, f"{settings.seed}-{label}"
+            ):
                 loss = target_loss(
                     lm,
                     [self.input_ids(text) for text, _ in batch],

@@ -109,7 +109,7 @@ def _final_table(names: list[str], tasks: list[dict], methods: dict) -> list[str
     lines += [
         "",
         "In parentheses, where it differs: the exact match of the output's first word, "
-        "lower-cased, without punctuation (a written prompt's \"Positive.\" counts there).",
+        'lower-cased, without punctuation (a written prompt\'s "Positive." counts there).',
     ]
     return lines
 

@@ -25,8 +25,13 @@ from ..progress import say
 from ..storage import atomic_write_bytes
 from .causal_lm import LanguageModel
 from .generative_corpora import GenerativeTask, Sizes, load_generative_sequence
-from .generative_methods import FineTuned, GenerativeMethod, GenerativeSettings, SharedPrompt
-from .generative_methods import WrittenPrompt
+from .generative_methods import (
+    FineTuned,
+    GenerativeMethod,
+    GenerativeSettings,
+    SharedPrompt,
+    WrittenPrompt,
+)
 from .memory import PeakMemory
 from .results import empty_matrix
 from .runner import _versions
@@ -196,7 +201,11 @@ def run_one(spec: GenerativeSpec, context: GenerativeContext, order: list[Genera
 
 
 def run_generative(
-    config: GenerativeConfig, out: Path, *, resume: bool = False, progress: bool = True,
+    config: GenerativeConfig,
+    out: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
     command: str = "",
 ) -> dict:
     """Run the configured methods into ``out`` and rebuild the summary from all run files."""
@@ -319,3 +328,45 @@ def _method_summary(run: dict) -> dict:
         "tokens_per_second": run["tokens_per_second"],
         "peak_memory_mb": run["peak_memory_mb"],
     }
+
+
+def generative_config_from_args(args: Any) -> GenerativeConfig:
+    """The run's configuration from ``continual run`` options on a generative sequence."""
+    unsupported = [
+        option
+        for option, value in (
+            ("--orders", args.orders),
+            ("--finetune-epochs", args.finetune_epochs),
+            ("--query-layer", args.query_layer),
+            ("--placement", args.placement),
+        )
+        if value is not None
+    ]
+    if args.device != "cpu" or args.dtype != "float32":
+        unsupported.append("--device/--dtype")
+    if unsupported:
+        raise ContinualError(
+            f"{', '.join(unsupported)}: not available for the generative sequence "
+            f"{args.sequence!r} (one order, float32 on the CPU; --epochs sets every method's)"
+        )
+    config = GenerativeConfig(
+        sequence=args.sequence, methods=tuple(GENERATIVE_METHODS), backbone=args.backbone
+    )
+    if args.quick:
+        config = quick_generative(config)
+    settings = replace(config.settings, seed=args.seed)
+    if args.epochs is not None:
+        settings = replace(settings, epochs=args.epochs)
+    if args.max_length is not None:
+        settings = replace(settings, max_input_tokens=args.max_length)
+    sizes = config.sizes
+    if args.train_per_label is not None:
+        sizes = replace(sizes, train=args.train_per_label)
+    if args.test_per_label is not None:
+        sizes = replace(sizes, test=args.test_per_label)
+    return replace(
+        config,
+        settings=settings,
+        sizes=sizes,
+        methods=tuple(args.methods) if args.methods else config.methods,
+    )
