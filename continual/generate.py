@@ -25,7 +25,9 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
+from .data import Generation
 from .errors import ContinualError
+from .metrics import task_metric_scores
 
 IGNORE = -100  # label of a position that is not scored
 
@@ -116,13 +118,18 @@ def _decoder_logits(
     lengths = attention_mask.sum(1).tolist()
     pad = int(backbone.tokenizer.pad_token_id)
     sequences = [
-        input_ids[i, :n].tolist() + list(target) for i, (n, target) in enumerate(zip(lengths, targets))
+        input_ids[i, :n].tolist() + list(target)
+        for i, (n, target) in enumerate(zip(lengths, targets))
     ]
     ids = _padded(sequences, pad, device)  # (B, S): input, target, padding
     mask = _padded([[1] * len(row) for row in sequences], 0, device)
+    # Position p holds the token position p predicts: each target starts at its input's last
+    # position, n - 1; the sequence's last position predicts nothing.
     labels = _padded(
-        [[IGNORE] * (n - 1) + list(target) for n, target in zip(lengths, targets)], IGNORE, device
-    )  # position p holds the token that position p predicts: the target starts at n - 1
+        [[IGNORE] * (n - 1) + list(target) + [IGNORE] for n, target in zip(lengths, targets)],
+        IGNORE,
+        device,
+    )  # (B, S)
     length = prompts.shape[1]
     embeds = torch.cat([prompts, backbone.embed(ids)], dim=1)  # (B, L + S, H)
     full_mask = torch.cat([mask.new_ones(len(ids), length), mask], dim=1)
@@ -336,3 +343,57 @@ def _seq2seq_steps(
         return out.logits[:, -1]
 
     return step
+
+
+class PromptedLanguageModel(torch.nn.Module):
+    """A text-to-text task's trainable part as a module: the teacher-forced loss of a batch
+    under ``prompt``. The frozen backbone is held but not registered (as in
+    `continual.learner.PromptedClassifier`), so data-parallel training syncs the prompt alone."""
+
+    backbone: Backbone
+
+    def __init__(self, backbone: Backbone, prompt: torch.nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "backbone", backbone)  # bypasses submodule registration
+        self.prompt = prompt
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        targets: Sequence[Sequence[int]],
+        row_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        prompts = self.prompt(len(input_ids))
+        return teacher_forced_loss(
+            self.backbone, prompts, input_ids, attention_mask, targets, row_weights
+        )
+
+
+@torch.no_grad()
+def metric_total(
+    backbone: Backbone,
+    prompt: torch.Tensor,
+    examples: Sequence[tuple[str, str]],
+    generation: Generation,
+    batch_size: int,
+) -> tuple[float, int]:
+    """The sum of ``generation.metric`` over ``examples`` answered under ``prompt`` (L, H), and
+    how many examples: what validation compares epochs by."""
+    total = 0.0
+    limit = generation.max_new_tokens or 1
+    for start in range(0, len(examples), batch_size):
+        chunk = examples[start : start + batch_size]
+        batch = backbone.tokenize([text for text, _ in chunk])
+        prompts = prompt.unsqueeze(0).expand(len(chunk), *prompt.shape)
+        answers = generate(
+            backbone,
+            prompts,
+            batch["input_ids"],
+            batch["attention_mask"],
+            [limit] * len(chunk),
+            [generation.stop] * len(chunk),
+        )
+        outputs = [answer.text for answer in answers]
+        total += sum(task_metric_scores(generation.metric, outputs, [t for _, t in chunk]))
+    return total, len(examples)
