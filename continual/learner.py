@@ -1,4 +1,5 @@
-"""Training one task: a new soft prompt and linear head over the frozen backbone.
+"""Training one task: a new soft prompt and linear head over the frozen backbone, or for a
+text-to-text task a soft prompt alone before the language model (`continual.generate`).
 
 Only the new prompt and head receive gradients; the backbone and every earlier task are out of
 reach of the optimizer. Training is seeded and deterministic, shows a progress bar, and stops
@@ -13,6 +14,7 @@ with the prompt and head one process would have learned (up to float rounding).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -26,9 +28,15 @@ from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .backbone import Backbone
-from .data import Task
+from .data import Generation, Task
 from .entry import TaskEntry
 from .errors import ContinualError
+from .generate import (
+    PromptedLanguageModel,
+    default_max_new_tokens,
+    metric_total,
+    target_token_ids,
+)
 from .progress import Progress
 from .prompt import Placement, PromptInit, SoftPrompt, prompted_features
 
@@ -128,6 +136,7 @@ def train_task(
     state (the pool fits that when it adds the entry).
     """
     generator = torch.Generator().manual_seed(check_seed(seed))
+    generation = _generation_for(backbone, task, prompt_length, placement)
     parallel = distributed.init(backbone.device)
     ranks, me = distributed.world_size(), distributed.rank()
     progress = progress and me == 0
@@ -145,7 +154,10 @@ def train_task(
     # measured worse on text4 (oracle 69.3 with the square root of that ratio, three tasks at
     # chance with the full ratio, against 70.7 unscaled).
     groups: list[dict] = [{"params": prompt.parameters(), "lr": config.prompt_lr}]
-    if config.head == "verbalizer":
+    if generation is not None:
+        # The language model's own output head writes the answer: no head is trained.
+        head.requires_grad_(False)
+    elif config.head == "verbalizer":
         from .verbalizer import verbalizer_weight
 
         with torch.no_grad():
@@ -156,16 +168,25 @@ def train_task(
     else:
         raise ContinualError(f"unknown head {config.head!r}; use 'linear' or 'verbalizer'")
     optimizer = torch.optim.Adam(groups)
-    model: nn.Module = PromptedClassifier(backbone, prompt, head)
+    model: nn.Module = (
+        PromptedClassifier(backbone, prompt, head)
+        if generation is None
+        else PromptedLanguageModel(backbone, prompt)
+    )
     if parallel:
         # Every rank built the same prompt and head from the same seed; DDP also broadcasts
         # rank 0's copy at this point, so they start identical whatever happened before.
         device_ids = [backbone.device.index] if backbone.device.type == "cuda" else None
         model = DistributedDataParallel(model, device_ids=device_ids)
     texts = [text for text, _ in task.train]
-    targets = torch.tensor(
-        [task.label_index(label) for _, label in task.train], device=backbone.device
-    )
+    if generation is None:
+        targets = torch.tensor(
+            [task.label_index(label) for _, label in task.train], device=backbone.device
+        )
+    else:
+        answers = target_token_ids(
+            backbone, [target for _, target in task.train], generation.max_new_tokens or 1
+        )
     steps_per_epoch = math.ceil(len(texts) / config.batch_size)
     # (validation accuracy, (prompt, head weight, head bias), epoch)
     best: tuple[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, int] = (
@@ -198,18 +219,30 @@ def train_task(
                 rows, weights = _shard(rows, ranks, me, backbone.device)
                 chunk = [texts[i] for i in rows]
             batch = backbone.tokenize(chunk)
-            loss = train_step(
-                backbone,
-                prompt,
-                head,
-                optimizer,
-                batch["input_ids"],
-                batch["attention_mask"],
-                targets[rows],
-                model=model if parallel else None,
-                row_weights=weights,
-                lower=None if lower is None else lower.batch(chunk, batch["attention_mask"]),
-            )
+            if generation is not None:
+                loss = _optimizer_step(
+                    optimizer,
+                    model(
+                        batch["input_ids"],
+                        batch["attention_mask"],
+                        [answers[i] for i in rows.tolist()],
+                        weights,
+                    ),
+                    weights is not None,
+                )
+            else:
+                loss = train_step(
+                    backbone,
+                    prompt,
+                    head,
+                    optimizer,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    targets[rows],
+                    model=model if parallel else None,
+                    row_weights=weights,
+                    lower=None if lower is None else lower.batch(chunk, batch["attention_mask"]),
+                )
             if parallel:  # the global batch's mean loss, for the progress line
                 loss = distributed.all_sum([loss], backbone.device)[0]
             total_loss += loss
@@ -220,13 +253,19 @@ def train_task(
                 on_epoch(epoch + 1, prompt, head)
             continue
         # Each rank scores its share of the validation split; the summed counts give every
-        # rank the same accuracy, so early stopping decides the same everywhere.
-        counts = _correct(
-            backbone, prompt, head, task, task.validation[me::ranks], config.batch_size, lower
-        )
+        # rank the same accuracy (or mean metric), so early stopping decides the same
+        # everywhere. A text-to-text task is validated by its metric on generated answers.
+        share = task.validation[me::ranks]
+        if generation is None:
+            counts = _correct(backbone, prompt, head, task, share, config.batch_size, lower)
+        else:
+            counts = metric_total(
+                backbone, prompt.vectors.detach(), share, generation, config.batch_size
+            )
         correct, seen = distributed.all_sum(counts, backbone.device)
         accuracy = correct / max(seen, 1)
-        bar.checkpoint(f"epoch {epoch + 1}/{config.epochs}", val=f"{accuracy:.1%}")
+        shown = f"{accuracy:.1%}" if generation is None else f"{accuracy:.1f} {generation.metric}"
+        bar.checkpoint(f"epoch {epoch + 1}/{config.epochs}", val=shown)
         if accuracy > best[0]:
             state = (
                 prompt.vectors.detach().clone(),
@@ -255,9 +294,14 @@ def train_task(
         "train_seconds": round(time.perf_counter() - start, 2),
         "trainable_parameters": prompt.vectors.numel()
         + (weight.numel() + bias.numel() if config.head == "linear" else 0),
-        "head": config.head,
+        "head": config.head if generation is None else None,
         "seed": seed,
     }
+    if generation is not None:
+        # The validation figure is the task's metric (mean points), not an accuracy.
+        stats["validation_score"] = stats.pop("validation_accuracy")
+        if stats["validation_score"] is not None:
+            stats["validation_score"] = round(best[0], 2)
     if ranks > 1:
         stats["processes"] = ranks
     # Entries live on the CPU: that is how they are stored, and the pool moves them as needed.
@@ -268,7 +312,48 @@ def train_task(
         head_weight=weight.cpu().clone(),
         head_bias=bias.cpu().clone(),
         stats=stats,
+        generation=generation,
     )
+
+
+def _generation_for(
+    backbone: Backbone, task: Task, prompt_length: int, placement: Placement
+) -> Generation | None:
+    """A text-to-text task's generation settings, ``max_new_tokens`` filled in; refused on a
+    backbone that cannot write text or with a prompt not at the input."""
+    if task.generation is None:
+        return None
+    backbone.check_generative()
+    if placement != "input":
+        raise ContinualError(
+            f"task {task.name!r} is text-to-text: its prompt goes before the input "
+            "(placement 'input'), not at the query layer"
+        )
+    generation = task.generation
+    if generation.max_new_tokens is None:
+        longest = default_max_new_tokens(backbone, [target for _, target in task.train])
+        generation = dataclasses.replace(generation, max_new_tokens=longest)
+    limit = backbone.position_limit
+    assert generation.max_new_tokens is not None
+    longest = prompt_length + backbone.max_length + generation.max_new_tokens
+    if limit is not None and not backbone.is_seq2seq and longest > limit:
+        raise ContinualError(
+            f"task {task.name!r}: prompt_length {prompt_length} + max_length "
+            f"{backbone.max_length} + max_new_tokens {generation.max_new_tokens} exceeds "
+            f"the model's {limit} positions"
+        )
+    return generation
+
+
+def _optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, shared: bool) -> float:
+    """Backward and update; returns the loss. ``shared``: the loss is this process's share of a
+    global batch's mean, scaled by the processes' number so that DDP's average of their
+    gradients is the gradient of that mean."""
+    objective = loss * distributed.world_size() if shared else loss
+    optimizer.zero_grad()
+    objective.backward()
+    optimizer.step()
+    return loss.item()
 
 
 def train_step(
@@ -301,16 +386,9 @@ def train_step(
     logits = classifier(input_ids, attention_mask, lower)
     if row_weights is None:
         loss = F.cross_entropy(logits, targets)
-        objective = loss
     else:
         loss = (F.cross_entropy(logits, targets, reduction="none") * row_weights).sum()
-        # DDP averages the gradients of the processes, whose shares of the mean loss add up:
-        # scaling by their number makes the average the gradient of the global batch's mean.
-        objective = loss * distributed.world_size()
-    optimizer.zero_grad()
-    objective.backward()
-    optimizer.step()
-    return loss.item()
+    return _optimizer_step(optimizer, loss, row_weights is not None)
 
 
 class PromptedClassifier(nn.Module):
