@@ -1,10 +1,11 @@
 """The generative benchmark's methods: written prompts, one shared soft prompt, fine-tuning.
 
-All run on the same frozen language model, inputs and task order. Trained methods read an input
-as the pool does (its tokens, the target right after them) and learn the target's tokens and the
-end-of-text token (teacher forcing, loss on the target only); written prompts use the model's
-chat template with the task's instruction. The prompt pool's methods live in
-`continual.bench.generative_pool`.
+All run on the same frozen language model (a `Backbone` with its output head), inputs and task
+order, and train and decode with the library's own functions (`continual.generate`): an input is
+read as the pool reads it (its tokens, the target right after them), the target's tokens and the
+end-of-text token are learned by teacher forcing, and answers are decoded greedily. Written
+prompts use the model's chat template with the task's instruction. The prompt pool's methods
+live in `continual.bench.generative_pool`.
 """
 
 from __future__ import annotations
@@ -14,15 +15,20 @@ import random
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import torch
 from torch import nn
 
+from ..backbone import Backbone
+from ..generate import generate, target_token_ids, teacher_forced_loss
 from ..metrics import task_metric_scores
 from ..progress import Progress
-from .causal_lm import LanguageModel, generate, target_loss
+from ..prompt import SoftPrompt
 from .generative_corpora import EXACT_MATCH, GenerativeTask, Pair
 from .results import Cost
+
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -81,14 +87,14 @@ def lenient_match(output: str, target: str) -> float:
 class GenerativeMethod:
     """What the runner drives: learn tasks in order, answer a task's inputs, report costs.
 
-    Subclasses set ``trained_parameters`` and implement `learn`, `_answer` and `cost`;
-    generation is timed and its tokens counted here.
+    Subclasses implement `learn` (or `learn_all`), `answer` and `cost`; `decode` times
+    generation and counts its tokens.
     """
 
     joint = False
 
-    def __init__(self, lm: LanguageModel, settings: GenerativeSettings, progress: bool) -> None:
-        self.lm = lm
+    def __init__(self, backbone: Backbone, settings: GenerativeSettings, progress: bool) -> None:
+        self.backbone = backbone
         self.settings = settings
         self.progress = progress
         self.train_seconds = 0.0
@@ -104,18 +110,18 @@ class GenerativeMethod:
     def cost(self) -> Cost:
         raise NotImplementedError
 
-    def _answer(self, task: GenerativeTask, texts: list[str]) -> Answers:
+    def answer(self, task: GenerativeTask, texts: list[str]) -> Answers:
+        """Outputs for ``task``'s inputs ``texts`` (a routed method may send them elsewhere)."""
         raise NotImplementedError
 
     def evaluate(self, task: GenerativeTask) -> TaskScore:
         """Score the task's test split (the task given only to methods that need it)."""
         texts = [text for text, _ in task.test]
         targets = [target for _, target in task.test]
-        answers = self._answer(task, texts)
+        answers = self.answer(task, texts)
         outputs = answers.outputs
         if answers.routed_to is not None:
-            # A row sent to another task's entry answers that task: scored as given, but it
-            # rarely matches this task's target.
+            # A row sent to another task's entry answers as that task: scored as given.
             routed: dict[str | None, int] = {}
             for name in answers.routed_to:
                 routed[name] = routed.get(name, 0) + 1
@@ -128,39 +134,66 @@ class GenerativeMethod:
             lenient = sum(map(lenient_match, outputs, targets)) / len(targets)
         return TaskScore(sum(scores) / len(scores), lenient, routing, routed)
 
-    # -- decoding, shared by the subclasses -----------------------------------------------------
+    def count_tokens(self, outputs: Sequence[str]) -> None:
+        """Add the answers' tokens to the generated count."""
+        encoded = self.backbone.tokenizer(list(outputs), add_special_tokens=False)["input_ids"]
+        self.generated_tokens += sum(len(ids) for ids in encoded)
+
     def decode(
         self,
         rows: Sequence[Sequence[int]],
-        max_new_tokens: int,
+        task: GenerativeTask,
         *,
-        model: nn.Module | None = None,
-        prefixes: Sequence[torch.Tensor | None] | None = None,
+        backbone: Backbone | None = None,
+        prompt: torch.Tensor | None = None,
     ) -> list[str]:
-        """Greedy outputs for token rows, in batches of similar length; timed and counted."""
-        lm = self.lm if model is None else LanguageModel(model, self.lm.tokenizer, self.lm.name)
+        """Greedy answers for token rows (each after ``prompt`` (L, H) if given), in batches of
+        similar length, through `continual.generate.generate`; timed and counted."""
+        backbone = backbone or self.backbone
         order = sorted(range(len(rows)), key=lambda row: len(rows[row]))
         outputs: list[str] = [""] * len(rows)
         size = self.settings.eval_batch_size
+        width = backbone.hidden_size
         started = time.perf_counter()
         for first in range(0, len(order), size):
             chunk = order[first : first + size]
-            new = generate(
-                lm,
-                [rows[row] for row in chunk],
-                prefixes=None if prefixes is None else [prefixes[row] for row in chunk],
-                max_new_tokens=max_new_tokens,
+            ids, mask = _right_padded([rows[row] for row in chunk], backbone)
+            prompts = (
+                prompt.detach().expand(len(chunk), -1, -1)
+                if prompt is not None
+                else torch.zeros(len(chunk), 0, width, device=backbone.device)
             )
-            for row, ids in zip(chunk, new, strict=True):
-                outputs[row] = self.lm.tokenizer.decode(ids, skip_special_tokens=True).strip()
-                self.generated_tokens += len(ids)
+            answers = generate(
+                backbone,
+                prompts,
+                ids,
+                mask,
+                [task.max_new_tokens] * len(chunk),
+                [task.generation.stop if task.generation else ()] * len(chunk),
+            )
+            for row, answer in zip(chunk, answers, strict=True):
+                outputs[row] = answer.text
         self.generate_seconds += time.perf_counter() - started
+        self.count_tokens(outputs)
         return outputs
 
     def input_ids(self, text: str) -> list[int]:
-        """A trained method's input as the pool reads it: the tokenizer's ids (with its special
-        tokens), the target right after them."""
-        return list(self.lm.tokenizer(text)["input_ids"])
+        """An input as the pool reads it (`Backbone.tokenize`: special tokens as the tokenizer
+        adds them, cut to the backbone's max_length)."""
+        ids = self.backbone.tokenize([text])["input_ids"][0]
+        return ids.tolist()
+
+
+def _right_padded(rows: Sequence[Sequence[int]], backbone: Backbone) -> tuple[torch.Tensor, ...]:
+    """(B, n) ids and mask padded on the right, as `Backbone.tokenize` gives them."""
+    width = max(len(row) for row in rows)
+    pad = int(backbone.tokenizer.pad_token_id)
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids.to(backbone.device), mask.to(backbone.device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -173,9 +206,9 @@ class WrittenPrompt(GenerativeMethod):
     its own task's instruction."""
 
     def __init__(
-        self, lm: LanguageModel, settings: GenerativeSettings, progress: bool, shots: int
+        self, backbone: Backbone, settings: GenerativeSettings, progress: bool, shots: int
     ) -> None:
-        super().__init__(lm, settings, progress)
+        super().__init__(backbone, settings, progress)
         self.shots = shots
         self.examples: dict[str, list[Pair]] = {}
         self.instructions: dict[str, str] = {}
@@ -185,15 +218,31 @@ class WrittenPrompt(GenerativeMethod):
         self.instructions[task.name] = task.instruction
         self.examples[task.name] = _shots(task, self.shots, self.settings.seed)
 
-    def _answer(self, task: GenerativeTask, texts: list[str]) -> Answers:
+    def chat_ids(self, task: GenerativeTask, text: str) -> list[int]:
+        """The written prompt's tokens: the chat template over the worked examples as earlier
+        turns and the input as the last, the reply left open (plain lines without a
+        template)."""
+        instruction = self.instructions[task.name]
+        turns = [*self.examples[task.name], (text, "")]
+        tokenizer = self.backbone.tokenizer
+        if getattr(tokenizer, "chat_template", None) is None:
+            written = "".join(f"{instruction}\n{x}\n{y}\n" for x, y in turns)
+            return list(tokenizer(written.rstrip("\n") + "\n")["input_ids"])
+        messages = []
+        for user, reply in turns:
+            messages.append({"role": "user", "content": f"{instruction}\n\n{user}"})
+            if reply:
+                messages.append({"role": "assistant", "content": reply})
+        ids = tokenizer.apply_chat_template(
+            messages, add_generation_prompt=True, tokenize=True, return_dict=False
+        )
+        return list(ids["input_ids"] if isinstance(ids, dict) else ids)
+
+    def answer(self, task: GenerativeTask, texts: list[str]) -> Answers:
         missing = sorted({text for text in texts if (task.name, text) not in self.cache})
         if missing:
-            instruction = self.instructions[task.name]
-            turns = [(f"{instruction}\n\n{x}", y) for x, y in self.examples[task.name]]
-            rows = [
-                self.lm.chat_ids([*turns, (f"{instruction}\n\n{text}", "")]) for text in missing
-            ]
-            outputs = self.decode(rows, task.max_new_tokens)
+            rows = [self.chat_ids(task, text) for text in missing]
+            outputs = self.decode(rows, task)
             self.cache.update(((task.name, text), out) for text, out in zip(missing, outputs))
         return Answers([self.cache[(task.name, text)] for text in texts])
 
@@ -229,77 +278,87 @@ def _shots(task: GenerativeTask, count: int, seed: int) -> list[Pair]:
 # Trained methods
 
 
-def batches(pairs: Sequence[Pair], epochs: int, size: int, seed: int | str) -> Iterator[list[Pair]]:
+def batches(items: Sequence[T], epochs: int, size: int, seed: int | str) -> Iterator[list[T]]:
     """Seeded shuffled batches, epoch after epoch (the last short batch of an epoch kept)."""
     rng = random.Random(seed)
     for _ in range(epochs):
-        order = list(pairs)
+        order = list(items)
         rng.shuffle(order)
         for first in range(0, len(order), size):
             yield order[first : first + size]
 
 
 class _Trained(GenerativeMethod):
-    """A method with parameters trained by teacher forcing."""
+    """A method trained by teacher forcing (`continual.generate.teacher_forced_loss`)."""
 
     def _fit(
         self,
         label: str,
-        model: nn.Module,
+        backbone: Backbone,
         optimizer: torch.optim.Optimizer,
-        data: list[Pair],
-        prefix: nn.Parameter | None,
+        tasks: list[GenerativeTask],
+        prompt: nn.Parameter | None,
     ) -> None:
         settings = self.settings
-        lm = LanguageModel(model, self.lm.tokenizer, self.lm.name)
+        data = [
+            (text, ids)
+            for task in tasks
+            for (text, _), ids in zip(
+                task.train,
+                target_token_ids(backbone, [t for _, t in task.train], task.max_new_tokens),
+                strict=True,
+            )
+        ]
         steps = settings.epochs * -(-len(data) // settings.batch_size)
         started = time.perf_counter()
-        model.train()
+        width = backbone.hidden_size
         with Progress(steps, label, enabled=self.progress) as progress:
             for batch in batches(
                 data, settings.epochs, settings.batch_size, f"{settings.seed}-{label}"
             ):
-                loss = target_loss(
-                    lm,
-                    [self.input_ids(text) for text, _ in batch],
-                    [self.lm.ids(target) for _, target in batch],
-                    prefixes=None if prefix is None else [prefix] * len(batch),
+                tokens = backbone.tokenize([text for text, _ in batch])
+                prompts = (
+                    prompt.expand(len(batch), -1, -1)
+                    if prompt is not None
+                    else torch.zeros(len(batch), 0, width, device=backbone.device)
+                )
+                loss = teacher_forced_loss(
+                    backbone,
+                    prompts,
+                    tokens["input_ids"],
+                    tokens["attention_mask"],
+                    [ids for _, ids in batch],
                 )
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 progress.update(1, loss=f"{loss.item():.3f}")
-        model.eval()
         self.train_seconds += time.perf_counter() - started
 
 
 class SharedPrompt(_Trained):
-    """One soft prompt before every input, trained on each task in turn (no task id)."""
+    """One soft prompt before every input, trained on each task in turn (no task id).
 
-    def __init__(self, lm: LanguageModel, settings: GenerativeSettings, progress: bool) -> None:
-        super().__init__(lm, settings, progress)
-        table = lm.model.get_input_embeddings().weight
+    It starts as the pool's first prompt does (`SoftPrompt.initialise`, vocabulary init, the
+    same seed) and trains with the same optimizer and learning rate."""
+
+    def __init__(self, backbone: Backbone, settings: GenerativeSettings, progress: bool) -> None:
+        super().__init__(backbone, settings, progress)
         generator = torch.Generator().manual_seed(settings.seed)
-        # Embeddings of sampled vocabulary tokens: Lester et al.'s stronger initialisation.
-        ids = torch.randint(0, table.shape[0], (settings.prompt_length,), generator=generator)
-        self.prompt = nn.Parameter(table[ids].detach().clone())  # (L, H)
+        initial = SoftPrompt.initialise(
+            backbone, settings.prompt_length, "vocab", generator=generator
+        )
+        self.prompt = nn.Parameter(initial.vectors.detach().clone())  # (L, H)
         self.optimizer = torch.optim.Adam([self.prompt], lr=settings.prompt_lr)
         self.tasks = 0
 
     def learn(self, task: GenerativeTask) -> None:
-        self._fit(
-            f"shared prompt: {task.name}",
-            self.lm.model,
-            self.optimizer,
-            task.train,
-            self.prompt,
-        )
+        self._fit(f"shared prompt: {task.name}", self.backbone, self.optimizer, [task], self.prompt)
         self.tasks += 1
 
-    def _answer(self, task: GenerativeTask, texts: list[str]) -> Answers:
-        prompt = self.prompt.detach()
+    def answer(self, task: GenerativeTask, texts: list[str]) -> Answers:
         rows = [self.input_ids(text) for text in texts]
-        return Answers(self.decode(rows, task.max_new_tokens, prefixes=[prompt] * len(rows)))
+        return Answers(self.decode(rows, task, prompt=self.prompt))
 
     def cost(self) -> Cost:
         count = self.prompt.numel()
@@ -308,35 +367,35 @@ class SharedPrompt(_Trained):
 
 class FineTuned(_Trained):
     """A trainable copy of the whole language model: task after task, or all tasks at once
-    (``joint``: the multitask upper bound, the same number of steps as the sequence)."""
+    (``joint``: the multitask upper bound, as many steps as the whole sequence)."""
 
     def __init__(
-        self, lm: LanguageModel, settings: GenerativeSettings, progress: bool, joint: bool
+        self, backbone: Backbone, settings: GenerativeSettings, progress: bool, joint: bool
     ) -> None:
-        super().__init__(lm, settings, progress)
+        super().__init__(backbone, settings, progress)
         self.joint = joint
-        self.model = copy.deepcopy(lm.model)
-        self.model.requires_grad_(True)
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=settings.finetune_lr)
-
-    def learn(self, task: GenerativeTask) -> None:
-        self._fit(
-            f"fine-tuning: {task.name}",
-            self.model,
-            self.optimizer,
-            task.train,
-            None,
+        self.copy = Backbone(
+            copy.deepcopy(backbone.language_model),
+            backbone.tokenizer,
+            backbone.name,
+            max_length=backbone.max_length,
+        )
+        self.copy.language_model.requires_grad_(True)  # a Backbone freezes what it wraps
+        self.optimizer = torch.optim.AdamW(
+            self.copy.language_model.parameters(), lr=settings.finetune_lr
         )
 
-    def learn_all(self, tasks: list[GenerativeTask]) -> None:
-        mixed = [pair for task in tasks for pair in task.train]
-        self._fit("joint fine-tuning", self.model, self.optimizer, mixed, None)
+    def learn(self, task: GenerativeTask) -> None:
+        self._fit(f"fine-tuning: {task.name}", self.copy, self.optimizer, [task], None)
 
-    def _answer(self, task: GenerativeTask, texts: list[str]) -> Answers:
+    def learn_all(self, tasks: list[GenerativeTask]) -> None:
+        self._fit("joint fine-tuning", self.copy, self.optimizer, tasks, None)
+
+    def answer(self, task: GenerativeTask, texts: list[str]) -> Answers:
         rows = [self.input_ids(text) for text in texts]
-        return Answers(self.decode(rows, task.max_new_tokens, model=self.model))
+        return Answers(self.decode(rows, task, backbone=self.copy))
 
     def cost(self) -> Cost:
-        count = sum(parameter.numel() for parameter in self.model.parameters())
+        count = sum(parameter.numel() for parameter in self.copy.language_model.parameters())
         # A fine-tuned model must be stored whole after every task.
         return Cost(count, 4 * count)

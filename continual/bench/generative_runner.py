@@ -19,11 +19,12 @@ from typing import Any
 import numpy as np
 
 from .. import metrics
+from ..backbone import Backbone
+from ..entry import TaskEntry
 from ..errors import ContinualError
 from ..files import sha256_file
 from ..progress import say
 from ..storage import atomic_write_bytes
-from .causal_lm import LanguageModel
 from .generative_corpora import GenerativeTask, Sizes, load_generative_sequence
 from .generative_methods import (
     FineTuned,
@@ -74,12 +75,14 @@ def quick_generative(config: GenerativeConfig) -> GenerativeConfig:
 
 @dataclass
 class GenerativeContext:
-    """What every method of a run shares."""
+    """What every method of a run shares: the backbone and settings, and the pool's trained
+    entries and answers per (task, text), which both pool methods reuse."""
 
-    lm: LanguageModel
+    backbone: Backbone
     config: GenerativeConfig
     progress: bool
-    pool_cache: dict[str, Any] = field(default_factory=dict)
+    pool_entries: dict[str, TaskEntry] = field(default_factory=dict)
+    pool_answers: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -116,41 +119,44 @@ GENERATIVE_METHODS: dict[str, GenerativeSpec] = {
         GenerativeSpec(
             "zero-shot",
             "the task's written instruction in the chat template (task given, no training)",
-            lambda c: WrittenPrompt(c.lm, c.config.settings, c.progress, shots=0),
+            lambda c: WrittenPrompt(c.backbone, c.config.settings, c.progress, shots=0),
         ),
         GenerativeSpec(
             "k-shot",
             "the instruction with k worked examples from the training split (task given)",
-            lambda c: WrittenPrompt(c.lm, c.config.settings, c.progress, c.config.settings.shots),
+            lambda c: WrittenPrompt(
+                c.backbone, c.config.settings, c.progress, c.config.settings.shots
+            ),
         ),
         GenerativeSpec(
             "seq-prompt",
             "one shared soft prompt trained on each task in turn (no task id)",
-            lambda c: SharedPrompt(c.lm, c.config.settings, c.progress),
+            lambda c: SharedPrompt(c.backbone, c.config.settings, c.progress),
         ),
         GenerativeSpec(
             "seq-finetune",
             "the whole language model fine-tuned on each task in turn",
-            lambda c: FineTuned(c.lm, c.config.settings, c.progress, joint=False),
+            lambda c: FineTuned(c.backbone, c.config.settings, c.progress, joint=False),
         ),
         GenerativeSpec(
             "joint-finetune",
             "the whole language model fine-tuned on all tasks at once (multitask upper bound)",
-            lambda c: FineTuned(c.lm, c.config.settings, c.progress, joint=True),
+            lambda c: FineTuned(c.backbone, c.config.settings, c.progress, joint=True),
         ),
     )
 }
 
 
-def clip_inputs(lm: LanguageModel, tasks: list[GenerativeTask], max_tokens: int) -> None:
+def clip_inputs(backbone: Backbone, tasks: list[GenerativeTask], max_tokens: int) -> None:
     """Cut every input to its first ``max_tokens`` tokens, once, so that every method (the pool
     included, whatever its own limit) sees the same text."""
     for task in tasks:
         for split in ("train", "validation", "test"):
             pairs = getattr(task, split)
+            ids = backbone.tokenizer([text for text, _ in pairs], add_special_tokens=False)
             clipped = [
-                (lm.tokenizer.decode(lm.ids(text)[:max_tokens]).strip(), target)
-                for text, target in pairs
+                (backbone.tokenizer.decode(tokens[:max_tokens]).strip(), target)
+                for tokens, (_, target) in zip(ids["input_ids"], pairs, strict=True)
             ]
             setattr(task, split, clipped)
 
@@ -221,8 +227,9 @@ def run_generative(
 
     backbone = config.backbone or str(smollm2_gguf())
     say(f"loading {backbone}", enabled=progress)
-    lm = LanguageModel.load(backbone)
-    clip_inputs(lm, tasks, config.settings.max_input_tokens)
+    # Room for a clipped input re-tokenized: every method then reads it whole.
+    model_backbone = Backbone.load(backbone, max_length=2 * config.settings.max_input_tokens)
+    clip_inputs(model_backbone, tasks, config.settings.max_input_tokens)
     model = {
         "name": backbone,
         "sha256": sha256_file(backbone) if Path(backbone).is_file() else None,
@@ -230,7 +237,7 @@ def run_generative(
     stamp = config.shaping()
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
-    context = GenerativeContext(lm, config, progress)
+    context = GenerativeContext(model_backbone, config, progress)
     for name in config.methods:
         path = runs_dir / f"{name}.json"
         if resume and _read_run(path, stamp) is not None:

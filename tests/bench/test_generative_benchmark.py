@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from continual.backbone import Backbone
 from continual.bench import packaged_lm, wheels
-from continual.bench.causal_lm import LanguageModel, generate, target_loss
 from continual.bench.cli import add_run_arguments
 from continual.bench.generative_corpora import Sizes, load_generative_sequence
 from continual.bench.generative_methods import (
@@ -59,8 +59,8 @@ def tiny_lm_dir(tmp_path_factory, tokenizer) -> Path:
 
 
 @pytest.fixture(scope="module")
-def tiny_lm(tiny_lm_dir) -> LanguageModel:
-    return LanguageModel.load(tiny_lm_dir)
+def tiny_lm(tiny_lm_dir) -> Backbone:
+    return Backbone.load(tiny_lm_dir, max_length=32)
 
 
 @pytest.fixture(scope="module")
@@ -129,47 +129,23 @@ def test_smollm2_is_taken_from_its_wheel_and_checked(tmp_path, monkeypatch):
     assert path.read_bytes() == b"not the model" and path.name.endswith(".gguf")
 
 
-def test_a_batch_decodes_each_row_as_it_decodes_alone(tiny_lm):
-    rows = [tiny_lm.ids("the cat sat"), tiny_lm.ids("a much longer input with more words in it")]
-    prompt = torch.randn(3, tiny_lm.width) * 0.5
-    prefixes = [prompt, None]
-    together = generate(tiny_lm, rows, prefixes=prefixes, max_new_tokens=[5, 7])
-    alone = [
-        generate(tiny_lm, [row], prefixes=[prefix], max_new_tokens=limit)[0]
-        for row, prefix, limit in zip(rows, prefixes, (5, 7), strict=True)
-    ]
-    assert together == alone
-    assert len(together[0]) <= 5 and len(together[1]) <= 7
-
-
-def test_target_loss_scores_only_the_target(tiny_lm):
-    rows, targets = [tiny_lm.ids("the cat sat")], [tiny_lm.ids("on the mat")]
-    loss = target_loss(tiny_lm, rows, targets)
-    # The same loss by hand: the logits of the full sequence at the target's positions.
-    ids = torch.tensor([rows[0] + targets[0] + [tiny_lm.eos_id]])
-    logits = tiny_lm.model(input_ids=ids).logits[0]
-    first = len(rows[0])
-    expected = torch.nn.functional.cross_entropy(logits[first - 1 : -1], ids[0, first:])
-    torch.testing.assert_close(loss, expected)
-
-
 def test_training_leaves_the_frozen_model_untouched(tiny_lm, gen3):
     settings = GenerativeSettings(epochs=1, batch_size=8, prompt_length=4, max_input_tokens=16)
-    before = {name: p.clone() for name, p in tiny_lm.model.named_parameters()}
+    before = {name: p.clone() for name, p in tiny_lm.language_model.named_parameters()}
     shared = SharedPrompt(tiny_lm, settings, progress=False)
     start = shared.prompt.detach().clone()
     shared.learn(gen3[1])
     finetuned = FineTuned(tiny_lm, settings, progress=False, joint=False)
     finetuned.learn(gen3[1])
     assert not torch.equal(shared.prompt, start)
-    for name, parameter in tiny_lm.model.named_parameters():
+    for name, parameter in tiny_lm.language_model.named_parameters():
         assert torch.equal(parameter, before[name]), name
         assert not parameter.requires_grad
     assert any(
         not torch.equal(parameter, before[name])
-        for name, parameter in finetuned.model.named_parameters()
+        for name, parameter in finetuned.copy.language_model.named_parameters()
     )
-    assert shared.cost().trainable_parameters == 4 * tiny_lm.width
+    assert shared.cost().trainable_parameters == 4 * tiny_lm.hidden_size
     assert finetuned.cost().bytes_per_task == 4 * finetuned.cost().trainable_parameters
     score = shared.evaluate(gen3[1])
     assert 0.0 <= score.metric <= 100.0 and score.routing is None
@@ -209,13 +185,23 @@ def test_quick_run_on_a_tiny_lm_in_two_processes_then_resumed(tiny_lm_dir, tmp_p
 
     out = tmp_path / "gen3"
     base = ["--sequence", "gen3", "--quick", "--backbone", str(tiny_lm_dir), "--no-progress"]
-    first = generative_config_from_args(_args(*base, "--methods", "zero-shot", "seq-finetune"))
+    first = generative_config_from_args(
+        _args(*base, "--methods", "zero-shot", "seq-finetune", "prompt-pool", "prompt-pool-oracle")
+    )
     second = replace(first, methods=("k-shot", "seq-prompt", "joint-finetune"))
     # Two runs into one folder (as two processes would), each adding its methods.
     run_generative(first, out, progress=False, command="first")
     summary = run_generative(second, out, progress=False, command="second")
     methods = summary["methods"]
-    assert list(methods) == ["zero-shot", "k-shot", "seq-prompt", "seq-finetune", "joint-finetune"]
+    assert list(methods) == [
+        "prompt-pool",
+        "prompt-pool-oracle",
+        "zero-shot",
+        "k-shot",
+        "seq-prompt",
+        "seq-finetune",
+        "joint-finetune",
+    ]
     for name, entry in methods.items():
         matrix = entry["accuracy_matrix"]
         assert len(matrix) == 3
@@ -225,9 +211,18 @@ def test_quick_run_on_a_tiny_lm_in_two_processes_then_resumed(tiny_lm_dir, tmp_p
         else:
             assert all(matrix[i][j] is not None for i in range(3) for j in range(i + 1))
             assert entry["forgetting"]["mean"] is not None
-    # Written prompts learn nothing: each task's metric is the same in every row.
-    zero = methods["zero-shot"]["accuracy_matrix"]
-    assert zero[0][0] == zero[1][0] == zero[2][0]
+    # Written prompts learn nothing, and the oracle pool's entries never change: each task's
+    # metric is the same in every row.
+    for name in ("zero-shot", "prompt-pool-oracle"):
+        matrix = methods[name]["accuracy_matrix"]
+        assert matrix[0][0] == matrix[1][0] == matrix[2][0] and matrix[1][1] == matrix[2][1]
+        assert methods[name]["forgetting"]["mean"] == 0.0
+    # The routed pool routes (its confusion table counts every final test input).
+    routed = methods["prompt-pool"]
+    assert routed["routing_accuracy"]["mean"] is not None
+    confusion = routed["runs"][0]["routing_confusion"]
+    assert sum(sum(row.values()) for row in confusion.values()) == 3 * 8
+    assert routed["trainable_parameters"] == methods["seq-prompt"]["trainable_parameters"]
     assert (
         methods["seq-finetune"]["trainable_parameters"]
         > methods["seq-prompt"]["trainable_parameters"]
