@@ -20,7 +20,13 @@ Timed steps are interleaved (one of each per round) so that machine load hits al
 medians are reported. Training runs of step 2 cannot be interleaved; they run one after the
 other and the load average is recorded.
 
+With ``--generation``, text generation instead (`generation_benchmark`), on SmolLM2-135M from
+its pinned wheel (or ``--backbone``), one thread: the pool writing a batch of 16 gen3 inputs
+with one task's prompt, against PEFT's prompt-tuned model with the same prompt writing the same
+tokens for the same inputs, and the pool writing the same batch with four tasks' prompts mixed.
+
     python benchmarks/perf.py [--quick] [--out results/perf]
+    python benchmarks/perf.py --generation [--quick] [--out results/perf-generation]
 """
 
 from __future__ import annotations
@@ -491,11 +497,279 @@ def peft_curve(task: Any, epochs: int, stop_at: float) -> list[tuple[float, floa
     return curve
 
 
+# -- generation: the pool against PEFT's prompt-tuned model --------------------------------------
+GENERATION_BATCH = 16
+GENERATION_TASKS = 4
+GENERATION_TOKENS = 12
+GENERATION_PROMPT_LENGTH = 8
+
+
+@torch.no_grad()
+def peft_greedy(
+    peft: Any, ids: torch.Tensor, mask: torch.Tensor, limit: int, eos: int
+) -> list[list[int]]:
+    """Greedy tokens from PEFT's prompt-tuned causal LM over left-padded rows: its prompt
+    (``get_prompt``) before the input's embeddings, explicit position ids (PEFT's forward drops
+    them, which shifts a left-padded row), the base model's KV cache, last-position logits in
+    the prefill. Each row stops at ``eos`` (not kept) or after ``limit`` tokens."""
+    model = peft.get_base_model()
+    rows = len(ids)
+    prompts = peft.get_prompt(batch_size=rows).to(model.dtype)  # (B, L, H)
+    embeds = torch.cat([prompts, peft.word_embeddings(ids)], dim=1)
+    mask = torch.cat([mask.new_ones(rows, prompts.shape[1]), mask], dim=1)
+    # Left padding: the prompt sits right before each row's first real token.
+    embeds, mask = _left_align(embeds, mask)
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    out = model(
+        inputs_embeds=embeds,
+        attention_mask=mask,
+        position_ids=positions,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    written: list[list[int]] = [[] for _ in range(rows)]
+    done = [False] * rows
+    position = positions[:, -1:]
+    for _ in range(limit):
+        token = out.logits[:, -1].argmax(-1)
+        for row, value in enumerate(token.tolist()):
+            if not done[row]:
+                done[row] = value == eos
+                if not done[row]:
+                    written[row].append(value)
+                    done[row] = len(written[row]) >= limit
+        if all(done):
+            break
+        mask = torch.cat([mask, mask.new_ones(rows, 1)], dim=1)
+        position = position + 1
+        out = model(
+            input_ids=token[:, None],
+            attention_mask=mask,
+            position_ids=position,
+            cache=out.cache,
+            use_cache=True,
+        )
+    return written
+
+
+def _left_align(embeds: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of [prompt; tokens; padding] moved to [padding; prompt; tokens]."""
+    width = mask.shape[1]
+    shift = width - mask.sum(1, keepdim=True)
+    source = torch.arange(width)[None] - shift
+    index = source.clamp(min=0)
+    moved = embeds.gather(1, index[..., None].expand(-1, -1, embeds.shape[2]))
+    return moved, (source >= 0).long()
+
+
+def generation_report(result: dict[str, Any]) -> str:
+    """Markdown for the generation timing."""
+    medians = result["median_ms"]
+    lines = [
+        "# Performance: generation with the pool against PEFT prompt tuning",
+        "",
+        f"Command: `{result['command']}`  ",
+        f"Commit {result['commit']}; model `{result['model']}`; {result['threads']} thread; load "
+        f"average {result['load_average']} → {result['load_average_end']}; "
+        f"{result['repeats']} interleaved rounds after a warm-up; peft "
+        f"{result['versions'].get('peft')}, transformers {result['versions'].get('transformers')}.",
+        "",
+        f"A batch of {result['batch']} gen3 test inputs, greedy, at most {result['max_new_tokens']} "
+        f"new tokens, prompts of {result['prompt_length']} vectors drawn from the vocabulary "
+        "(timing does not depend on their values; both sides write the same tokens, checked).",
+        "",
+        "| comparison | ratio | target |",
+        "|---|---:|---:|",
+        f"| pool (one task) / PEFT ({result['peft_reference']}) | "
+        f"{result['pool_vs_peft']} | <= 1.2 |",
+        f"| pool, four tasks mixed / pool, one task (per batch) | {result['mixed_vs_single']} | "
+        "<= 1.3 |",
+        f"| the same per generated token | {result['mixed_vs_single_per_token']} | |",
+        "",
+        "| step | median ms | tokens generated |",
+        "|---|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {value:,.1f} | {result['tokens'].get(name, '')} |"
+        for name, value in medians.items()
+    ]
+    lines += [
+        "",
+        f"Same tokens: pool and PEFT loop agree on {result['same_text_rows']} of "
+        f"{result['batch']} rows. `PeftModel.generate` (left padding, greedy) "
+        + (
+            "gives the same text, and is timed as the reference."
+            if result["peft_generate_matches"]
+            else "does not give the same text (row "
+            f"{result['peft_generate_differs_at']}: {result['peft_generate_example']!r} against "
+            f"the pool's {result['pool_example']!r}), so the reference is a greedy loop over PEFT's "
+            "prompt-tuned model (`peft_greedy`: its prompt, the base model's KV cache, explicit "
+            "position ids)."
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def generation_benchmark(out: Path, quick: bool, backbone_name: str | None, command: str) -> int:
+    """Time the pool's generation against PEFT's and a four-task batch against a one-task
+    batch (interleaved rounds), and write ``perf.json`` and ``report.md`` into ``out``."""
+    from peft import PromptTuningConfig, TaskType, get_peft_model
+
+    from continual.backbone import Backbone
+    from continual.bench.generative_corpora import Sizes, load_generative_sequence
+    from continual.bench.packaged_lm import smollm2_gguf
+    from continual.data import Generation, Task
+    from continual.entry import TaskEntry
+    from continual.pool import PromptPool
+    from continual.prompt import SoftPrompt
+    from continual.storage import atomic_write_bytes
+
+    torch.set_num_threads(1)
+    load_before = os.getloadavg()
+    name = backbone_name or str(smollm2_gguf())
+    backbone = Backbone.load(name, max_length=64)
+    per_task = GENERATION_BATCH // 2
+    tasks = load_generative_sequence("gen3", Sizes(train=per_task, validation=0, test=per_task))
+    texts = [text for task in tasks for text, _ in task.test][:GENERATION_BATCH]
+    pool = PromptPool(backbone, prompt_length=GENERATION_PROMPT_LENGTH, selector="oracle")
+    generator = torch.Generator().manual_seed(0)
+    generation = Generation("exact_match", GENERATION_TOKENS, ())
+    for number in range(GENERATION_TASKS):
+        prompt = SoftPrompt.initialise(
+            backbone, GENERATION_PROMPT_LENGTH, "vocab", generator=generator
+        ).vectors.detach()
+        entry = TaskEntry(
+            f"t{number}",
+            [],
+            prompt,
+            prompt.new_zeros(0, backbone.hidden_size),
+            prompt.new_zeros(0),
+            generation=generation,
+        )
+        pool.add_trained(Task(f"t{number}", train=tasks[0].train, generation=generation), entry)
+    peft = get_peft_model(
+        copy.deepcopy(backbone.language_model),
+        PromptTuningConfig(
+            task_type=TaskType.CAUSAL_LM, num_virtual_tokens=GENERATION_PROMPT_LENGTH
+        ),
+    ).eval()
+    with torch.no_grad():
+        peft.prompt_encoder["default"].embedding.weight.copy_(pool.entries[0].prompt)
+    tokenizer = backbone.tokenizer
+    eos = int(tokenizer.eos_token_id)
+    side = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    left = tokenizer(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    tokenizer.padding_side = side
+    right = backbone.tokenize(texts)
+    mixed = [f"t{row % GENERATION_TASKS}" for row in range(len(texts))]
+
+    def pool_single() -> list[str]:
+        return [p.output or "" for p in pool.predict(texts, tasks="t0", batch_size=len(texts))]
+
+    def pool_mixed() -> list[str]:
+        return [p.output or "" for p in pool.predict(texts, tasks=mixed, batch_size=len(texts))]
+
+    def peft_loop() -> list[list[int]]:
+        return peft_greedy(
+            peft, right["input_ids"], right["attention_mask"], GENERATION_TOKENS, eos
+        )
+
+    @torch.no_grad()
+    def peft_generate() -> list[list[int]]:
+        written = peft.generate(
+            input_ids=left["input_ids"],
+            attention_mask=left["attention_mask"],
+            max_new_tokens=GENERATION_TOKENS,
+            do_sample=False,
+            pad_token_id=int(tokenizer.pad_token_id),
+        )
+        return [_until(row.tolist(), eos) for row in written[:, left["input_ids"].shape[1] :]]
+
+    def decoded(rows: list[list[int]]) -> list[str]:
+        return [text.strip() for text in tokenizer.batch_decode(rows, skip_special_tokens=True)]
+
+    single_text = pool_single()
+    loop_text = decoded(peft_loop())
+    try:
+        generate_text = decoded(peft_generate())
+    except Exception as error:  # PEFT's generate path breaks with some transformers versions
+        generate_text = [f"error: {type(error).__name__}: {error}"] * len(texts)
+    generate_matches = generate_text == single_text
+    differs = next((row for row, (a, b) in enumerate(zip(generate_text, single_text)) if a != b), 0)
+    steps: dict[str, Callable[[], object]] = {
+        "pool_one_task": pool_single,
+        "peft_greedy_loop": peft_loop,
+        "pool_four_tasks_mixed": pool_mixed,
+    }
+    if generate_matches:
+        steps["peft_generate"] = peft_generate
+    repeats = 2 if quick else 7
+    medians = interleaved(steps, repeats)
+    reference = "peft_generate" if generate_matches else "peft_greedy_loop"
+
+    def token_count(outputs: list[str]) -> int:
+        return sum(len(ids) for ids in tokenizer(outputs, add_special_tokens=False)["input_ids"])
+
+    tokens = {
+        "pool_one_task": token_count(single_text),
+        "peft_greedy_loop": token_count(loop_text),
+        "pool_four_tasks_mixed": token_count(pool_mixed()),
+    }
+    per_token = ratio(
+        medians["pool_four_tasks_mixed"] / max(tokens["pool_four_tasks_mixed"], 1),
+        medians["pool_one_task"] / max(tokens["pool_one_task"], 1),
+    )
+    result = {
+        "pool_vs_peft": ratio(medians["pool_one_task"], medians[reference]),
+        "mixed_vs_single": ratio(medians["pool_four_tasks_mixed"], medians["pool_one_task"]),
+        "mixed_vs_single_per_token": per_token,
+        "peft_reference": reference,
+        "peft_generate_matches": generate_matches,
+        "peft_generate_differs_at": differs,
+        "peft_generate_example": generate_text[differs],
+        "pool_example": single_text[differs],
+        "same_text_rows": sum(a == b for a, b in zip(single_text, loop_text, strict=True)),
+        "median_ms": medians,
+        "tokens": tokens,
+        "batch": len(texts),
+        "max_new_tokens": GENERATION_TOKENS,
+        "prompt_length": GENERATION_PROMPT_LENGTH,
+        "repeats": repeats,
+        "model": name,
+        "command": command,
+        "commit": git_commit(),
+        "versions": versions(),
+        "threads": torch.get_num_threads(),
+        "load_average": [round(x, 2) for x in load_before],
+        "load_average_end": [round(x, 2) for x in os.getloadavg()],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(out / "perf.json", (json.dumps(result, indent=2) + "\n").encode())
+    atomic_write_bytes(out / "report.md", generation_report(result).encode())
+    print(generation_report(result))
+    return 0
+
+
+def _until(row: list[int], eos: int) -> list[int]:
+    return row[: row.index(eos)] if eos in row else row
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and a smaller task")
-    parser.add_argument("--out", type=Path, default=Path("results/perf"))
+    parser.add_argument("--out", type=Path, help="default results/perf (results/perf-generation)")
+    parser.add_argument(
+        "--generation", action="store_true", help="time text generation (see the docstring)"
+    )
+    parser.add_argument("--backbone", help="with --generation: a causal LM (default SmolLM2)")
     args = parser.parse_args(argv)
+    if args.generation:
+        command = "python benchmarks/perf.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
+        return generation_benchmark(
+            args.out or Path("results/perf-generation"), args.quick, args.backbone, command
+        )
+    args.out = args.out or Path("results/perf")
 
     from peft import PeftModel  # noqa: F401  (fail early, with the usual message, without peft)
 

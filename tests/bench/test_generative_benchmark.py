@@ -256,3 +256,30 @@ def test_options_that_do_not_apply_are_refused():
     assert config.sizes.test == 9 and isinstance(config, GenerativeConfig)
     with pytest.raises(ContinualError, match="unknown method"):
         run_generative(replace(config, methods=("nope",)), Path("unused"), progress=False)
+
+
+PERF_PATH = Path(__file__).resolve().parents[2] / "benchmarks" / "perf.py"
+
+
+def test_generation_timing_compares_the_same_tokens(tiny_lm_dir, tmp_path):
+    """perf.py --generation on the tiny Llama: the pool and the loop over PEFT's prompt-tuned
+    model write the same tokens for every row (what makes their times comparable)."""
+    import importlib.util
+    import sys
+
+    pytest.importorskip("peft")
+    spec = importlib.util.spec_from_file_location("perf_generation", PERF_PATH)
+    assert spec is not None and spec.loader is not None
+    perf = importlib.util.module_from_spec(spec)
+    sys.modules["perf_generation"] = perf
+    try:
+        spec.loader.exec_module(perf)
+        assert perf.generation_benchmark(tmp_path, True, str(tiny_lm_dir), "test") == 0
+    finally:
+        sys.modules.pop("perf_generation", None)
+    result = json.loads((tmp_path / "perf.json").read_text())
+    assert result["same_text_rows"] == result["batch"] == perf.GENERATION_BATCH
+    assert result["tokens"]["pool_one_task"] == result["tokens"]["peft_greedy_loop"] > 0
+    assert result["peft_reference"] in ("peft_generate", "peft_greedy_loop")
+    assert result["pool_vs_peft"] > 0 and result["mixed_vs_single"] > 0
+    assert "pool (one task) / PEFT" in (tmp_path / "report.md").read_text()
