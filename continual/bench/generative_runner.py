@@ -294,6 +294,7 @@ def write_summary(out: Path, stamp: dict, tasks: list[GenerativeTask], model: di
         ],
         "versions": _versions(),
         "units": "task metrics (exact match, ROUGE-L F) in points 0-100; routing in percent",
+        "measure": "task metric (points)",
         "methods": methods,
     }
     atomic_write_bytes(out / "results.json", (json.dumps(summary, indent=2) + "\n").encode())

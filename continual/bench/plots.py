@@ -140,12 +140,14 @@ def plot_forgetting(
     matrices: Mapping[str, Any],
     path: PathLike,
     y_max: float = 100.0,
+    measure: str = "accuracy",
 ) -> Path:
     """The forgetting plot: per method, the accuracy on each task j over the task sequence.
 
     One panel per method (``matrices[method]`` is its T x T matrix R, None to skip). In each
     panel x is "after learning task i" and there is one line per task j, starting at i = j.
     The y-axis runs from 0 to ``y_max`` (100 for percentages, 1 for fractions), shared.
+    ``measure`` names what R holds (e.g. a generative task's metric) in titles and labels.
     """
     task_names = [str(name) for name in task_names]
     methods = _present(matrices)
@@ -156,7 +158,7 @@ def plot_forgetting(
     figure = Figure(figsize=(3.8 * columns, 3.0 * rows + 0.6), layout="constrained")
     if not prepared:
         _empty(figure)
-        figure.suptitle("Accuracy on each task over the sequence")
+        figure.suptitle(f"{measure.capitalize()} on each task over the sequence")
         return _save(figure, path)
 
     grid = figure.subplots(rows, columns, sharey=True, squeeze=False)
@@ -176,13 +178,13 @@ def plot_forgetting(
     for panel in grid.flat[len(prepared) :]:
         panel.set_axis_off()
     for row in grid:
-        row[0].set_ylabel("accuracy")
+        row[0].set_ylabel(measure)
     for panel in grid[-1]:
         panel.set_xlabel("after learning task")
     # Task colours are the same in every panel, so one legend serves them all.
     handles = [Line2D([], [], linewidth=1.4, markersize=4, **_style(j)) for j in range(tasks)]
     figure.legend(handles, task_names, title="task", loc="outside right center", fontsize=8)
-    figure.suptitle("Accuracy on each task over the sequence (forgetting)")
+    figure.suptitle(f"{measure.capitalize()} on each task over the sequence (forgetting)")
     return _save(figure, path)
 
 
@@ -191,8 +193,10 @@ def plot_accuracy_heatmaps(
     matrices: Mapping[str, Any],
     path: PathLike,
     y_max: float = 100.0,
+    measure: str = "accuracy",
 ) -> Path:
-    """One heatmap of R per method: rows "after learning task i", columns "accuracy on task j".
+    """One heatmap of R per method: rows "after learning task i", columns "accuracy on task j"
+    (``measure`` in the labels).
 
     Each cell is annotated with its value to one decimal; NaN cells (tasks not yet learned)
     stay blank. The colour scale runs from 0 to ``y_max`` and is shared by all panels.
@@ -207,7 +211,7 @@ def plot_accuracy_heatmaps(
     figure = Figure(figsize=(side * columns + 1.0, side * rows + 0.6), layout="constrained")
     if not prepared:
         _empty(figure)
-        figure.suptitle("Accuracy matrices")
+        figure.suptitle(f"{measure.capitalize()} matrices")
         return _save(figure, path)
 
     colour_map = colormaps["viridis"].with_extremes(bad="white")
@@ -237,17 +241,19 @@ def plot_accuracy_heatmaps(
         _task_axis(panel, task_names)
         panel.set_yticks(range(tasks))
         panel.set_yticklabels(task_names, fontsize=8)
-        panel.set_xlabel("accuracy on task", fontsize=9)
+        panel.set_xlabel(f"{measure} on task", fontsize=9)
         panel.set_ylabel("after learning task", fontsize=9)
     for panel in grid.flat[len(prepared) :]:
         panel.set_axis_off()
     if image is not None:
-        figure.colorbar(image, ax=grid, shrink=0.8, label="accuracy")
-    figure.suptitle("Accuracy matrices R[i][j]")
+        figure.colorbar(image, ax=grid, shrink=0.8, label=measure)
+    figure.suptitle(f"{measure.capitalize()} matrices R[i][j]")
     return _save(figure, path)
 
 
-def plot_accuracy_vs_forgetting(summary: Mapping[str, Any], path: PathLike) -> Path:
+def plot_accuracy_vs_forgetting(
+    summary: Mapping[str, Any], path: PathLike, measure: str = "accuracy"
+) -> Path:
     """Scatter of average accuracy (y) against forgetting (x), one labelled point per method.
 
     ``summary[method]`` holds "average_accuracy" and "forgetting", each {"mean", "std"} (a bare
@@ -294,8 +300,8 @@ def plot_accuracy_vs_forgetting(summary: Mapping[str, Any], path: PathLike) -> P
     else:
         _say(axes, "no method has both average accuracy and forgetting")
     axes.set_xlabel("forgetting $F_T$ (lower is better)")
-    axes.set_ylabel("average accuracy $A_T$ (higher is better)")
-    axes.set_title("Average accuracy vs forgetting (mean ± std over task orders)")
+    axes.set_ylabel(f"average {measure} $A_T$ (higher is better)")
+    axes.set_title(f"Average {measure} vs forgetting (mean ± std over task orders)")
     if skipped:
         # supxlabel gets its own space from the constrained layout, below the axis labels.
         figure.supxlabel(

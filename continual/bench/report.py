@@ -104,6 +104,7 @@ def draw_plots(directory: str | Path) -> list[Path]:
         name: entry for name, entry in methods.items() if not entry["runs"][0].get("final_only")
     }
     first = next(iter(sequential.values()), None) or next(iter(methods.values()))
+    measure = summary.get("measure", "accuracy")  # a generative run's R holds task metrics
     names = first["task_order"]
     # Matrices of the first order, whose task order all methods share.
     matrices = {
@@ -112,8 +113,10 @@ def draw_plots(directory: str | Path) -> list[Path]:
         if entry["task_order"] == names
     }
     written = [
-        plots.plot_forgetting(names, matrices, directory / "forgetting.png"),
-        plots.plot_accuracy_heatmaps(names, matrices, directory / "accuracy_matrices.png"),
+        plots.plot_forgetting(names, matrices, directory / "forgetting.png", measure=measure),
+        plots.plot_accuracy_heatmaps(
+            names, matrices, directory / "accuracy_matrices.png", measure=measure
+        ),
         plots.plot_accuracy_vs_forgetting(
             {
                 name: {
@@ -123,6 +126,7 @@ def draw_plots(directory: str | Path) -> list[Path]:
                 for name, entry in methods.items()
             },
             directory / "accuracy_vs_forgetting.png",
+            measure=measure,
         ),
         plots.plot_cost(
             {
