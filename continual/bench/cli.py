@@ -148,6 +148,11 @@ def _command() -> str:
 def plot_from_args(args: argparse.Namespace) -> int:
     from .report import draw_plots
 
+    if (Path(args.dir) / "runs").is_dir():  # a generative run: its report is rebuilt too
+        from .generative_runner import rebuild_summary
+
+        rebuild_summary(Path(args.dir))
+        print(Path(args.dir) / "report.md")
     for path in draw_plots(args.dir):
         print(path)
     return 0

@@ -235,6 +235,17 @@ def run_generative(
         "sha256": sha256_file(backbone) if Path(backbone).is_file() else None,
     }
     stamp = config.shaping()
+    described = [
+        {
+            "name": task.name,
+            "metric": task.metric,
+            "source": task.source,
+            "train": len(task.train),
+            "validation": len(task.validation),
+            "test": len(task.test),
+        }
+        for task in tasks
+    ]
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
     context = GenerativeContext(model_backbone, config, progress)
@@ -248,8 +259,8 @@ def run_generative(
         run["wall_seconds"] = round(time.perf_counter() - run_started, 1)
         document = {"config": stamp, "command": command, "model": model, "run": run}
         atomic_write_bytes(path, (json.dumps(document, indent=2) + "\n").encode())
-        write_summary(out, stamp, tasks, model)
-    summary = write_summary(out, stamp, tasks, model)
+        write_summary(out, stamp, described, model)
+    summary = write_summary(out, stamp, described, model)
     say(f"done in {time.perf_counter() - started:.0f} s", enabled=progress)
     return summary
 
@@ -262,8 +273,20 @@ def _read_run(path: Path, stamp: dict) -> dict | None:
     return document if document.get("config") == stamp else None
 
 
-def write_summary(out: Path, stamp: dict, tasks: list[GenerativeTask], model: dict) -> dict:
-    """results.json, report.md and the plots from every run file made with this configuration."""
+def rebuild_summary(out: Path) -> dict:
+    """results.json, report.md and the plots again from the run files in ``out`` (after the
+    report's code changed, or to merge runs made by several processes)."""
+    path = out / "results.json"
+    try:
+        summary = json.loads(path.read_text())
+        return write_summary(out, summary["config"], summary["tasks"], summary["model"])
+    except (OSError, ValueError, KeyError) as error:
+        raise ContinualError(f"{path}: not a generative benchmark result ({error})") from None
+
+
+def write_summary(out: Path, stamp: dict, tasks: list[dict], model: dict) -> dict:
+    """results.json, report.md and the plots from every run file made with this configuration
+    (``tasks``: each task's name, metric, source and split sizes)."""
     from .generative_report import render_generative_report
     from .report import draw_plots
 
@@ -281,17 +304,7 @@ def write_summary(out: Path, stamp: dict, tasks: list[GenerativeTask], model: di
         "commands": sorted({document["command"] for document in documents}),
         "config": stamp,
         "model": model,
-        "tasks": [
-            {
-                "name": task.name,
-                "metric": task.metric,
-                "source": task.source,
-                "train": len(task.train),
-                "validation": len(task.validation),
-                "test": len(task.test),
-            }
-            for task in tasks
-        ],
+        "tasks": tasks,
         "versions": _versions(),
         "units": "task metrics (exact match, ROUGE-L F) in points 0-100; routing in percent",
         "measure": "task metric (points)",

@@ -28,7 +28,7 @@ from continual.bench.generative_methods import (
     WrittenPrompt,
     lenient_match,
 )
-from continual.bench.generative_runner import GenerativeConfig, run_generative
+from continual.bench.generative_runner import GenerativeConfig, rebuild_summary, run_generative
 from continual.errors import ContinualError, TaskDataError
 
 
@@ -234,6 +234,11 @@ def test_quick_run_on_a_tiny_lm_in_two_processes_then_resumed(tiny_lm_dir, tmp_p
     )
     for plot in ("forgetting.png", "accuracy_matrices.png", "cost.png"):
         assert (out / plot).stat().st_size > 0
+    # The summary is rebuilt from the run files alone (`continual plot` on the folder).
+    report = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    assert list(rebuild_summary(out)["methods"]) == list(methods)
+    assert (out / "report.md").read_text() == report
     # --resume skips what is done (nothing decoded again: the run file is unchanged).
     before = (out / "runs" / "zero-shot.json").read_bytes()
     run_generative(first, out, resume=True, progress=False, command="third")
