@@ -17,6 +17,7 @@ from ..learner import TrainingConfig, train_task
 from ..pool import PromptPool
 from .generative_corpora import GenerativeTask
 from .generative_methods import Answers, GenerativeMethod
+from .methods import routed_tasks
 from .results import Cost
 
 if TYPE_CHECKING:
@@ -57,12 +58,7 @@ class PoolMethod(GenerativeMethod):
         self.pool.add_trained(task, trained, seed=self.settings.seed)
 
     def answer(self, task: GenerativeTask, texts: list[str]) -> Answers:
-        names: list[str | None]
-        if self.oracle:
-            names = [task.name] * len(texts)
-        else:
-            index, _ = self.pool.route(texts)
-            names = [self.pool.tasks[i] if i >= 0 else None for i in index.tolist()]
+        names = routed_tasks(self.pool, texts, task.name if self.oracle else None)
         answers = self.context.pool_answers
         missing = sorted(
             {

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from .. import metrics
-from .report import _cell
+from .report import _cell, confusion_table
 
 _PROMPT_ENGINEERING = ("zero-shot", "k-shot")
 _SOFT_PROMPT = "prompt-pool-oracle"  # each task's own soft prompt, the task given
@@ -136,16 +136,10 @@ def _confusion(methods: dict) -> list[str]:
     confusion = pool and pool["runs"][0].get("routing_confusion")
     if not confusion:
         return []
-    names = list(confusion)
-    lines = [
+    return [
         "Where `prompt-pool` sent each task's final test inputs (rows: true task; columns: "
         "routed task):",
         "",
-        "| task | " + " | ".join(names) + " |",
-        "|---|" + "---|" * len(names),
+        *confusion_table(confusion),
+        "",
     ]
-    lines += [
-        f"| {row} | " + " | ".join(str(confusion[row].get(col, 0)) for col in names) + " |"
-        for row in names
-    ]
-    return lines + [""]

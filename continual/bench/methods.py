@@ -135,6 +135,15 @@ class Context:
     answers: dict[tuple[str, str], str | None] = field(default_factory=dict)
 
 
+def routed_tasks(pool: PromptPool, texts: list[str], given: str | None) -> list[str | None]:
+    """Each text's task: ``given`` (the oracle), else the one the pool routes it to (None:
+    refused)."""
+    if given is not None:
+        return [given] * len(texts)
+    index, _ = pool.route(texts)
+    return [pool.tasks[i] if i >= 0 else None for i in index.tolist()]
+
+
 class PoolMethod:
     """The prompt pool under one selector, replaying the shared trained prompts."""
 
@@ -157,12 +166,7 @@ class PoolMethod:
 
     def evaluate(self, task: Task) -> Score:
         texts = [text for text, _ in task.test]
-        names: list[str | None]
-        if self.oracle:
-            names = [task.name] * len(texts)
-        else:
-            index, _ = self.pool.route(texts)
-            names = [self.pool.tasks[i] if i >= 0 else None for i in index.tolist()]
+        names = routed_tasks(self.pool, texts, task.name if self.oracle else None)
         answers = self.context.answers
         missing = [
             (name, text)

@@ -68,18 +68,12 @@ def render_report(summary: dict) -> str:
     pool = summary["methods"].get("prompt-pool")
     confusion = pool and pool["runs"][0].get("routing_confusion")
     if confusion:
-        names = list(confusion)
         lines += [
             "",
             "Where `prompt-pool` sent each task's final test inputs (rows: true task; columns: "
             "routed task; first order):",
             "",
-            "| task | " + " | ".join(names) + " |",
-            "|---|" + "---|" * len(names),
-        ]
-        lines += [
-            f"| {row} | " + " | ".join(str(confusion[row].get(col, 0)) for col in names) + " |"
-            for row in names
+            *confusion_table(confusion),
         ]
     lines += [
         "",
@@ -87,6 +81,19 @@ def render_report(summary: dict) -> str:
         f"Wall time: {summary.get('wall_seconds', '?')} s.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def confusion_table(confusion: dict[str, dict[str, int]]) -> list[str]:
+    """Markdown rows: each task's inputs counted by the task they were routed to."""
+    names = list(confusion)
+    return [
+        "| task | " + " | ".join(names) + " |",
+        "|---|" + "---|" * len(names),
+        *(
+            f"| {row} | " + " | ".join(str(confusion[row].get(col, 0)) for col in names) + " |"
+            for row in names
+        ),
+    ]
 
 
 def draw_plots(directory: str | Path) -> list[Path]:
