@@ -704,7 +704,7 @@ def generation_benchmark(out: Path, quick: bool, backbone_name: str | None, comm
     }
     if generate_matches:
         steps["peft_generate"] = peft_generate
-    repeats = 2 if quick else 7
+    repeats = 2 if quick else 5
     medians = interleaved(steps, repeats)
     reference = "peft_generate" if generate_matches else "peft_greedy_loop"
 
