@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import ContinualError
+from .extras import require
 from .prompt import PLACEMENTS
 from .selector import DEFAULT_SELECTOR, SELECTORS
 
@@ -597,6 +598,7 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    require("serve", "continual serve")
     from .serve import run_server
 
     if not 0 <= args.port <= 65535:

@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ..extras import require
 from ..prompt import PLACEMENTS
 from .config import QUICK_METHODS, BenchmarkConfig, quick
 from .methods import METHODS
@@ -106,6 +107,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    require("bench", "continual run")
     from .report import render_report
     from .runner import run_benchmark
 
@@ -122,6 +124,7 @@ def run_from_args(args: argparse.Namespace) -> int:
 
 
 def plot_from_args(args: argparse.Namespace) -> int:
+    require("bench", "continual plot")
     from .report import draw_plots
 
     for path in draw_plots(args.dir):

@@ -335,11 +335,3 @@ def test_a_pool_with_deep_prompts_is_refused_with_a_clear_error(
     pool = PromptPool(avalanche_backbone, prompt_length=4, placement="query_layer")
     with pytest.raises(continual.ContinualError, match="placement is 'query_layer'"):
         PromptPoolStrategy(pool=pool)
-
-
-def test_a_verbalizer_head_is_refused_with_a_clear_error(avalanche_backbone: Backbone) -> None:
-    pool = PromptPool(
-        avalanche_backbone, prompt_length=4, training=TrainingConfig(head="verbalizer")
-    )
-    with pytest.raises(continual.ContinualError, match="linear heads"):
-        PromptPoolStrategy(pool=pool)
