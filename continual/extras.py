@@ -29,9 +29,16 @@ class MissingExtraError(ContinualError, ImportError):
 def require(extra: str, feature: str) -> None:
     """Raise `MissingExtraError` naming ``pip install 'continual[extra]'`` when a package of
     ``extra`` is missing; ``feature`` says what needs it (e.g. "continual serve")."""
-    missing = [name for name in EXTRAS[extra] if find_spec(name) is None]
+    missing = [name for name in EXTRAS[extra] if not _installed(name)]
     if missing:
         raise MissingExtraError(
             f"{feature} needs {', '.join(missing)}, which this install lacks: "
             f"pip install 'continual[{extra}]'"
         )
+
+
+def _installed(name: str) -> bool:
+    try:
+        return find_spec(name) is not None
+    except (ImportError, ValueError):  # a module set to None in sys.modules: blocked
+        return False

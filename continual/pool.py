@@ -29,6 +29,7 @@ from .backbone import DEFAULT_MODEL_NAME, Backbone
 from .data import Example, Task
 from .entry import State, TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
+from .format import FEATURES, IDENTITY, RECORDED, RECORDED_FEATURES, entry_from_export
 from .learner import TrainingConfig, train_task
 from .metrics import Score
 from .prompt import PLACEMENTS, Placement, prompt_shape, prompted_features
@@ -46,16 +47,8 @@ from .storage import (
     write_manifest,
 )
 
-# Fingerprint fields that identify the backbone's weights and the features the selector used.
-_IDENTITY = ("model_type", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
-_FEATURES = ("max_length", "query_layer")
 # A hub model name a manifest may name for automatic loading: "org/name", nothing path-like.
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
-# Recorded since backbones other than BERT-style encoders: checked when the manifest has them
-# (older pools were all mean-pooled encoders without a GGUF file). dtype first: the weights'
-# hash depends on it, and "load it in bfloat16" says more than "the weights differ".
-_RECORDED = ("architecture", "gguf_sha256")
-_RECORDED_FEATURES = ("dtype", "pooling")
 
 
 # Shares of a task's held-out inputs at which its calibration records the own-match score.
@@ -633,15 +626,15 @@ class PromptPool:
         if backbone is None or not isinstance(backbone, Backbone):
             backbone = _backbone_for(saved, where, backbone, device, dtype)
         current = backbone.fingerprint()
-        for key in _RECORDED_FEATURES:
+        for key in RECORDED_FEATURES:
             if key in saved and saved[key] != current.get(key):
                 raise PoolFormatError(
                     f"{where}: the pool was built with {key}={saved[key]!r}, the backbone "
                     f"has {current.get(key)!r}; load it with Backbone.load(..., {key}="
                     f"{saved[key]!r})"
                 )
-        for key in _IDENTITY + _RECORDED:
-            if key in _RECORDED and key not in saved:
+        for key in IDENTITY + RECORDED:
+            if key in RECORDED and key not in saved:
                 continue
             if saved.get(key) != current.get(key):
                 raise PoolFormatError(
@@ -649,7 +642,7 @@ class PromptPool:
                     f"{current.get('name')!r} ({key} differs: {saved.get(key)!r} vs "
                     f"{current.get(key)!r}); load the backbone the pool was built on"
                 )
-        for key in _FEATURES:
+        for key in FEATURES:
             if saved.get(key) != current.get(key):
                 raise PoolFormatError(
                     f"{where}: the pool was built with {key}={saved.get(key)!r}, the backbone "
@@ -721,7 +714,6 @@ class PromptPool:
         or a state this selector cannot use, a prompt of another length, or a name already in
         the pool (pass ``name`` to import it under another one).
         """
-        from .manage import entry_from_export
         from .storage import read_export_file
 
         tensors, info = read_export_file(path)
