@@ -29,7 +29,8 @@ from .convert import (  # noqa: E402
     token_ids,
 )
 from .model import FLOOR_LOG_PROB, OTHER_TASK_LOGIT, PromptPoolModel  # noqa: E402
-from .strategy import REFUSED_PLUGINS, PromptPoolStrategy  # noqa: E402
+from .plugins import REFUSED_PLUGINS  # noqa: E402
+from .strategy import PromptPoolStrategy  # noqa: E402
 
 __all__ = [
     "FLOOR_LOG_PROB",

@@ -80,11 +80,17 @@ def read_state(folder: Path) -> dict[str, Any] | None:
     return {"clock": clock, "min_outputs": minimum, "evaluator": evaluator}
 
 
-def restore_evaluator(evaluator: object, state: dict | None) -> None:
-    """Put a saved evaluator state back into a new ``evaluator`` built the same way (the
-    same metrics in the same order); attributes it does not have are left out."""
-    if state is not None:
-        _restore(evaluator, state)
+def restore(strategy: Any, folder: Path) -> None:
+    """Put the counters and evaluator state saved in ``folder`` back into ``strategy`` (its
+    evaluator built as the saved one was: the same metrics in the same order)."""
+    state = read_state(folder)
+    if state is None:
+        return
+    for key, value in state["clock"].items():
+        setattr(strategy.clock, key, value)
+    strategy.model.min_outputs = state["min_outputs"]
+    if state["evaluator"] is not None:
+        _restore(strategy.evaluator, state["evaluator"])
 
 
 # -- plain state: {"value": x} | {"list": [...]} | {"map": [[key, ...], ...]} | {"object": {}}

@@ -18,12 +18,12 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ...errors import ContinualError
+from ...errors import ContinualError, TaskDataError
 from ...learner import PromptedClassifier
 from ...pool import PromptPool
 from ...prompt import prompted_features
 from ...selector import UNKNOWN_TASK, OracleSelector
-from .convert import attention_mask
+from .convert import attention_mask, pad_token_id
 
 # Log-probability every class outside the routed entry gets. A misrouted (or refused) input
 # therefore has a loss of about -FLOOR_LOG_PROB = log(1e4) = 9.21 nats: finite, and far above
@@ -46,6 +46,14 @@ class PromptPoolModel(nn.Module):
     column means "refused" (selector ``min_score``, or a task label no entry has): 0 there for
     such rows, and no target ever points to it.
 
+    Task labels (``use_task_labels``): with ``"auto"`` rows are routed by their task label
+    when every entry was trained on an experience with its own task label (task-incremental:
+    the oracle path), and by the selector otherwise (class-incremental, all labels 0);
+    ``True``/``False`` force either. One-class experiences (class-incremental splits) get a
+    head with the class and a "not <class>" output; with no negative examples it always
+    answers the class, so the selector, fitted on each class's inputs, decides the class (a
+    class-conditional classifier over frozen features, as streaming LDA is).
+
     The pool is a plain attribute, not a submodule: ``parameters()`` and ``state_dict()`` are
     the candidate's alone, which is what Avalanche's optimizer and plugins handle.
     """
@@ -63,10 +71,63 @@ class PromptPoolModel(nn.Module):
         self.candidate_task_label: int | None = None
         self.candidate_state: dict[str, torch.Tensor] = {}
 
+    @classmethod
+    def for_pool(
+        cls, pool: PromptPool, class_ids: Sequence[Sequence[int]] | None, stats_key: str
+    ) -> PromptPoolModel:
+        """The model over ``pool``, its entries' class ids and task labels read from each
+        entry's ``stats[stats_key]`` (or given: ``class_ids``, one list per entry)."""
+        model = cls(pool, pad_token_id(pool.backbone.tokenizer))
+        for number, entry in enumerate(pool.entries):
+            saved = entry.stats.get(stats_key, {})
+            ids = class_ids[number] if class_ids is not None else saved.get("class_ids")
+            if ids is None:
+                raise ContinualError(
+                    f"pool entry {entry.name!r} has no class ids: give class_ids for each "
+                    f"entry (the pool has {len(pool.entries)})"
+                )
+            model.add_task(ids, saved.get("task_label"))
+        return model
+
     def add_task(self, class_ids: Sequence[int], task_label: int | None = None) -> None:
         """Record the global class ids (and task label) of the entry just added to the pool."""
         self.class_ids.append([int(c) for c in class_ids])
         self.task_labels.append(task_label)
+
+    def start_candidate(
+        self,
+        candidate: PromptedClassifier,
+        class_ids: list[int],
+        task_label: int | None,
+        selector_state: dict[str, torch.Tensor],
+    ) -> None:
+        """Train ``candidate`` (outputs for ``class_ids``) and route to it while it trains."""
+        self.candidate = candidate
+        self.candidate_class_ids = class_ids
+        self.candidate_task_label = task_label
+        self.candidate_state = selector_state
+        self.min_outputs = max(self.min_outputs, max(class_ids) + 1)
+
+    def finish_candidate(self) -> None:
+        """The candidate became a pool entry: record its class ids and task label."""
+        self.add_task(self.candidate_class_ids, self.candidate_task_label)
+        self.candidate = None
+        self.candidate_class_ids = []
+        self.candidate_task_label = None
+        self.candidate_state = {}
+
+    def local_targets(self, targets: torch.Tensor) -> torch.Tensor:
+        """Global class ids (B,) as the candidate's output indices; a class outside its
+        experience is a `TaskDataError` (replayed data has no output here)."""
+        local = {class_id: number for number, class_id in enumerate(self.candidate_class_ids)}
+        values = targets.tolist()
+        strangers = sorted({t for t in values if t not in local})
+        if strangers:
+            raise TaskDataError(
+                f"a training batch has classes {strangers} outside the experience's "
+                f"{self.candidate_class_ids}"
+            )
+        return torch.tensor([local[t] for t in values], device=targets.device)
 
     @property
     def num_classes(self) -> int:

@@ -1,26 +1,14 @@
-"""`PromptPoolStrategy`: a `PromptPool` grown and evaluated inside Avalanche's own loops.
-
-Each training experience trains one new soft prompt and head through Avalanche's
-``SupervisedTemplate`` loop (its epochs, iterations, ``make_optimizer``, ``backward`` and
-``optimizer_step``, with every plugin callback) and adds them to the pool as a new entry.
-What that loop runs is the library's own training loop (`continual.trainer`), step for step:
-the prompt and head come from `continual.learner.new_classifier`, the forward pass and loss are
-`ClassifierSteps`', the batches come in the trainer's seeded order, validation and early
-stopping are the trainer's, and the entry is added with `PromptPool.add_trained` (selector
-state and calibration). So an entry made here is the entry `PromptPool.learn` makes on the same
-data with the same seed: the same stats, calibration and early stopping, and the pool answers
-``predict(refuse=...)``. ``strategy.eval(stream)`` is Avalanche's evaluation loop over
-`PromptPoolModel`.
+"""`PromptPoolStrategy`: a `PromptPool` grown and evaluated inside Avalanche's own loops, on the
+library's own training loop (`continual.trainer`): an entry made here is the entry
+`PromptPool.learn` makes on the same data with the same seed.
 """
 
 from __future__ import annotations
 
-import gc
-import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Hashable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +24,6 @@ from ...data import Task
 from ...errors import ContinualError, TaskDataError
 from ...learner import (
     ClassifierBatch,
-    ClassifierSteps,
     classifier_entry,
     entry_stats,
     new_classifier,
@@ -49,71 +36,28 @@ from .convert import (
     LabelNames,
     _label_namer,
     benchmark_info,
-    decode_ids,
     experience_task_labels,
-    pad_token_id,
     token_ids,
 )
+from .experiences import (
+    ClassIds,
+    SeededBatches,
+    TokenSteps,
+    experience_class_ids,
+    experience_examples,
+    experience_rows,
+    find_benchmark,
+    find_validation,
+    same_weights,
+    snapshot,
+    task_name,
+)
 from .model import PromptPoolModel, TaskLabelMode
+from .plugins import refuse_plugins
 
 # Where an entry's Avalanche bookkeeping lives in ``TaskEntry.stats`` (saved in the manifest).
 STATS_KEY = "avalanche"
 CHECKPOINT_FILE = checkpoint.CHECKPOINT_FILE
-
-# Plugins that cannot apply to a pool: each experience trains a new prompt and head from
-# scratch on its own data, and nothing earlier (entries, backbone) is ever trained again.
-_REPLAY = (
-    "replays stored examples of earlier experiences, but the new prompt and head have none "
-    "of their classes and earlier entries are never trained again"
-)
-_REGULARISE = (
-    "protects earlier weights from change, but the backbone and earlier prompts and heads "
-    "are frozen and the new ones start fresh"
-)
-_EDIT = "rewrites the model's classifier, but each pool entry keeps its own frozen head"
-REFUSED_PLUGINS = {
-    **dict.fromkeys(
-        (
-            "ReplayPlugin",
-            "GDumbPlugin",
-            "GSS_greedyPlugin",
-            "GenerativeReplayPlugin",
-            "MIRPlugin",
-            "RARPlugin",
-            "CoPEPlugin",
-            "BiCPlugin",
-            "GEMPlugin",
-            "AGEMPlugin",
-        ),
-        _REPLAY,
-    ),
-    **dict.fromkeys(
-        (
-            "EWCPlugin",
-            "SynapticIntelligencePlugin",
-            "MASPlugin",
-            "RWalkPlugin",
-            "LwFPlugin",
-            "LFLPlugin",
-            "FeatureDistillationPlugin",
-        ),
-        _REGULARISE,
-    ),
-    **dict.fromkeys(
-        (
-            "CWRStarPlugin",
-            "FromScratchTrainingPlugin",
-            "CurrentDataNCMUpdate",
-            "MemoryNCMUpdate",
-            "NCMOracle",
-            "CurrentDataFeCAMUpdate",
-            "MemoryFeCAMUpdate",
-            "FeCAMOracle",
-            "TrainGeneratorAfterExpPlugin",
-        ),
-        _EDIT,
-    ),
-}
 
 _NO_MODEL = (
     "PromptPoolStrategy takes no model and no positional arguments: the pool is the model (its "
@@ -124,19 +68,6 @@ _NO_MODEL = (
 OptimizerArg = (
     torch.optim.Optimizer | Callable[[list[dict[str, Any]]], torch.optim.Optimizer] | None
 )
-
-
-def refuse_plugins(plugins: Sequence[object]) -> None:
-    """A `ContinualError` for the first plugin that cannot apply to a prompt pool, saying why."""
-    for plugin in plugins:
-        for cls in type(plugin).__mro__:
-            reason = REFUSED_PLUGINS.get(cls.__name__)
-            if reason is not None:
-                raise ContinualError(
-                    f"{type(plugin).__name__} cannot apply to PromptPoolStrategy: it {reason}; "
-                    "leave it out (metrics, early stopping, LR schedules and other plugins "
-                    "that do not train earlier weights or replay data work)"
-                )
 
 
 class PromptPoolStrategy(SupervisedTemplate):
@@ -169,16 +100,7 @@ class PromptPoolStrategy(SupervisedTemplate):
     dicts with ``input_ids``. Targets are class ids (ints or tensors) or label names (strings,
     given class ids in order of first appearance).
 
-    Task labels: with ``task_labels="auto"`` (default) inputs are routed by their task label
-    when every entry was trained on an experience with its own task label (task-incremental:
-    the oracle path), and by the selector otherwise (class-incremental, all labels 0).
-    ``True``/``False`` force either.
-
-    One-class experiences (class-incremental splits): the entry's head has the class and a
-    "not <class>" output (the pool stores at least two labels); with no negative examples the
-    head always answers the class, so the class is decided by routing: the selector, fitted on
-    each class's inputs, is then a class-conditional classifier over frozen features
-    (Gaussian by default, as in streaming LDA). Accuracy is the selector's.
+    Task labels (``task_labels``) and one-class experiences: see `PromptPoolModel`.
 
     Args:
         pool: the pool to grow (by name: ``PromptPoolStrategy(pool=...)``). Entries it already
@@ -253,20 +175,12 @@ class PromptPoolStrategy(SupervisedTemplate):
         if device is not None:
             pool.backbone.to(device)
             pool._stacked = None  # stacked prompts and heads were built on the old device
-        model_ = PromptPoolModel(pool, pad_token_id(pool.backbone.tokenizer))
+        model_ = PromptPoolModel.for_pool(pool, class_ids, STATS_KEY)
         model_.use_task_labels = task_labels
-        self._class_of: dict[Hashable, int] = {}  # a label-name target -> its class id
-        for number, entry in enumerate(pool.entries):
-            saved = entry.stats.get(STATS_KEY, {})
-            ids = class_ids[number] if class_ids is not None else saved.get("class_ids")
-            if ids is None:
-                raise ContinualError(
-                    f"pool entry {entry.name!r} has no class ids: give class_ids for each "
-                    f"entry (the pool has {len(pool.entries)})"
-                )
-            model_.add_task(ids, saved.get("task_label"))
-            if saved.get("named_targets"):
-                self._class_of.update(zip(entry.labels, ids))
+        self._class_ids = ClassIds(self._taken_class_ids)
+        for entry, ids in zip(pool.entries, model_.class_ids):
+            if entry.stats.get(STATS_KEY, {}).get("named_targets"):
+                self._class_ids.of_name.update(zip(entry.labels, ids))
         training = pool.training
         groups = [
             {"params": [nn.Parameter(torch.zeros(1))], "lr": lr or training.prompt_lr},
@@ -322,10 +236,9 @@ class PromptPoolStrategy(SupervisedTemplate):
         The frozen backbone is not saved (a pool records its fingerprint); class ids and task
         labels are in each entry's stats.
         """
-        folder = Path(path)
-        self.pool.save(folder)
-        checkpoint.write_state(folder, self.clock, self.model.min_outputs, self.evaluator)
-        return folder
+        self.pool.save(path)
+        checkpoint.write_state(Path(path), self.clock, self.model.min_outputs, self.evaluator)
+        return Path(path)
 
     @classmethod
     def load_checkpoint(
@@ -336,14 +249,8 @@ class PromptPoolStrategy(SupervisedTemplate):
 
         ``backbone`` as for `PromptPool.load`; ``kwargs`` as for the constructor.
         """
-        folder = Path(path)
-        strategy = cls(pool=PromptPool.load(folder, backbone), **kwargs)
-        state = checkpoint.read_state(folder)
-        if state is not None:
-            for key, value in state["clock"].items():
-                setattr(strategy.clock, key, value)
-            strategy.model.min_outputs = state["min_outputs"]
-            checkpoint.restore_evaluator(strategy.evaluator, state["evaluator"])
+        strategy = cls(pool=PromptPool.load(path, backbone), **kwargs)
+        checkpoint.restore(strategy, Path(path))
         return strategy
 
     # -- Avalanche hooks -------------------------------------------------------------------
@@ -360,7 +267,7 @@ class PromptPoolStrategy(SupervisedTemplate):
                 "PromptPoolStrategy needs batches of (inputs, targets[, task labels])"
             )
         batch[0] = token_ids(batch[0], self.pool.backbone)
-        batch[1] = self._class_ids_of(batch[1])
+        batch[1] = self._class_ids(batch[1])
         self.mbatch = batch
         super()._unpack_minibatch()
 
@@ -368,7 +275,7 @@ class PromptPoolStrategy(SupervisedTemplate):
         """Batches of ``train_mb_size`` in the trainer's seeded order (as `PromptPool.learn`
         draws them), not Avalanche's shuffle."""
         dataset = self.adapted_dataset
-        batches = _SeededBatches(len(dataset), self.train_mb_size, self._epoch_order)
+        batches = SeededBatches(len(dataset), self.train_mb_size, self._epoch_order)
         self.dataloader = DataLoader(
             dataset,
             batch_sampler=batches,
@@ -381,7 +288,7 @@ class PromptPoolStrategy(SupervisedTemplate):
         model = self.model
         if model.training and model.candidate is not None and self._trainer is not None:
             ids, mask = model.trimmed(self.mb_x)
-            self._batch = ClassifierBatch(ids, mask, self._local_targets(self.mb_y))
+            self._batch = ClassifierBatch(ids, mask, model.local_targets(self.mb_y))
             self._logits = self._trainer.forward(self._batch)
             return model.spread(self._logits)
         self._batch = self._logits = None
@@ -424,7 +331,9 @@ class PromptPoolStrategy(SupervisedTemplate):
     def _before_eval_exp(self, **kwargs) -> None:
         # Output columns must cover the experience's classes even before they are learned, so
         # that every target has a column and the "refused" column is no class.
-        classes = self._experience_classes(self.experience)
+        classes = experience_class_ids(
+            self.experience, self.pool.backbone, self._class_ids, self.eval_mb_size
+        )
         if classes:
             self.model.min_outputs = max(self.model.min_outputs, max(classes) + 1)
         super()._before_eval_exp(**kwargs)
@@ -438,13 +347,14 @@ class PromptPoolStrategy(SupervisedTemplate):
     def _start_candidate(self) -> None:
         experience = self.experience
         index = experience.current_experience
-        info = benchmark_info(self._benchmark())
+        info = benchmark_info(find_benchmark(self.experience))
         if info is not None and info.pad_id != self.model.pad_id:
             raise ContinualError(
                 f"the benchmark pads with id {info.pad_id} but the pool's tokenizer with "
                 f"{self.model.pad_id}: build the benchmark with the pool's backbone"
             )
-        texts, targets = self._examples(experience)
+        backbone, batch_size = self.pool.backbone, self.eval_mb_size
+        texts, targets = experience_examples(experience, backbone, self._class_ids, batch_size)
         classes = sorted(set(targets))
         if (
             info is not None
@@ -456,7 +366,7 @@ class PromptPoolStrategy(SupervisedTemplate):
         labels = [namer(c) for c in classes]
         if len(labels) == 1:
             labels.append(f"not {labels[0]}")
-        name = self._task_name(index, info)
+        name = task_name(self.task_names, info, index)
         if name in self.pool.tasks:
             raise TaskDataError(
                 f"experience {index} (task {name!r}) is already in the pool: an entry is never "
@@ -464,7 +374,11 @@ class PromptPoolStrategy(SupervisedTemplate):
             )
         local = {c: number for number, c in enumerate(classes)}
         validation = self._find_validation(index)
-        valid_texts, valid_targets = self._examples(validation) if validation else ([], [])
+        valid_texts, valid_targets = (
+            experience_examples(validation, backbone, self._class_ids, batch_size)
+            if validation
+            else ([], [])
+        )
         self._task = Task(
             name=name,
             train=[(text, labels[local[c]]) for text, c in zip(texts, targets)],
@@ -482,7 +396,7 @@ class PromptPoolStrategy(SupervisedTemplate):
             self.pool.backbone, self.pool.prompt_length, labels, config, generator
         )
         self._trainer = Trainer(
-            _TokenSteps(self.pool.backbone, candidate, labels, config.batch_size, self.model),
+            TokenSteps(self.pool.backbone, candidate, labels, config.batch_size, self.model),
             self.optimizer,
             epochs=self.train_epochs,
             batch_size=self.train_mb_size,
@@ -491,26 +405,23 @@ class PromptPoolStrategy(SupervisedTemplate):
             device=self.pool.backbone.device,
         )
         self._valid_examples = (
-            [(ids, local[c]) for ids, c in zip(self._rows(validation), valid_targets) if c in local]
+            [
+                (ids, local[c])
+                for ids, c in zip(experience_rows(validation, backbone, batch_size), valid_targets)
+                if c in local
+            ]
             if validation
             else []
         )
-        task_labels = experience_task_labels(experience)
-        model = self.model
-        model.candidate = candidate
-        model.candidate_class_ids = classes
-        model.candidate_task_label = task_labels[0] if len(task_labels) == 1 else None
-        model.min_outputs = max(model.min_outputs, max(classes) + 1)
         # The selector state depends on the inputs only (the backbone is frozen): fitted now,
         # it lets periodic evaluation route to the candidate while it trains.
         selector = self.pool.selector
-        queries = self.pool.backbone.query(
-            selector.training_texts(texts), with_last=selector.with_last
-        )
-        model.candidate_state = selector.fit_task(
-            queries, [e.selector_state for e in self.pool.entries], seed=seed
-        )
-        self._epochs = [(_snapshot(candidate), None)]  # epoch 0: before training
+        queries = backbone.query(selector.training_texts(texts), with_last=selector.with_last)
+        state = selector.fit_task(queries, [e.selector_state for e in self.pool.entries], seed=seed)
+        task_labels = experience_task_labels(experience)
+        task_label = task_labels[0] if len(task_labels) == 1 else None
+        self.model.start_candidate(candidate, classes, task_label, state)
+        self._epochs = [(snapshot(candidate), None)]  # epoch 0: before training
         self._started = time.perf_counter()
 
     def _end_epoch(self) -> None:
@@ -520,7 +431,7 @@ class PromptPoolStrategy(SupervisedTemplate):
             return
         epoch = len(self._epochs)
         score = trainer.validation(self._valid_examples) if self._valid_examples else None
-        self._epochs.append((_snapshot(candidate), score))
+        self._epochs.append((snapshot(candidate), score))
         if score is not None and trainer.early_stopping.update(epoch, score, candidate):
             self.stop_training()
 
@@ -532,9 +443,9 @@ class PromptPoolStrategy(SupervisedTemplate):
         trainer.early_stopping.restore(candidate)
         # The epoch whose weights the candidate holds: the trainer's best, or the one a plugin
         # (EarlyStoppingPlugin) restored, or the last.
-        held = _snapshot(candidate)
+        held = snapshot(candidate)
         epoch = max(
-            (e for e, (state, _) in enumerate(self._epochs) if _same(state, held)),
+            (e for e, (state, _) in enumerate(self._epochs) if same_weights(state, held)),
             default=len(self._epochs) - 1,
         )
         result = TrainingResult(
@@ -552,182 +463,36 @@ class PromptPoolStrategy(SupervisedTemplate):
         stats[STATS_KEY] = {
             "class_ids": list(model.candidate_class_ids),
             "task_label": model.candidate_task_label,
-            "named_targets": any(isinstance(key, str) for key in self._class_of),
+            "named_targets": bool(self._class_ids.of_name),
         }
         entry = classifier_entry(task.name, task.labels, candidate, stats)
         self.pool.add_trained(task, entry, seed=stats["seed"])
-        model.add_task(model.candidate_class_ids, model.candidate_task_label)
-        model.candidate = None
-        model.candidate_class_ids = []
-        model.candidate_task_label = None
-        model.candidate_state = {}
+        model.finish_candidate()
         self._trainer = self._task = None
         self._epochs = []
         self._valid_examples = []
 
-    # -- data ------------------------------------------------------------------------------
-    def _rows(self, experience) -> list[torch.Tensor]:
-        """An experience's inputs as token-id rows, in dataset order."""
-        rows: list[torch.Tensor] = []
-        for batch in self._loader(experience):
-            rows += list(token_ids(batch[0], self.pool.backbone))
-        return rows
-
-    def _examples(self, experience) -> tuple[list[str], list[int]]:
-        """An experience's texts (decoded from its ids) and class ids, in dataset order."""
-        texts: list[str] = []
-        targets: list[int] = []
-        tokenizer = self.pool.backbone.tokenizer
-        for batch in self._loader(experience):
-            texts += decode_ids(token_ids(batch[0], self.pool.backbone), tokenizer)
-            targets += self._class_ids_of(batch[1]).tolist()
-        if not texts:
-            raise TaskDataError(f"experience {experience.current_experience} has no examples")
-        return texts, targets
-
-    def _loader(self, experience) -> Iterator:
-        dataset = experience.dataset.eval()
-        collate = getattr(dataset, "collate_fn", None)
-        return iter(DataLoader(dataset, batch_size=self.eval_mb_size, collate_fn=collate))
-
-    def _experience_classes(self, experience) -> list[int]:
-        targets = getattr(experience.dataset, "targets", None)
-        uniques = getattr(targets, "uniques", None)
-        if uniques is not None:
-            return sorted(set(self._class_ids_of(list(uniques)).tolist()))
-        return sorted(set(self._examples(experience)[1]))
-
-    def _class_ids_of(self, targets: Any) -> torch.Tensor:
-        """Class ids (B,) of a batch's targets: ints or tensors as they are; label names get
-        the next free class id the first time they are seen."""
-        if isinstance(targets, torch.Tensor):
-            return targets.long().reshape(-1)
-        ids = []
-        for target in targets:
-            if isinstance(target, str):
-                if target not in self._class_of:
-                    known = [c for ids_ in self.model.class_ids for c in ids_]
-                    known += list(self._class_of.values()) + self.model.candidate_class_ids
-                    self._class_of[target] = max(known, default=-1) + 1
-                ids.append(self._class_of[target])
-            elif isinstance(target, torch.Tensor) and target.numel() == 1:
-                ids.append(int(target))
-            elif isinstance(target, int) and not isinstance(target, bool):
-                ids.append(target)
-            else:
-                raise TaskDataError(
-                    f"PromptPoolStrategy: a target must be a class id or a label name, got "
-                    f"{type(target).__name__} {target!r:.80}"
-                )
-        return torch.tensor(ids, dtype=torch.long)
-
     def _namer(self, info) -> Callable[[int], str]:
-        names = {class_id: name for name, class_id in self._class_of.items()}
         fallback = _label_namer(self.label_names, info)
-        return lambda class_id: str(names[class_id]) if class_id in names else fallback(class_id)
+        return lambda class_id: self._class_ids.name(class_id) or fallback(class_id)
 
-    def _task_name(self, index: int, info) -> str:
-        if self.task_names is not None:
-            return self.task_names[index]
-        if info is not None and index < len(info.task_names):
-            return info.task_names[index]
-        return f"experience_{index}"
-
-    def _local_targets(self, targets: torch.Tensor) -> torch.Tensor:
-        columns = self.model.candidate_class_ids
-        local = {class_id: number for number, class_id in enumerate(columns)}
-        values = targets.tolist()
-        strangers = sorted({t for t in values if t not in local})
-        if strangers:
-            raise TaskDataError(
-                f"a training batch of experience {self.experience.current_experience} has "
-                f"classes {strangers} outside the experience's {columns}"
-            )
-        return torch.tensor([local[t] for t in values], device=targets.device)
-
-    def _benchmark(self):
-        """The benchmark of the experience in training, where it can be found."""
-        stream = getattr(self.experience, "origin_stream", None)
-        linked = getattr(stream, "benchmark", None)
-        return linked if linked is not None else _owner(stream)
+    def _taken_class_ids(self) -> list[int]:
+        model = self.model
+        return [c for ids in model.class_ids for c in ids] + model.candidate_class_ids
 
     def _find_validation(self, index: int):
         if self.validation is None:
             return None
-        stream = self.validation if self.validation != "auto" else None
-        if stream is None:
-            stream = getattr(self._benchmark(), "valid_stream", None)
-        if stream is None:
-            for candidate in self._train_eval_streams:
-                if str(getattr(candidate, "name", "")).startswith("valid"):
-                    stream = candidate
-                    break
-        if stream is None:
-            if not self._warned_no_validation:
-                self._warned_no_validation = True
-                warnings.warn(
-                    "PromptPoolStrategy found no validation stream (pass validation=... or "
-                    "a benchmark with a valid_stream): the last epoch's prompt is kept; "
-                    "validation=None silences this",
-                    stacklevel=5,
-                )
-            return None
-        experiences = list(stream)
-        for experience in experiences:
-            if experience.current_experience == index:
-                return experience
-        return experiences[index] if index < len(experiences) else None
-
-
-class _TokenSteps(ClassifierSteps):
-    """`ClassifierSteps` on examples of (token-id row, class index): Avalanche's inputs."""
-
-    def __init__(self, backbone, module, labels, batch_size, model: PromptPoolModel) -> None:
-        super().__init__(backbone, module, labels, batch_size)
-        self.model = model
-
-    def batch(self, examples: Sequence[Any]) -> ClassifierBatch:  # (ids row, class index)
-        ids, mask = self.model.trimmed(torch.stack([row for row, _ in examples]))
-        targets = torch.tensor([target for _, target in examples], device=ids.device)
-        return ClassifierBatch(ids, mask, targets)
-
-
-class _SeededBatches:
-    """Batch indices in the order ``order(size)`` draws afresh at each pass."""
-
-    def __init__(self, size: int, batch_size: int, order: Callable[[int], torch.Tensor]) -> None:
-        self.size, self.batch_size, self.order = size, batch_size, order
-
-    def __iter__(self) -> Iterator[list[int]]:
-        order = self.order(self.size).tolist()
-        for first in range(0, self.size, self.batch_size):
-            yield order[first : first + self.batch_size]
-
-    def __len__(self) -> int:
-        return math.ceil(self.size / self.batch_size)
-
-
-def _snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
-    return {key: value.detach().clone() for key, value in module.state_dict().items()}
-
-
-def _same(left: dict[str, torch.Tensor], right: dict[str, torch.Tensor]) -> bool:
-    return left.keys() == right.keys() and all(torch.equal(left[k], right[k]) for k in left)
-
-
-def _owner(stream: object) -> object:
-    """The benchmark holding ``stream``: Avalanche's generic benchmarks
-    (``benchmark_from_datasets``) hold their streams without the streams knowing them, so it
-    is found among the objects that refer to the stream (a benchmark keeps each stream in its
-    attributes as ``<name>_stream``)."""
-    if stream is None:
-        return None
-    for referrer in gc.get_referrers(stream):
-        if (
-            isinstance(referrer, dict)
-            and referrer.get(f"{getattr(stream, 'name', '')}_stream") is stream
-        ):
-            for owner in gc.get_referrers(referrer):
-                if getattr(owner, "__dict__", None) is referrer and hasattr(owner, "streams"):
-                    return owner
-    return None
+        given = None if self.validation == "auto" else self.validation
+        found = find_validation(
+            given, find_benchmark(self.experience), self._train_eval_streams, index
+        )
+        if found is None and not self._warned_no_validation:
+            self._warned_no_validation = True
+            warnings.warn(
+                "PromptPoolStrategy found no validation stream (pass validation=... or "
+                "a benchmark with a valid_stream): the last epoch's prompt is kept; "
+                "validation=None silences this",
+                stacklevel=5,
+            )
+        return found
