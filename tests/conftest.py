@@ -63,6 +63,25 @@ def tiny_bert(tokenizer, seed: int = 0, layers: int = 2):
     return BertModel(config)
 
 
+def tiny_llama(tokenizer, seed: int = 0):
+    """A 2-layer, 32-wide random Llama with the MiniLM vocabulary and tied embeddings (so that
+    verbalizer heads have output embeddings), built with ``seed``."""
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return LlamaModel(config)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tokenizer) -> Backbone:
     return Backbone(tiny_bert(tokenizer, 0), tokenizer, "tiny-bert", max_length=32)

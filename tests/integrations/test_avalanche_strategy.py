@@ -19,7 +19,8 @@ from avalanche.training.plugins import (
     LwFPlugin,
     ReplayPlugin,
 )
-from conftest import ANIMALS, COLOURS, synthetic_pairs
+from avalanche_data import generic_benchmark
+from conftest import ANIMALS, COLOURS, synthetic_pairs, tiny_llama
 from torch import nn
 
 from continual import Backbone, PromptPool, Task, TrainingConfig
@@ -127,7 +128,7 @@ def test_positional_and_model_arguments_are_refused(avalanche_backbone: Backbone
 def test_validation_auto_finds_the_valid_stream_of_a_generic_benchmark(
     avalanche_backbone: Backbone, avalanche_tasks: list
 ) -> None:
-    benchmark = _generic(avalanche_backbone, avalanche_tasks)
+    benchmark = generic_benchmark(avalanche_backbone, avalanche_tasks)
     pool = PromptPool(avalanche_backbone, prompt_length=2, training=_config())
     strategy = PromptPoolStrategy(pool=pool, evaluator=_evaluator())
     with warnings.catch_warnings(record=True) as caught:
@@ -282,23 +283,10 @@ def test_the_checkpoint_file_is_written_atomically(
 
 
 def test_a_verbalizer_head_is_trained_as_the_pool_config_says(tokenizer) -> None:
-    from transformers import LlamaConfig, LlamaModel
-
     from continual.verbalizer import verbalizer_weight
 
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=64,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
     llama = Backbone(
-        LlamaModel(config), copy.deepcopy(tokenizer), "tiny-llama", max_length=16, pooling="last"
+        tiny_llama(tokenizer), copy.deepcopy(tokenizer), "tiny-llama", max_length=16, pooling="last"
     )
     colours = Task(
         "colours",
@@ -332,29 +320,3 @@ class _Rows(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int):
         return self.rows[index]
-
-
-def _generic(backbone: Backbone, tasks: list):
-    """A benchmark from Avalanche's `benchmark_from_datasets`, with a valid stream."""
-    streams: dict[str, list] = {"train": [], "test": [], "valid": []}
-    offset = 0
-    for number, task in enumerate(tasks):
-        for stream, split in (
-            ("train", task.train),
-            ("test", task.test),
-            ("valid", task.validation),
-        ):
-            ids = encode_texts(backbone.tokenizer, [text for text, _ in split], backbone.max_length)
-            targets = torch.tensor([offset + task.label_index(label) for _, label in split])
-            labels = torch.full_like(targets, number)
-            streams[stream].append(
-                make_avalanche_dataset(
-                    torch.utils.data.TensorDataset(ids, targets, labels),
-                    data_attributes=[
-                        DataAttribute(targets, "targets"),
-                        DataAttribute(labels, "targets_task_labels"),
-                    ],
-                )
-            )
-        offset += len(task.labels)
-    return benchmark_from_datasets(**streams)
