@@ -12,13 +12,11 @@ from importlib.util import find_spec
 
 from .errors import ContinualError
 
-# extra -> the importable packages it brings
+# extra -> the importable packages it brings (a .gguf backbone names its extra in backbone.py)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "avalanche": ("avalanche", "torchvision"),
     "serve": ("fastapi", "uvicorn"),
     "bench": ("matplotlib", "avalanche"),
-    "gguf": ("gguf",),
-    "perf": ("peft",),
 }
 
 
