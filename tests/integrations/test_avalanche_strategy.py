@@ -113,6 +113,18 @@ def test_plugins_that_cannot_apply_to_a_pool_are_refused_with_the_reason(
     assert "\n" not in message and ("replays" in message or "protects" in message)
 
 
+def test_a_plugin_appended_after_construction_is_refused_before_training(
+    avalanche_backbone: Backbone, avalanche_tasks: list
+) -> None:
+    benchmark = tasks_to_benchmark(avalanche_tasks, avalanche_backbone)
+    pool = PromptPool(avalanche_backbone, prompt_length=2)
+    strategy = PromptPoolStrategy(pool=pool, evaluator=_evaluator(), validation=None)
+    strategy.plugins.append(ReplayPlugin(mem_size=8))
+    with pytest.raises(ContinualError, match="ReplayPlugin cannot apply"):
+        strategy.train(benchmark.train_stream[0], eval_streams=[])
+    assert pool.entries == []
+
+
 def test_positional_and_model_arguments_are_refused(avalanche_backbone: Backbone) -> None:
     pool = PromptPool(avalanche_backbone, prompt_length=2)
     linear = nn.Linear(2, 2)

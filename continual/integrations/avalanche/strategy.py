@@ -345,6 +345,7 @@ class PromptPoolStrategy(SupervisedTemplate):
         return self._trainer.epoch_order(size)
 
     def _start_candidate(self) -> None:
+        refuse_plugins(self.plugins)  # again: plugins may be appended after construction
         experience = self.experience
         index = experience.current_experience
         info = benchmark_info(find_benchmark(self.experience))
