@@ -29,12 +29,15 @@ must be finite; anything else raises ValueError naming the cell.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+
+from .errors import ContinualError
 
 ArrayLike = Any  # nested sequences or an ndarray; numpy does the checking
 
@@ -202,10 +205,12 @@ class Score:
         task: the task scored.
         examples: how many inputs.
         accuracy: % of inputs labelled right (for a routed pool: routed to ``task`` *and*
-            labelled right).
+            labelled right); for a text-to-text task, the mean of its ``metric`` in points.
         routing_accuracy: % routed to ``task``; None where nothing is routed (an oracle, a
             single network).
         routed_to: how many inputs went to each task (None: refused); empty where not routed.
+        metric: what ``accuracy`` measures: ``accuracy`` for a label task, else one of
+            `TASK_METRICS`.
     """
 
     task: str
@@ -213,11 +218,73 @@ class Score:
     accuracy: float
     routing_accuracy: float | None = None
     routed_to: dict[str | None, int] = field(default_factory=dict)
+    metric: str = "accuracy"
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "task": self.task,
             "examples": self.examples,
             "accuracy": self.accuracy,
+            "metric": self.metric,
             "routing_accuracy": self.routing_accuracy,
         }
+
+
+# -- task metrics for generated text --------------------------------------------------------------
+# Each is the mean over examples of a per-example score in points (0-100), so that shares of a
+# split add up (data-parallel validation sums them) and a report can average them like accuracy.
+TASK_METRICS: tuple[str, ...] = ("exact_match", "chrf", "rouge_l")
+
+
+def exact_match(output: str, target: str) -> float:
+    """100 when ``output`` equals ``target`` once surrounding and repeated spaces are dropped
+    (case counts), else 0."""
+    return 100.0 if " ".join(output.split()) == " ".join(target.split()) else 0.0
+
+
+def chrf(output: str, target: str) -> float:
+    """sacrebleu's sentence chrF (character 6-grams, beta 2), 0-100."""
+    try:
+        from sacrebleu.metrics import CHRF
+    except ImportError:
+        raise ContinualError(
+            "the chrf metric needs sacrebleu: pip install 'continual[generate]'"
+        ) from None
+    return float(_chrf_scorer(CHRF).sentence_score(output, [target]).score)
+
+
+def rouge_l(output: str, target: str) -> float:
+    """rouge-score's ROUGE-L F-measure (with its Porter stemmer), in points 0-100."""
+    try:
+        from rouge_score import rouge_scorer
+    except ImportError:
+        raise ContinualError(
+            "the rouge_l metric needs rouge-score: pip install 'continual[generate]'"
+        ) from None
+    scorer = _rouge_scorer(rouge_scorer.RougeScorer)
+    return 100.0 * float(scorer.score(target, output)["rougeL"].fmeasure)
+
+
+@functools.cache
+def _chrf_scorer(kind: Any) -> Any:
+    return kind()
+
+
+@functools.cache
+def _rouge_scorer(kind: Any) -> Any:
+    return kind(["rougeL"], use_stemmer=True)
+
+
+def check_task_metric(name: object) -> str:
+    """``name`` if it is one of `TASK_METRICS`; a `ContinualError` naming it if not."""
+    if name not in TASK_METRICS:
+        raise ContinualError(f"unknown metric {name!r}; use one of {', '.join(TASK_METRICS)}")
+    return str(name)
+
+
+def task_metric_scores(metric: str, outputs: Sequence[str], targets: Sequence[str]) -> list[float]:
+    """Each output's score against its target under ``metric`` (points 0-100)."""
+    score = {"exact_match": exact_match, "chrf": chrf, "rouge_l": rouge_l}[
+        check_task_metric(metric)
+    ]
+    return [score(output, target) for output, target in zip(outputs, targets, strict=True)]
