@@ -5,9 +5,11 @@ It exposes the three things the pool needs: input embeddings (to put a soft prom
 selector routes on). Its ``fingerprint`` lets a saved pool refuse a different backbone.
 
 Families: BERT-style encoders (BERT, MiniLM, RoBERTa with its offset positions, DistilBERT
-without token types), T5 encoders (``T5EncoderModel``) and decoder-only language models
-(Llama, GPT-2, Qwen2, ... through ``AutoModel``), loaded from the hub, a folder, or a local
-``.gguf`` file (dequantized on load). Features are the mean of the input's tokens for every
+without token types), T5 (``T5EncoderModel``, or ``T5ForConditionalGeneration`` whose encoder
+gives the features) and decoder-only language models (Llama, GPT-2, Qwen2, ...), loaded from
+the hub, a folder, or a local ``.gguf`` file (dequantized on load). A language model loaded
+with its output head (``T5ForConditionalGeneration``, ``LlamaForCausalLM``, ...) also serves
+text-to-text tasks: ``language_model`` generates (`continual.generate`). Features are the mean of the input's tokens for every
 family, decoders included (measured better than the last token; see ``Backbone``). Inputs are
 padded on the right, so with the prompt before them a causal model's real tokens never see
 padding.
@@ -85,7 +87,10 @@ class Backbone(nn.Module):
 
     Args:
         model: a model taking ``inputs_embeds`` (``BertModel``, ``RobertaModel``,
-            ``DistilBertModel``, ``T5EncoderModel``, ``LlamaModel``, ``GPT2Model``, ...).
+            ``DistilBertModel``, ``T5EncoderModel``, ``LlamaModel``, ``GPT2Model``, ...), or
+            a language model with its output head (``LlamaForCausalLM``, ``GPT2LMHeadModel``,
+            ``T5ForConditionalGeneration``, ...): features then come from its base model (the
+            encoder of an encoder-decoder) and ``language_model`` keeps the whole model.
         tokenizer: its tokenizer (a missing pad token is set to the end-of-text token).
         name: how the model was loaded (a hub name or a path), recorded in saved pools.
         max_length: inputs are truncated to this many tokens (prompt tokens not counted).
@@ -121,6 +126,13 @@ class Backbone(nn.Module):
         gguf_sha256: str | None = None,
     ) -> None:
         super().__init__()
+        # The whole language model where it has an output head; None for an encoder.
+        self.language_model: Any = None
+        if _has_lm_head(model):
+            self.language_model = model.eval()
+            for parameter in model.parameters():
+                parameter.requires_grad_(False)
+            model = model.get_encoder() if model.config.is_encoder_decoder else model.base_model
         self.model: Any = model.eval()  # a transformers model; typed loosely on purpose
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
@@ -181,6 +193,25 @@ class Backbone(nn.Module):
         _prepare_tokenizer(tokenizer, name)
 
     @property
+    def is_seq2seq(self) -> bool:
+        """Whether the language model is an encoder-decoder (T5): the prompt goes before the
+        encoder's input and the decoder writes the answer."""
+        return self.language_model is not None and bool(
+            getattr(self.language_model.config, "is_encoder_decoder", False)
+        )
+
+    def check_generative(self) -> None:
+        """A `ContinualError` saying why this backbone cannot write text, if it cannot."""
+        if self.language_model is not None:
+            return
+        what = "a decoder without its LM head" if self.is_decoder else "an encoder"
+        raise ContinualError(
+            f"backbone {self.name!r} ({self.architecture}) is {what}: a text-to-text task needs "
+            "a language model with its output head (a decoder LM such as GPT-2, Llama or "
+            "SmolLM2, or T5ForConditionalGeneration)"
+        )
+
+    @property
     def device(self) -> torch.device:
         """Where the frozen weights are; every tensor the library makes for them goes there."""
         return next(self.model.parameters()).device
@@ -213,7 +244,7 @@ class Backbone(nn.Module):
         refused), and the packaged model is read from its folder alone
         (``local_files_only``), without changing the process's environment.
         """
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
         target = resolve_device(device)
@@ -248,7 +279,8 @@ class Backbone(nn.Module):
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            model = AutoModel.from_pretrained(path, dtype=torch_dtype, **options, **model_options)
+            loader = _model_class(AutoConfig.from_pretrained(path, **options))
+            model = loader.from_pretrained(path, dtype=torch_dtype, **options, **model_options)
             tokenizer = AutoTokenizer.from_pretrained(path, **options)
         except (OSError, ValueError) as error:
             raise ContinualError(f"cannot load backbone {name!r}: {error}") from None
@@ -635,6 +667,49 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
     return chosen
 
 
+def _has_lm_head(model: nn.Module) -> bool:
+    """Whether ``model`` is a whole language model (its output head on a base model)."""
+    config: Any = model.config
+    getter: Any = getattr(model, "get_output_embeddings", None)
+    head = getter() if callable(getter) else None
+    if not isinstance(head, nn.Module):
+        return False
+    if getattr(config, "is_encoder_decoder", False):
+        return callable(getattr(model, "get_encoder", None))
+    return getattr(model, "base_model", model) is not model
+
+
+def _model_class(config: Any) -> Any:
+    """The transformers class to load a checkpoint with: the language model with its output
+    head where the checkpoint is one (or a GGUF file, which names no class), a T5 encoder as
+    saved, else ``AutoModel``."""
+    import transformers
+    from transformers.models.auto.modeling_auto import (
+        MODEL_FOR_CAUSAL_LM_MAPPING_NAMES,
+        MODEL_FOR_MASKED_LM_MAPPING_NAMES,
+        MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES,
+    )
+
+    saved = list(getattr(config, "architectures", None) or [])
+    kind = getattr(config, "model_type", "")
+    for name in saved:
+        # An encoder saved alone (T5EncoderModel) loads as itself: AutoModel would build the
+        # whole encoder-decoder, which takes no inputs_embeds without a decoder input.
+        found = getattr(transformers, name, None) if name.endswith("EncoderModel") else None
+        if isinstance(found, type) and issubclass(found, transformers.PreTrainedModel):
+            return found
+    if getattr(config, "is_encoder_decoder", False):
+        if kind in MODEL_FOR_SEQ_TO_SEQ_CAUSAL_LM_MAPPING_NAMES:
+            return transformers.AutoModelForSeq2SeqLM
+        return transformers.AutoModel
+    causal = MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.get(kind)
+    if causal is None or kind in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        return transformers.AutoModel
+    if saved and causal not in saved:
+        return transformers.AutoModel  # a base model saved without its head: nothing to load
+    return transformers.AutoModelForCausalLM
+
+
 def _is_decoder(model: nn.Module) -> bool:
     """Decoder-only language models: causal ones that are not masked-LM encoders."""
     config: Any = model.config
@@ -691,12 +766,14 @@ def _last_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 def _layer_stack(model: nn.Module, layers: int) -> nn.ModuleList | None:
     """The model's list of transformer layers: ``encoder.layer`` (BERT, RoBERTa),
-    ``transformer.layer`` (DistilBERT), ``encoder.block`` (T5), ``layers`` (Llama, Qwen2),
+    ``transformer.layer`` (DistilBERT), ``encoder.block`` or ``block`` (T5's encoder and its
+    stack alone), ``layers`` (Llama, Qwen2),
     ``h`` (GPT-2), or any other ModuleList of ``layers`` modules."""
     for path in (
         "encoder.layer",
         "transformer.layer",
         "encoder.block",
+        "block",
         "layers",
         "h",
         "decoder.layers",

@@ -1,0 +1,338 @@
+"""Text-to-text tasks on a frozen language model: the teacher-forced loss and batched generation.
+
+A text-to-text entry's soft prompt goes before the input embeddings (before the encoder's input
+for T5) and the language model's own output head writes the answer: no task head.
+
+Training (`teacher_forced_loss`) feeds ``[prompt; input; target]`` and scores the target's
+tokens only. Generation (`generate`) serves a batch whose rows may each carry another task's
+prompt: every row's prompt is gathered once, at the prefill; a decoder's rows are left-padded
+with explicit position ids, so every row's next token sits in the last column; the prefill
+keeps only that column's logits; each step then feeds one token per row through the KV cache.
+Decoding is greedy; a row stops at the end-of-text token, at one of its stop texts, or at its
+own ``max_new_tokens``. The loop over steps holds no loop over rows, except to look for stop
+texts in the rows that have them.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .backbone import Backbone
+from .errors import ContinualError
+
+IGNORE = -100  # label of a position that is not scored
+
+
+@dataclass
+class Generated:
+    """One row's answer: the text and the mean probability of its tokens (geometric mean)."""
+
+    text: str
+    score: float
+
+
+def end_of_text_ids(backbone: Backbone) -> list[int]:
+    """The token ids that end an answer: the tokenizer's end-of-text, else the model's."""
+    token = backbone.tokenizer.eos_token_id
+    if token is not None:
+        return [int(token)]
+    config: Any = backbone.language_model.config if backbone.language_model else None
+    found = getattr(config, "eos_token_id", None)
+    if found is None:
+        return []
+    return [int(found)] if isinstance(found, int) else [int(t) for t in found]
+
+
+def target_token_ids(backbone: Backbone, targets: Sequence[str], limit: int) -> list[list[int]]:
+    """Each target's tokens followed by end-of-text, at most ``limit`` of them: what the model
+    learns to write."""
+    ends = end_of_text_ids(backbone)[:1]
+    encoded = backbone.tokenizer(list(targets), add_special_tokens=False)["input_ids"]
+    return [(list(ids) + ends)[:limit] for ids in encoded]
+
+
+def default_max_new_tokens(backbone: Backbone, targets: Sequence[str]) -> int:
+    """Room for the longest target and its end-of-text token, half as long again (at least 4
+    tokens more): an answer longer than any seen in training is cut there."""
+    encoded = backbone.tokenizer(list(targets), add_special_tokens=False)["input_ids"]
+    longest = max((len(ids) for ids in encoded), default=1) + 1
+    return longest + max(4, math.ceil(longest / 2))
+
+
+def teacher_forced_loss(
+    backbone: Backbone,
+    prompts: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    targets: Sequence[Sequence[int]],
+    row_weights: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Cross-entropy of each row's target tokens given its prompt and input; (B, L, H) prompts.
+
+    The inputs are right-padded (`Backbone.tokenize`); each row's loss is the mean over its
+    target tokens, and the batch's loss the mean over rows (or their sum weighted by
+    ``row_weights``, as data-parallel training weighs its shares).
+    """
+    backbone.check_generative()
+    with backbone.lock:
+        if backbone.is_seq2seq:
+            logits, labels = _seq2seq_logits(backbone, prompts, input_ids, attention_mask, targets)
+        else:
+            logits, labels = _decoder_logits(backbone, prompts, input_ids, attention_mask, targets)
+    tokens = F.cross_entropy(
+        logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
+    )  # (B, T)
+    counted = (labels != IGNORE).sum(1).clamp(min=1)
+    per_row = tokens.sum(1) / counted
+    if row_weights is None:
+        return per_row.mean()
+    return (per_row * row_weights).sum()
+
+
+def _padded(rows: Sequence[Sequence[int]], fill: int, device: torch.device) -> torch.Tensor:
+    width = max(len(row) for row in rows)
+    out = torch.full((len(rows), width), fill, dtype=torch.long)
+    for i, row in enumerate(rows):
+        out[i, : len(row)] = torch.tensor(list(row), dtype=torch.long)
+    return out.to(device)
+
+
+def _decoder_logits(
+    backbone: Backbone,
+    prompts: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    targets: Sequence[Sequence[int]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits (B, T, V) at the positions that predict the targets, and the labels (B, T)."""
+    device = input_ids.device
+    lengths = attention_mask.sum(1).tolist()
+    pad = int(backbone.tokenizer.pad_token_id)
+    sequences = [
+        input_ids[i, :n].tolist() + list(target) for i, (n, target) in enumerate(zip(lengths, targets))
+    ]
+    ids = _padded(sequences, pad, device)  # (B, S): input, target, padding
+    mask = _padded([[1] * len(row) for row in sequences], 0, device)
+    labels = _padded(
+        [[IGNORE] * (n - 1) + list(target) for n, target in zip(lengths, targets)], IGNORE, device
+    )  # position p holds the token that position p predicts: the target starts at n - 1
+    length = prompts.shape[1]
+    embeds = torch.cat([prompts, backbone.embed(ids)], dim=1)  # (B, L + S, H)
+    full_mask = torch.cat([mask.new_ones(len(ids), length), mask], dim=1)
+    # Only positions from the shortest input's last token on predict a target token: the
+    # others' logits (B x V each) are never computed.
+    first = min(lengths) - 1
+    keep = ids.shape[1] - first
+    options: dict[str, Any] = {}
+    if "logits_to_keep" in inspect.signature(backbone.language_model.forward).parameters:
+        options["logits_to_keep"] = keep
+    logits = backbone.language_model(
+        inputs_embeds=embeds.to(backbone.dtype),
+        attention_mask=full_mask,
+        use_cache=False,
+        **options,
+    ).logits[:, -keep:]
+    return logits, labels[:, first:]
+
+
+def _seq2seq_logits(
+    backbone: Backbone,
+    prompts: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    targets: Sequence[Sequence[int]],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Decoder logits (B, T, V) of the targets after the decoder's start token, and labels."""
+    model = backbone.language_model
+    device = input_ids.device
+    start = _decoder_start(backbone)
+    pad = int(backbone.tokenizer.pad_token_id)
+    decoder_ids = _padded([[start] + list(target[:-1]) for target in targets], pad, device)
+    decoder_mask = _padded([[1] * len(target) for target in targets], 0, device)
+    labels = _padded(targets, IGNORE, device)
+    embeds, mask = _prompted_input(backbone, prompts, input_ids, attention_mask)
+    logits = model(
+        inputs_embeds=embeds.to(backbone.dtype),
+        attention_mask=mask,
+        decoder_input_ids=decoder_ids,
+        decoder_attention_mask=decoder_mask,
+        use_cache=False,
+    ).logits
+    return logits, labels
+
+
+def _decoder_start(backbone: Backbone) -> int:
+    start = getattr(backbone.language_model.config, "decoder_start_token_id", None)
+    if start is None:
+        raise ContinualError(
+            f"backbone {backbone.name!r}: the encoder-decoder names no decoder_start_token_id"
+        )
+    return int(start)
+
+
+def _prompted_input(
+    backbone: Backbone, prompts: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``[prompt; input embeddings]`` (B, L + n, H) and its mask, right-padded."""
+    embeds = torch.cat([prompts, backbone.embed(input_ids)], dim=1)
+    ones = attention_mask.new_ones(len(input_ids), prompts.shape[1])
+    return embeds, torch.cat([ones, attention_mask], dim=1)
+
+
+@torch.no_grad()
+def generate(
+    backbone: Backbone,
+    prompts: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    max_new_tokens: Sequence[int],
+    stop: Sequence[Sequence[str]] | None = None,
+) -> list[Generated]:
+    """Greedy answers of a batch whose rows may each carry their own prompt (B, L, H).
+
+    ``input_ids`` and ``attention_mask`` (B, n) as `Backbone.tokenize` gives them (right
+    padding); ``max_new_tokens`` and ``stop`` (texts that end an answer) are per row.
+    """
+    backbone.check_generative()
+    rows = len(input_ids)
+    if rows == 0:
+        return []
+    limits = torch.tensor(list(max_new_tokens), device=input_ids.device)
+    stops = [tuple(texts) for texts in stop] if stop is not None else [()] * rows
+    with backbone.lock:
+        if backbone.is_seq2seq:
+            step = _seq2seq_steps(backbone, prompts, input_ids, attention_mask)
+        else:
+            step = _decoder_steps(backbone, prompts, input_ids, attention_mask)
+        tokens, scores = _greedy(backbone, step, limits, stops)
+    texts = backbone.tokenizer.batch_decode(tokens, skip_special_tokens=True)
+    return [
+        Generated(_cut(text, texts_to_stop), score)
+        for text, texts_to_stop, score in zip(texts, stops, scores)
+    ]
+
+
+def _cut(text: str, stop: Sequence[str]) -> str:
+    """The answer before its first stop text, without surrounding spaces."""
+    for marker in stop:
+        at = text.find(marker)
+        if at >= 0:
+            text = text[:at]
+    return text.strip()
+
+
+def _greedy(
+    backbone: Backbone, step: Any, limits: torch.Tensor, stops: list[tuple[str, ...]]
+) -> tuple[list[list[int]], list[float]]:
+    """Run ``step`` (last tokens (B,) or None for the prefill → next-token logits (B, V)) until
+    every row is done; each row's tokens (end-of-text excluded) and mean token probability."""
+    rows = len(limits)
+    device = limits.device
+    ends = torch.tensor(end_of_text_ids(backbone), dtype=torch.long, device=device)
+    done = torch.zeros(rows, dtype=torch.bool, device=device)
+    written = torch.zeros(rows, dtype=torch.long, device=device)  # tokens kept per row
+    log_prob = torch.zeros(rows, dtype=torch.float64, device=device)
+    scored = torch.zeros(rows, dtype=torch.long, device=device)  # tokens in log_prob
+    chosen: list[torch.Tensor] = []
+    watch = [i for i, texts in enumerate(stops) if texts]
+    logits = step(None)
+    for position in range(int(limits.max())):
+        log_probs = logits.float().log_softmax(-1)
+        token = log_probs.argmax(-1)  # (B,)
+        live = ~done
+        log_prob += torch.where(live, log_probs.gather(1, token[:, None])[:, 0], 0.0).double()
+        scored += live.long()
+        ended = torch.isin(token, ends)
+        written += (live & ~ended).long()
+        chosen.append(token)
+        done |= ended | (position + 1 >= limits)
+        for i in watch:  # rows with stop texts only: decode what they wrote so far
+            if not done[i]:
+                text = backbone.tokenizer.decode(
+                    [int(t[i]) for t in chosen], skip_special_tokens=True
+                )
+                done[i] = any(marker in text for marker in stops[i])
+        if bool(done.all()):
+            break
+        logits = step(token)
+    table = torch.stack(chosen, dim=1).tolist()  # (B, steps)
+    counts = written.tolist()
+    scores = (log_prob / scored.clamp(min=1).double()).exp().tolist()
+    return [row[:count] for row, count in zip(table, counts)], scores
+
+
+def _decoder_steps(
+    backbone: Backbone, prompts: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> Any:
+    """The step function of a decoder LM over ``[padding; prompt; input]`` rows."""
+    model = backbone.language_model
+    embeds, mask = _prompted_input(backbone, prompts, input_ids, attention_mask)
+    # Right padding → left padding: shift each row right by its padding, so that every row's
+    # last token is in the last column and every new token goes in the same column for all.
+    width = embeds.shape[1]
+    shift = width - mask.sum(1, keepdim=True)  # (B, 1)
+    source = torch.arange(width, device=mask.device)[None] - shift  # (B, W)
+    attended = source >= 0
+    index = source.clamp(min=0)
+    embeds = embeds.gather(1, index[..., None].expand(-1, -1, embeds.shape[2]))
+    mask = attended.long()
+    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    state: dict[str, Any] = {"mask": mask, "position": positions[:, -1:], "cache": None}
+    keep: dict[str, Any] = {}
+    if "logits_to_keep" in inspect.signature(model.forward).parameters:
+        keep["logits_to_keep"] = 1  # the prefill needs the last column's logits only
+
+    def step(token: torch.Tensor | None) -> torch.Tensor:
+        if token is None:
+            out = model(
+                inputs_embeds=embeds.to(backbone.dtype),
+                attention_mask=mask,
+                position_ids=positions,
+                use_cache=True,
+                **keep,
+            )
+        else:
+            state["mask"] = torch.cat([state["mask"], state["mask"].new_ones(len(token), 1)], 1)
+            state["position"] = state["position"] + 1
+            out = model(
+                inputs_embeds=backbone.embed(token[:, None]).to(backbone.dtype),
+                attention_mask=state["mask"],
+                position_ids=state["position"],
+                cache=state["cache"],
+                use_cache=True,
+            )
+        state["cache"] = out.cache
+        return out.logits[:, -1]
+
+    return step
+
+
+def _seq2seq_steps(
+    backbone: Backbone, prompts: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
+) -> Any:
+    """The step function of an encoder-decoder: the encoder runs once, on ``[prompt; input]``."""
+    model = backbone.language_model
+    embeds, mask = _prompted_input(backbone, prompts, input_ids, attention_mask)
+    encoded = model.get_encoder()(inputs_embeds=embeds.to(backbone.dtype), attention_mask=mask)
+    start = torch.full((len(input_ids), 1), _decoder_start(backbone), device=input_ids.device)
+    state: dict[str, Any] = {"cache": None}
+
+    def step(token: torch.Tensor | None) -> torch.Tensor:
+        out = model(
+            encoder_outputs=encoded,
+            attention_mask=mask,
+            decoder_input_ids=start if token is None else token[:, None],
+            cache=state["cache"],
+            use_cache=True,
+        )
+        state["cache"] = out.cache
+        return out.logits[:, -1]
+
+    return step
