@@ -67,7 +67,11 @@ class Generation:
         object.__setattr__(self, "stop", tuple(self.stop))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "max_new_tokens": self.max_new_tokens, "stop": list(self.stop)}
+        return {
+            "metric": self.metric,
+            "max_new_tokens": self.max_new_tokens,
+            "stop": list(self.stop),
+        }
 
     @classmethod
     def from_dict(cls, data: object) -> Generation:
@@ -142,9 +146,7 @@ class Task:
                 if not isinstance(text, str) or not text.strip():
                     raise TaskDataError(f"task {self.name!r}, {split} example {row}: empty text")
                 if not isinstance(target, str) or not target.strip():
-                    raise TaskDataError(
-                        f"task {self.name!r}, {split} example {row}: empty target"
-                    )
+                    raise TaskDataError(f"task {self.name!r}, {split} example {row}: empty target")
 
     @classmethod
     def from_pairs(
@@ -170,9 +172,7 @@ class Task:
         train, validation, test = split_examples(
             examples, test_fraction, validation_fraction, seed, stratify=generation is None
         )
-        return cls(
-            name=name, train=train, validation=validation, test=test, generation=generation
-        )
+        return cls(name=name, train=train, validation=validation, test=test, generation=generation)
 
     @classmethod
     def from_files(

@@ -78,12 +78,6 @@ def entry_from_export(
             f"{path}: task {name!r} is already in the pool; import it under "
             "another name (--as NAME)"
         )
-    return TaskEntry(
-        name=name,
-        labels=list(info["labels"]),
-        prompt=tensors["prompt"],
-        head_weight=tensors["head.weight"],
-        head_bias=tensors["head.bias"],
-        selector_state=state,
-        stats=dict(info["stats"]),
+    return TaskEntry.from_tensors(
+        name, list(info["labels"]), tensors, dict(info["stats"]), info["generation"]
     )

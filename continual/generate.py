@@ -25,7 +25,10 @@ import torch
 import torch.nn.functional as F
 
 from .backbone import Backbone
+from .data import Generation
 from .errors import ContinualError
+from .metrics import task_metric_scores
+from .trainer import weighted_loss
 
 IGNORE = -100  # label of a position that is not scored
 
@@ -80,6 +83,18 @@ def teacher_forced_loss(
     target tokens, and the batch's loss the mean over rows (or their sum weighted by
     ``row_weights``, as data-parallel training weighs its shares).
     """
+    per_row = target_losses(backbone, prompts, input_ids, attention_mask, targets)
+    return weighted_loss(per_row, row_weights)
+
+
+def target_losses(
+    backbone: Backbone,
+    prompts: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    targets: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """Each row's mean cross-entropy over its target tokens (B,): `teacher_forced_loss` per row."""
     backbone.check_generative()
     with backbone.lock:
         if backbone.is_seq2seq:
@@ -89,11 +104,7 @@ def teacher_forced_loss(
     tokens = F.cross_entropy(
         logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
     )  # (B, T)
-    counted = (labels != IGNORE).sum(1).clamp(min=1)
-    per_row = tokens.sum(1) / counted
-    if row_weights is None:
-        return per_row.mean()
-    return (per_row * row_weights).sum()
+    return tokens.sum(1) / (labels != IGNORE).sum(1).clamp(min=1)
 
 
 def _padded(rows: Sequence[Sequence[int]], fill: int, device: torch.device) -> torch.Tensor:
@@ -116,13 +127,18 @@ def _decoder_logits(
     lengths = attention_mask.sum(1).tolist()
     pad = int(backbone.tokenizer.pad_token_id)
     sequences = [
-        input_ids[i, :n].tolist() + list(target) for i, (n, target) in enumerate(zip(lengths, targets))
+        input_ids[i, :n].tolist() + list(target)
+        for i, (n, target) in enumerate(zip(lengths, targets))
     ]
     ids = _padded(sequences, pad, device)  # (B, S): input, target, padding
     mask = _padded([[1] * len(row) for row in sequences], 0, device)
+    # Position p holds the token position p predicts: each target starts at its input's last
+    # position, n - 1; the sequence's last position predicts nothing.
     labels = _padded(
-        [[IGNORE] * (n - 1) + list(target) for n, target in zip(lengths, targets)], IGNORE, device
-    )  # position p holds the token that position p predicts: the target starts at n - 1
+        [[IGNORE] * (n - 1) + list(target) + [IGNORE] for n, target in zip(lengths, targets)],
+        IGNORE,
+        device,
+    )  # (B, S)
     length = prompts.shape[1]
     embeds = torch.cat([prompts, backbone.embed(ids)], dim=1)  # (B, L + S, H)
     full_mask = torch.cat([mask.new_ones(len(ids), length), mask], dim=1)
@@ -169,7 +185,14 @@ def _seq2seq_logits(
 
 
 def _decoder_start(backbone: Backbone) -> int:
-    start = getattr(backbone.language_model.config, "decoder_start_token_id", None)
+    """The token an encoder-decoder's decoder starts from: the configured one, else the pad
+    token (T5's convention)."""
+    model = backbone.language_model
+    start = getattr(model.config, "decoder_start_token_id", None)
+    if start is None:
+        start = getattr(getattr(model, "generation_config", None), "decoder_start_token_id", None)
+    if start is None:
+        start = getattr(model.config, "pad_token_id", None)
     if start is None:
         raise ContinualError(
             f"backbone {backbone.name!r}: the encoder-decoder names no decoder_start_token_id"
@@ -205,7 +228,7 @@ def generate(
     if rows == 0:
         return []
     limits = torch.tensor(list(max_new_tokens), device=input_ids.device)
-    stops = [tuple(texts) for texts in stop] if stop is not None else [()] * rows
+    stops: list[tuple[str, ...]] = [tuple(texts) for texts in (stop or [()] * rows)]
     with backbone.lock:
         if backbone.is_seq2seq:
             step = _seq2seq_steps(backbone, prompts, input_ids, attention_mask)
@@ -336,3 +359,106 @@ def _seq2seq_steps(
         return out.logits[:, -1]
 
     return step
+
+
+class PromptedLanguageModel(torch.nn.Module):
+    """A text-to-text task's trainable part as a module: each row's teacher-forced loss (B,)
+    under ``prompt``. The frozen backbone is held but not registered (as in
+    `continual.learner.PromptedClassifier`), so data-parallel training syncs the prompt alone."""
+
+    backbone: Backbone
+
+    def __init__(self, backbone: Backbone, prompt: torch.nn.Module) -> None:
+        super().__init__()
+        object.__setattr__(self, "backbone", backbone)  # bypasses submodule registration
+        self.prompt = prompt
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        targets: Sequence[Sequence[int]],
+    ) -> torch.Tensor:
+        prompts = self.prompt(len(input_ids))
+        return target_losses(self.backbone, prompts, input_ids, attention_mask, targets)
+
+
+@dataclass
+class TextBatch:
+    """A tokenized training batch: ids and mask (B, n) and each row's target token ids."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: list[list[int]]
+
+
+# Weight of the teacher-forced loss in a validation score: small enough to decide only between
+# epochs whose metric ties (exact match is often 0 for every epoch at first).
+LOSS_TIE_BREAK = 1e-6
+
+
+class TextToTextSteps:
+    """A text-to-text task's `continual.trainer.TaskSteps`: teacher-forced loss on the target
+    tokens, and validation by the task's metric on greedy answers.
+
+    The validation score of an example is its metric as a share (0 to 1) plus
+    `LOSS_TIE_BREAK` × exp(-its batch's teacher-forced loss): epochs are compared by the
+    metric, and where that ties, the lower loss wins.
+
+    Args:
+        backbone: the frozen language model.
+        module: the task's prompt (`PromptedLanguageModel`).
+        generation: the task's settings (``max_new_tokens`` set).
+        batch_size: rows per validation batch.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        module: PromptedLanguageModel,
+        generation: Generation,
+        batch_size: int,
+    ) -> None:
+        self.backbone = backbone
+        self.module = module
+        self.generation = generation
+        self.limit = generation.max_new_tokens or 1
+        self.batch_size = batch_size
+
+    def batch(self, examples: Sequence[tuple[str, str]]) -> TextBatch:
+        tokens = self.backbone.tokenize([text for text, _ in examples])
+        targets = target_token_ids(self.backbone, [target for _, target in examples], self.limit)
+        return TextBatch(tokens["input_ids"], tokens["attention_mask"], targets)
+
+    def forward(self, model: torch.nn.Module, batch: TextBatch) -> torch.Tensor:
+        return model(batch.input_ids, batch.attention_mask, batch.targets)
+
+    def loss(
+        self, output: torch.Tensor, batch: TextBatch, row_weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        return weighted_loss(output, row_weights)
+
+    @torch.no_grad()
+    def score(self, examples: Sequence[tuple[str, str]]) -> tuple[float, int]:
+        total = 0.0
+        prompt = self.module.prompt
+        for first in range(0, len(examples), self.batch_size):
+            chunk = examples[first : first + self.batch_size]
+            batch = self.batch(chunk)
+            prompts = prompt(len(chunk))
+            answers = generate(
+                self.backbone,
+                prompts,
+                batch.input_ids,
+                batch.attention_mask,
+                [self.limit] * len(chunk),
+                [self.generation.stop] * len(chunk),
+            )
+            points = task_metric_scores(
+                self.generation.metric, [a.text for a in answers], [t for _, t in chunk]
+            )
+            losses = target_losses(
+                self.backbone, prompts, batch.input_ids, batch.attention_mask, batch.targets
+            )
+            total += sum(points) / 100 + LOSS_TIE_BREAK * float(torch.exp(-losses).sum())
+        return total, len(examples)

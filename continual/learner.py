@@ -1,4 +1,5 @@
-"""Learning one classification task: a new soft prompt and head over the frozen backbone.
+"""Learning one task: a new soft prompt and head over the frozen backbone, or a prompt alone
+before the language model for a text-to-text task (`train_text_task`).
 
 Only the new prompt and head receive gradients; the backbone and every earlier task are out of
 reach of the optimizer. `train_task` runs the shared loop (`continual.trainer.Trainer`: seeded,
@@ -10,6 +11,7 @@ Avalanche strategy shares, so that an entry made there is made as here.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -22,9 +24,10 @@ from torch import nn
 
 from . import distributed
 from .backbone import Backbone
-from .data import Example, Task
+from .data import Example, Generation, Task
 from .entry import TaskEntry
 from .errors import ContinualError, TaskDataError
+from .generate import PromptedLanguageModel, TextToTextSteps, default_max_new_tokens
 from .prompt import Placement, PromptInit, SoftPrompt, prompted_features
 from .trainer import (
     Hook,
@@ -119,7 +122,20 @@ def train_task(
     ``placement``: the prompt at the ``input`` or a deep prompt from the ``query_layer`` on
     (see `continual.prompt`). Returns a `TaskEntry` with detached tensors and an empty selector
     state (the pool fits that when it adds the entry).
+
+    A text-to-text task (``task.generation`` set) trains a prompt alone (`train_text_task`).
     """
+    if task.generation is not None:
+        return train_text_task(
+            backbone,
+            task,
+            prompt_length,
+            config,
+            seed=seed,
+            progress=progress,
+            placement=placement,
+            on_epoch=on_epoch,
+        )
     generator = torch.Generator().manual_seed(check_seed(seed))
     distributed.init(backbone.device)
     classifier = new_classifier(
@@ -164,6 +180,102 @@ def train_task(
         seed=seed,
     )
     return classifier_entry(task.name, task.labels, classifier, stats)
+
+
+def train_text_task(
+    backbone: Backbone,
+    task: Task,
+    prompt_length: int,
+    config: TrainingConfig,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    placement: Placement = "input",
+    on_epoch: Callable[[int, SoftPrompt, nn.Linear | None], None] | None = None,
+) -> TaskEntry:
+    """Train a soft prompt before the language model for a text-to-text ``task``.
+
+    The same loop as `train_task` (seeded, early-stopped, data-parallel) with
+    `continual.generate.TextToTextSteps`: teacher forcing, the loss on the target's tokens, and
+    validation by the task's metric on greedy answers. The entry has no head; its
+    ``generation`` settings are the task's, ``max_new_tokens`` filled in from the training
+    targets where the task left it open. ``on_epoch`` gets None for the head.
+    """
+    generation = _generation_for(backbone, task, prompt_length, placement)
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    distributed.init(backbone.device)
+    prompt = SoftPrompt.initialise(
+        backbone, prompt_length, config.prompt_init, text=config.prompt_text, generator=generator
+    ).to(backbone.device)
+    module = PromptedLanguageModel(backbone, prompt)
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.prompt_lr)
+    start = time.perf_counter()
+    hooks: list[Hook] = [
+        ProgressHook(f"learn {task.name}", enabled=progress and distributed.is_main())
+    ]
+    if on_epoch is not None:
+        hooks.append(_EpochCallback(on_epoch))
+    trainer = Trainer(
+        TextToTextSteps(backbone, module, generation, config.batch_size),
+        optimizer,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        patience=config.patience,
+        generator=generator,
+        device=backbone.device,
+        hooks=hooks,
+    )
+    result = trainer.fit(task.train, task.validation)
+    stats = entry_stats(
+        result,
+        module,
+        train_examples=len(task.train),
+        seconds=time.perf_counter() - start,
+        head="none",
+        seed=seed,
+    )
+    # The validation figure is the task's metric (mean points), not an accuracy.
+    stats["validation_score"] = stats.pop("validation_accuracy")
+    stats["metric"] = generation.metric
+    vectors = prompt.vectors.detach().cpu().clone()
+    return TaskEntry(
+        name=task.name,
+        labels=[],
+        prompt=vectors,
+        head_weight=vectors.new_zeros(0, backbone.hidden_size),
+        head_bias=vectors.new_zeros(0),
+        stats=stats,
+        generation=generation,
+    )
+
+
+def _generation_for(
+    backbone: Backbone, task: Task, prompt_length: int, placement: Placement
+) -> Generation:
+    """A text-to-text task's generation settings, ``max_new_tokens`` filled in; refused on a
+    backbone that cannot write text, with a prompt not at the input, or where the prompt,
+    input and answer do not fit the model's positions."""
+    backbone.check_generative()
+    assert task.generation is not None
+    if placement != "input":
+        raise ContinualError(
+            f"task {task.name!r} is text-to-text: its prompt goes before the input "
+            "(placement 'input'), not at the query layer"
+        )
+    generation = task.generation
+    if generation.max_new_tokens is None:
+        longest = default_max_new_tokens(backbone, [target for _, target in task.train])
+        generation = dataclasses.replace(generation, max_new_tokens=longest)
+    assert generation.max_new_tokens is not None
+    limit = backbone.position_limit
+    longest = prompt_length + backbone.max_length + generation.max_new_tokens
+    if limit is not None and not backbone.is_seq2seq and longest > limit:
+        raise ContinualError(
+            f"task {task.name!r}: prompt_length {prompt_length} + max_length "
+            f"{backbone.max_length} + max_new_tokens {generation.max_new_tokens} exceeds "
+            f"the model's {limit} positions"
+        )
+    return generation
 
 
 def new_classifier(
@@ -368,13 +480,13 @@ def train_step(
 class _EpochCallback(Hook):
     """`train_task`'s ``on_epoch(epoch, prompt, head)`` as a hook."""
 
-    def __init__(self, callback: Callable[[int, SoftPrompt, nn.Linear], None]) -> None:
+    def __init__(self, callback: Callable[[int, SoftPrompt, Any], None]) -> None:
         self.callback = callback
 
     def after_epoch(self, trainer: Trainer, epoch: int, score: float | None) -> None:
         module = trainer.steps.module
-        assert isinstance(module, PromptedClassifier)
-        self.callback(epoch, module.prompt, module.head)
+        assert isinstance(module, (PromptedClassifier, PromptedLanguageModel))
+        self.callback(epoch, module.prompt, getattr(module, "head", None))
 
 
 class PromptedClassifier(nn.Module):

@@ -23,12 +23,15 @@ from .storage import (
     FORMAT_VERSION,
     MANIFEST,
     PoolLock,
+    check_labels,
     check_pool_folder,
     read_entries,
     read_export_file,
+    read_generation,
     read_manifest,
     read_task_file,
     remove_unreferenced,
+    task_record,
     write_export_file,
     write_manifest,
     write_task_file,
@@ -66,17 +69,17 @@ def export_task(pool_dir: str | os.PathLike, name: str, out: str | os.PathLike) 
     manifest = read_manifest(pool_dir)
     record = _record(manifest, pool_dir, name)
     tensors = read_task_file(pool_dir, record["file"], record["sha256"])
-    labels = record.get("labels")
-    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
-        raise PoolFormatError(f"{pool_dir / MANIFEST}: task {name!r} has bad labels")
+    where = f"{pool_dir / MANIFEST}: task {name!r}"
+    generation = read_generation(record.get("generation"), where)
     return write_export_file(
         out,
         tensors,
         name=name,
-        labels=labels,
+        labels=check_labels(record.get("labels"), generation, where),
         stats=dict(record.get("stats") or {}),
         selector=manifest["selector"],
         backbone=manifest["backbone"],
+        generation=generation,
     )
 
 
@@ -133,16 +136,7 @@ def import_task(
             selector=selector,
             tasks=[record.get("name") for record in manifest["tasks"]],
         )
-        relative, digest = write_task_file(pool_dir, entry.tensors())
-        manifest["tasks"].append(
-            {
-                "name": entry.name,
-                "labels": entry.labels,
-                "file": relative,
-                "sha256": digest,
-                "stats": entry.stats,
-            }
-        )
+        manifest["tasks"].append(task_record(entry, *write_task_file(pool_dir, entry.tensors())))
         write_manifest(pool_dir, manifest)
         remove_unreferenced(pool_dir, {r["file"] for r in manifest["tasks"]})
     return entry

@@ -1,11 +1,13 @@
 """The prompt pool: one frozen backbone, a growing list of per-task entries, and a selector.
 
-Each learned task adds an entry (soft prompt, linear head, selector state, label names). Entries
-are never modified after they are added, so a later task cannot make the pool forget an earlier
-one; the only way to get an old task wrong is to route its input to another task's prompt.
+Each learned task adds an entry (soft prompt, selector state, and a linear head with label names
+or, for a text-to-text task, generation settings). Entries are never modified after they are
+added, so a later task cannot make the pool forget an earlier one; the only way to get an old
+task wrong is to route its input to another task's prompt.
 
 Prediction is batched across tasks: every row gathers its routed task's prompt and head, and one
-forward pass of the backbone serves the whole mixed batch.
+forward pass of the backbone serves the whole mixed batch; rows routed to text-to-text tasks
+are answered by one batched generation (`continual.generate`), each row under its own prompt.
 """
 
 from __future__ import annotations
@@ -30,8 +32,9 @@ from .data import Example, Task
 from .entry import State, TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
 from .format import FEATURES, IDENTITY, RECORDED, RECORDED_FEATURES, entry_from_export
+from .generate import Generated, generate
 from .learner import TrainingConfig, train_task
-from .metrics import Score
+from .metrics import Score, task_metric_scores
 from .prompt import PLACEMENTS, Placement, prompt_shape, prompted_features
 from .selector import UNKNOWN_TASK, Selector, build_selector, default_selector
 from .storage import (
@@ -67,19 +70,22 @@ class _Routing:
 
 @dataclass
 class Prediction:
-    """One input's answer: the routed task, its label, and how sure each step was."""
+    """One input's answer: the routed task, its label or generated text, and how sure each
+    step was."""
 
     text: str
     task: str | None  # None when the selector refused the input
-    label: str | None
-    score: float  # probability of ``label`` under the task's head
+    label: str | None  # a label task's answer
+    score: float  # probability of ``label``, or the mean probability of ``output``'s tokens
     routing_score: float  # the selector's match score for ``task``
+    output: str | None = None  # a text-to-text task's answer
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "text": self.text,
             "task": self.task,
             "label": self.label,
+            "output": self.output,
             "score": round(self.score, 6),
         }
 
@@ -258,6 +264,13 @@ class PromptPool:
         problem = self.selector.check_state(entry.selector_state, hidden)
         if problem:
             raise PoolFormatError(f"task {entry.name!r}: {problem}")
+        if entry.generation is not None:
+            self.backbone.check_generative()
+            if self.placement != "input":
+                raise PoolFormatError(
+                    f"task {entry.name!r} is text-to-text: it needs a pool whose prompts go "
+                    f"before the input (placement 'input'), not {self.placement!r}"
+                )
         if len(set(entry.labels)) != len(entry.labels):
             raise PoolFormatError(f"task {entry.name!r}: duplicate labels {entry.labels}")
         problem = _calibration_problem(entry.stats.get("calibration"))
@@ -370,6 +383,7 @@ class PromptPool:
         route_scores = torch.ones(len(texts))
         routing = _Routing(routed, route_scores, thresholds, levels)
         labels: list[str | None] = [None] * len(texts)
+        outputs: list[str | None] = [None] * len(texts)
         scores = [0.0] * len(texts)
         one_pass = self.placement == "query_layer"
         open_rows = [i for i in range(len(texts)) if forced[i] == UNKNOWN_TASK]
@@ -379,6 +393,12 @@ class PromptPool:
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         if not one_pass:  # refused rows need no prompted pass
             order = [i for i in order if routed[i] != UNKNOWN_TASK]
+            writes = [i for i in order if self.entries[int(routed[i])].generation is not None]
+            for start in range(0, len(writes), batch_size):
+                rows = writes[start : start + batch_size]
+                for row, answer in zip(rows, self._generate(rows, texts, routed)):
+                    outputs[row], scores[row] = answer.text, answer.score
+            order = [i for i in order if self.entries[int(routed[i])].generation is None]
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = self.backbone.tokenize([texts[i] for i in rows])
@@ -403,9 +423,27 @@ class PromptPool:
                 label=labels[i],
                 score=scores[i],
                 routing_score=float(route_scores[i]),
+                output=outputs[i],
             )
             for i, text in enumerate(texts)
         ]
+
+    def _generate(
+        self, rows: list[int], texts: Sequence[str], routed: torch.Tensor
+    ) -> list[Generated]:
+        """Answers of ``rows``, each routed to a text-to-text task, in one batched generation."""
+        entries = [self.entries[int(routed[row])] for row in rows]
+        settings = [entry.generation for entry in entries]
+        batch = self.backbone.tokenize([texts[row] for row in rows])
+        prompts = self._stack()[0][routed[rows].to(self.backbone.device)]
+        return generate(
+            self.backbone,
+            prompts,
+            batch["input_ids"],
+            batch["attention_mask"],
+            [s.max_new_tokens or 1 for s in settings if s is not None],
+            [s.stop for s in settings if s is not None],
+        )
 
     def _settle(self, rows: Sequence[int], queries: torch.Tensor, routing: _Routing) -> None:
         """Route ``rows`` on their query features (len(rows), F) and write the answers into
@@ -513,7 +551,7 @@ class PromptPool:
     def _stack(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prompts (T, L, H), head weights (T, C, H) and biases (T, C), padded to C classes."""
         if self._stacked is None:
-            classes = max(len(entry.labels) for entry in self.entries)
+            classes = max(1, *(len(entry.labels) for entry in self.entries))
             hidden = self.backbone.hidden_size
             count = len(self.entries)
             device = self.backbone.device
@@ -532,7 +570,9 @@ class PromptPool:
         """Accuracy (%) on ``examples`` (default: the task's test split) and routing accuracy.
 
         An input counts as correct only if it was routed to ``task`` and labelled right.
-        With ``oracle``, inputs go to ``task``'s prompt directly and routing is not scored.
+        For a text-to-text task, ``accuracy`` is the mean of its metric (points) over the
+        examples, an input routed elsewhere scoring 0. With ``oracle``, inputs go to
+        ``task``'s prompt directly and routing is not scored.
         """
         name = task if isinstance(task, str) else task.name
         if examples is None:
@@ -543,9 +583,10 @@ class PromptPool:
             raise TaskDataError(f"task {name!r}: no examples to evaluate on")
         if name not in self.tasks:
             raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
-        labels = set(self.entries[self.tasks.index(name)].labels)
+        entry = self.entries[self.tasks.index(name)]
+        labels = set(entry.labels)
         for row, (_, gold) in enumerate(examples, start=1):
-            if gold not in labels:
+            if entry.generation is None and gold not in labels:
                 raise TaskDataError(
                     f"task {name!r}, example {row}: label {gold!r} is not one of "
                     f"the task's labels {sorted(labels)}"
@@ -553,15 +594,28 @@ class PromptPool:
         texts = [text for text, _ in examples]
         predictions = self.predict(texts, tasks=name if oracle else None)
         routed = sum(p.task == name for p in predictions)
-        correct = sum(
-            p.task == name and p.label == gold for p, (_, gold) in zip(predictions, examples)
-        )
+        if entry.generation is None:
+            points = [
+                100.0 * (p.task == name and p.label == gold)
+                for p, (_, gold) in zip(predictions, examples)
+            ]
+        else:
+            mine = [i for i, p in enumerate(predictions) if p.task == name]
+            points = [0.0] * len(examples)
+            found = task_metric_scores(
+                entry.generation.metric,
+                [predictions[i].output or "" for i in mine],
+                [examples[i][1] for i in mine],
+            )
+            for i, value in zip(mine, found):
+                points[i] = value
         return Score(
             task=name,
             examples=len(examples),
-            accuracy=100.0 * correct / len(examples),
+            accuracy=sum(points) / len(examples),
             routing_accuracy=None if oracle else 100.0 * routed / len(examples),
             routed_to={} if oracle else dict(Counter(p.task for p in predictions)),
+            metric="accuracy" if entry.generation is None else entry.generation.metric,
         )
 
     # -- size -------------------------------------------------------------------------------------
@@ -705,6 +759,7 @@ class PromptPool:
             stats=entry.stats,
             selector=self.selector.config(),
             backbone=self.backbone.fingerprint(),
+            generation=entry.generation,
         )
 
     def import_task(self, path: str | os.PathLike, *, name: str | None = None) -> TaskEntry:

@@ -31,8 +31,9 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from . import files
+from .data import Generation
 from .entry import TaskEntry
-from .errors import PoolFormatError, PoolLockedError
+from .errors import ContinualError, PoolFormatError, PoolLockedError
 
 FORMAT = "continual-pool"
 FORMAT_VERSION = 1
@@ -356,14 +357,50 @@ def stored_dtypes(name: str) -> tuple[torch.dtype, ...]:
 
 
 def task_record(entry: TaskEntry, file: str, sha256: str) -> dict:
-    """The manifest's record of one task saved as ``file``."""
-    return {
+    """The manifest's record of one task saved as ``file`` (a text-to-text task's with its
+    ``generation`` settings; a record without them is a label task, as in older pools)."""
+    record = {
         "name": entry.name,
         "labels": entry.labels,
         "file": file,
         "sha256": sha256,
         "stats": entry.stats,
     }
+    if entry.generation is not None:
+        record["generation"] = entry.generation.to_dict()
+    return record
+
+
+def read_generation(raw: object, where: str) -> Generation | None:
+    """A record's ``generation`` settings (None: a label task); errors name ``where``."""
+    if raw is None:
+        return None
+    try:
+        generation = Generation.from_dict(raw)
+    except ContinualError as error:
+        raise PoolFormatError(f"{where}: field 'generation': {error}") from None
+    if generation.max_new_tokens is None:
+        raise PoolFormatError(f"{where}: field 'generation': max_new_tokens is missing")
+    return generation
+
+
+def check_labels(labels: object, generation: Generation | None, where: str) -> list[str]:
+    """A record's label names: at least 2 distinct strings for a label task, none for a
+    text-to-text task."""
+    if not isinstance(labels, list) or not all(isinstance(label, str) for label in labels):
+        raise PoolFormatError(f"{where}: field 'labels' must be a list of strings")
+    if generation is not None and labels:
+        raise PoolFormatError(f"{where}: a text-to-text task has no labels, got {labels}")
+    if generation is None and len(labels) < 2:
+        raise PoolFormatError(f"{where}: field 'labels' must list at least 2 strings")
+    if len(set(labels)) != len(labels):
+        raise PoolFormatError(f"{where}: field 'labels' has duplicates {labels}")
+    return list(labels)
+
+
+def required_tensors(generation: Generation | None) -> set[str]:
+    """The tensors a task file must hold: the prompt, and a label task's head."""
+    return {"prompt"} if generation is not None else {"prompt", "head.weight", "head.bias"}
 
 
 def write_entries(pool_dir: Path, entries: list[TaskEntry]) -> list[dict]:
@@ -390,17 +427,16 @@ def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry
             raise PoolFormatError(f"{where}: field {key!r} is missing or not a {kind.__name__}")
     if not record["name"].strip():
         raise PoolFormatError(f"{where}: field 'name' is empty")
-    labels = record["labels"]
-    if len(labels) < 2 or not all(isinstance(label, str) for label in labels):
-        raise PoolFormatError(f"{where}: field 'labels' must list at least 2 strings")
+    generation = read_generation(record.get("generation"), where)
+    labels = check_labels(record["labels"], generation, where)
     stats = record.get("stats") or {}
     if not isinstance(stats, dict):
         raise PoolFormatError(f"{where}: field 'stats' must be an object")
     tensors = read_task_file(pool_dir, record["file"], record["sha256"])
-    missing = {"prompt", "head.weight", "head.bias"} - set(tensors)
+    missing = required_tensors(generation) - set(tensors)
     if missing:
         raise PoolFormatError(f"{pool_dir / record['file']}: missing tensors {sorted(missing)}")
-    return TaskEntry.from_tensors(record["name"], labels, tensors, stats)
+    return TaskEntry.from_tensors(record["name"], labels, tensors, stats, generation)
 
 
 class PoolLock:
@@ -497,12 +533,14 @@ def write_export_file(
     stats: dict,
     selector: dict,
     backbone: dict,
+    generation: Generation | None = None,
 ) -> Path:
     """Write one task as a single safetensors file whose string metadata describes it.
 
-    The tensors are the task's prompt, head and ``selector.*`` state; the metadata holds its
-    name, labels, stats, the selector's config and the backbone fingerprint, so the file can be
-    checked against any pool before it joins it. Written atomically.
+    The tensors are the task's prompt, head (label tasks) and ``selector.*`` state; the
+    metadata holds its name, labels, stats, the selector's config, the backbone fingerprint
+    and a text-to-text task's ``generation`` settings, so the file can be checked against any
+    pool before it joins it. Written atomically.
     """
     path = Path(path)
     metadata = {
@@ -515,6 +553,8 @@ def write_export_file(
         "selector_config": json.dumps(selector),
         "backbone": json.dumps(backbone),
     }
+    if generation is not None:
+        metadata["generation"] = json.dumps(generation.to_dict())
     data = save_safetensors(
         {key: value.contiguous() for key, value in tensors.items()}, metadata=metadata
     )
@@ -526,7 +566,8 @@ def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
     """Tensors and checked metadata of a file written by `write_export_file`.
 
     Returns ``(tensors, info)`` where ``info`` has ``name`` (str), ``labels`` (list of str),
-    ``stats`` (dict), ``selector`` (str), ``selector_config`` (dict) and ``backbone`` (dict).
+    ``stats`` (dict), ``selector`` (str), ``selector_config`` (dict), ``backbone`` (dict) and
+    ``generation`` (`Generation`, None for a label task).
     Every field and tensor is validated; errors name the file. Nothing is unpickled.
     """
     path = Path(path)
@@ -565,11 +606,13 @@ def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         if not isinstance(value, kind):
             raise PoolFormatError(f"{path}: metadata {field!r} is not a JSON {kind.__name__}")
         info[field] = value
-    labels = info["labels"]
-    if len(labels) < 2 or not all(isinstance(label, str) for label in labels):
-        raise PoolFormatError(f"{path}: metadata 'labels' must list at least 2 strings")
-    if len(set(labels)) != len(labels):
-        raise PoolFormatError(f"{path}: metadata 'labels' has duplicates {labels}")
+    raw = metadata.get("generation")
+    try:
+        settings = None if raw is None else json.loads(raw)
+    except (ValueError, RecursionError):
+        raise PoolFormatError(f"{path}: metadata 'generation' is not valid JSON") from None
+    generation = info["generation"] = read_generation(settings, f"{path}: metadata")
+    labels = check_labels(info["labels"], generation, f"{path}: metadata")
     selector = metadata.get("selector")
     if not isinstance(selector, str) or selector != info["selector_config"].get("name"):
         raise PoolFormatError(
@@ -588,21 +631,25 @@ def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], 
         tensors = load_safetensors(data)
     except (SafetensorError, ValueError, RuntimeError) as error:
         raise PoolFormatError(f"{path}: not a valid safetensors file ({error})") from None
-    missing = {"prompt", "head.weight", "head.bias"} - set(tensors)
+    needed = required_tensors(generation)
+    missing = needed - set(tensors)
     if missing:
         raise PoolFormatError(f"{path}: missing tensors {sorted(missing)}")
     for key, tensor in tensors.items():
-        if key not in ("prompt", "head.weight", "head.bias") and not key.startswith("selector."):
+        if key not in needed and not key.startswith("selector."):
             raise PoolFormatError(f"{path}: unexpected tensor {key!r}")
         if tensor.dtype not in stored_dtypes(key):
             allowed = " or ".join(str(dtype) for dtype in stored_dtypes(key))
             raise PoolFormatError(f"{path}: tensor {key!r} is {tensor.dtype}, expected {allowed}")
-    prompt, weight, bias = tensors["prompt"], tensors["head.weight"], tensors["head.bias"]
+    prompt = tensors["prompt"]
     if prompt.dim() not in (2, 3) or min(prompt.shape) < 1 or prompt.shape[-1] != hidden:
         raise PoolFormatError(
             f"{path}: prompt shape {tuple(prompt.shape)} is not (length, {hidden}) "
             f"or (layers, length, {hidden})"
         )
+    if generation is not None:
+        return tensors, info
+    weight, bias = tensors["head.weight"], tensors["head.bias"]
     if tuple(weight.shape) != (len(labels), hidden) or tuple(bias.shape) != (len(labels),):
         raise PoolFormatError(
             f"{path}: head shapes {tuple(weight.shape)}, {tuple(bias.shape)} "
