@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 
 from .errors import ContinualError
 from .extras import require
+from .metrics import TASK_METRICS
 from .prompt import PLACEMENTS
 from .selector import DEFAULT_SELECTOR, SELECTORS
 
@@ -165,7 +166,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     learn.add_argument("pool", type=_path)
     learn.add_argument("--task", required=True, help="name of the new task")
-    learn.add_argument("--train", required=True, type=_path, help="CSV/JSONL with text,label")
+    learn.add_argument(
+        "--train",
+        required=True,
+        type=_path,
+        help="CSV/JSONL with text,label (a label task) or text,target (a text-to-text task)",
+    )
     learn.add_argument("--test", type=_path, help="held-out CSV/JSONL (default: 20%% of --train)")
     learn.add_argument("--validation", type=_path, help="CSV/JSONL for early stopping")
     learn.add_argument(
@@ -213,6 +219,24 @@ def _parser() -> argparse.ArgumentParser:
         help="for a new pool: a trained linear head, or (language models) the "
         "label words scored with the LM's output embeddings",
     )
+    learn.add_argument(
+        "--metric",
+        choices=list(TASK_METRICS),
+        default="exact_match",
+        help="text-to-text tasks: how answers are scored (validation and evaluate)",
+    )
+    learn.add_argument(
+        "--max-new-tokens",
+        type=int,
+        help="text-to-text tasks: tokens generated at most (default: from the longest target)",
+    )
+    learn.add_argument(
+        "--stop",
+        action="append",
+        default=[],
+        metavar="TEXT",
+        help="text-to-text tasks: a text that ends an answer (repeatable)",
+    )
     _add_device_arguments(learn)
     learn.add_argument(
         "--resume", action="store_true", help="skip, without error, a task the pool already holds"
@@ -222,7 +246,10 @@ def _parser() -> argparse.ArgumentParser:
     learn.set_defaults(handler=_learn)
 
     predict = commands.add_parser(
-        "predict", help="label texts; one JSON object per line", parents=[common]
+        "predict",
+        help="label texts or write answers; one JSON object per line "
+        "(text, task, label, output, score)",
+        parents=[common],
     )
     predict.add_argument("pool", type=_path)
     predict.add_argument("texts", nargs="*", help="texts to label")
@@ -350,7 +377,16 @@ def _learn_task(args: argparse.Namespace) -> int:
     from .storage import MANIFEST, PoolLock, check_pool_folder
 
     check_pool_folder(args.pool)  # before reading data: refuse a folder that is not a pool's
-    task = Task.from_files(args.task, args.train, args.test, args.validation, seed=args.seed)
+    task = Task.from_files(
+        args.task,
+        args.train,
+        args.test,
+        args.validation,
+        metric=args.metric,
+        max_new_tokens=args.max_new_tokens,
+        stop=args.stop,
+        seed=args.seed,
+    )
     main = distributed.is_main()
     # Rank 0 alone takes the lock and writes; the other ranks only read an existing pool (its
     # settings and backbone), after the barrier, so while rank 0 holds the lock.
@@ -408,6 +444,7 @@ def _learn_task(args: argparse.Namespace) -> int:
                 "pool": str(args.pool),
                 "task": entry.name,
                 "labels": entry.labels,
+                "metric": "accuracy" if result is None else result.metric,
                 "accuracy": None if result is None else round(result.accuracy, 2),
                 "routing_accuracy": None if routing is None else round(routing, 2),
                 "train_seconds": entry.stats["train_seconds"],
@@ -436,14 +473,18 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from .data import read_labelled
+    from .data import read_examples
 
     pool = _load_pool(args)
-    result = pool.evaluate(args.task, read_labelled(args.test), oracle=args.oracle)
+    if args.task not in pool.tasks:
+        raise ContinualError(f"task {args.task!r} is not in the pool; it has {pool.tasks}")
+    kind = pool.entries[pool.tasks.index(args.task)].kind
+    result = pool.evaluate(args.task, read_examples(args.test, kind)[1], oracle=args.oracle)
     if args.json:
         print(_json(result.to_dict()))
     else:
-        line = f"{result.task}: accuracy {result.accuracy:.2f}% on {result.examples}"
+        unit = "%" if result.metric == "accuracy" else ""
+        line = f"{result.task}: {result.metric} {result.accuracy:.2f}{unit} on {result.examples}"
         if result.routing_accuracy is not None:
             line += f", routing accuracy {result.routing_accuracy:.2f}%"
         print(line)
@@ -463,6 +504,7 @@ def _info(args: argparse.Namespace) -> int:
             {
                 "name": record.get("name"),
                 "labels": record.get("labels"),
+                "generation": record.get("generation"),
                 "bytes": path.lstat().st_size if path.is_file() and not path.is_symlink() else None,
                 "stats": record.get("stats", {}),
             }
@@ -488,8 +530,13 @@ def _info(args: argparse.Namespace) -> int:
     )
     for task in tasks:
         size = "?" if task["bytes"] is None else f"{task['bytes'] / 1000:.1f} KB"
-        labels = "[" + ", ".join(_printable(repr(label)) for label in task["labels"]) + "]"
-        print(f"  {_printable(str(task['name']))}: {len(task['labels'])} labels {labels}, {size}")
+        if task["generation"] is not None:
+            metric = _printable(str(task["generation"].get("metric")))
+            answers = f"text-to-text ({metric})"
+        else:
+            labels = "[" + ", ".join(_printable(repr(label)) for label in task["labels"]) + "]"
+            answers = f"{len(task['labels'])} labels {labels}"
+        print(f"  {_printable(str(task['name']))}: {answers}, {size}")
     return 0
 
 
