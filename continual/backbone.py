@@ -129,10 +129,11 @@ class Backbone(nn.Module):
         # The whole language model where it has an output head; None for an encoder.
         self.language_model: Any = None
         if _has_lm_head(model):
-            self.language_model = model.eval()
-            for parameter in model.parameters():
+            whole: Any = model
+            self.language_model = whole.eval()
+            for parameter in whole.parameters():
                 parameter.requires_grad_(False)
-            model = model.get_encoder() if model.config.is_encoder_decoder else model.base_model
+            model = whole.get_encoder() if whole.config.is_encoder_decoder else whole.base_model
         self.model: Any = model.eval()  # a transformers model; typed loosely on purpose
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)

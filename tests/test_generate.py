@@ -353,3 +353,18 @@ def test_a_t5_encoder_saved_to_a_folder_learns_label_tasks(tokenizer, tmp_path, 
     )
     assert code == 0, capsys.readouterr().err
     assert Backbone.load(tmp_path / "t5").architecture == "T5EncoderModel"
+
+
+def test_the_server_answers_with_the_generated_output(grown, model_dir):
+    from fastapi.testclient import TestClient
+
+    from continual.serve import create_app
+
+    pool, _, folder = grown
+    texts = ["say moon now", "the blue and the navy"]
+    app = create_app(folder, backbone=str(model_dir[1]), max_wait=0.0)
+    with TestClient(app) as client:
+        response = client.post("/predict", json={"texts": texts})
+    assert response.status_code == 200, response.text
+    assert response.json()["predictions"] == [p.to_dict() for p in pool.predict(texts)]
+    assert any(p["output"] is not None for p in response.json()["predictions"])
