@@ -14,7 +14,7 @@ import json
 
 import pytest
 import torch
-from conftest import COLOURS, synthetic_pairs
+from conftest import COLOURS, synthetic_pairs, tiny_family
 
 from continual import Backbone, PromptPool, Task, TrainingConfig
 from continual.cli import main
@@ -27,32 +27,13 @@ WORDS = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "fish", "b
 
 
 def _language_model(family: str, vocab: int):
+    """The language model with its output head over `tiny_family`'s configuration."""
     import transformers as hf
 
-    if family == "gpt2":
-        config = hf.GPT2Config(vocab_size=vocab, n_embd=32, n_layer=2, n_head=2, n_positions=128)
-        return hf.GPT2LMHeadModel(config)
-    if family == "llama":
-        config = hf.LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-        )
-        return hf.LlamaForCausalLM(config)
-    config = hf.T5Config(
-        vocab_size=vocab,
-        d_model=32,
-        d_kv=16,
-        d_ff=64,
-        num_layers=2,
-        num_heads=2,
-        decoder_start_token_id=0,
-    )
-    return hf.T5ForConditionalGeneration(config)
+    _, config = tiny_family(family, vocab)
+    config.decoder_start_token_id = 0  # as T5 checkpoints name it (the pad token)
+    head = {"gpt2": hf.GPT2LMHeadModel, "llama": hf.LlamaForCausalLM}
+    return head.get(family, hf.T5ForConditionalGeneration)(config)
 
 
 def save_language_model(family: str, tokenizer, folder) -> None:
