@@ -28,6 +28,7 @@ from .backbone import Backbone
 from .data import Generation
 from .errors import ContinualError
 from .metrics import task_metric_scores
+from .prompt import SoftPrompt
 from .trainer import weighted_loss
 
 IGNORE = -100  # label of a position that is not scored
@@ -368,7 +369,7 @@ class PromptedLanguageModel(torch.nn.Module):
 
     backbone: Backbone
 
-    def __init__(self, backbone: Backbone, prompt: torch.nn.Module) -> None:
+    def __init__(self, backbone: Backbone, prompt: SoftPrompt) -> None:
         super().__init__()
         object.__setattr__(self, "backbone", backbone)  # bypasses submodule registration
         self.prompt = prompt

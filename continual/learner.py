@@ -191,7 +191,7 @@ def train_text_task(
     seed: int = 0,
     progress: bool = True,
     placement: Placement = "input",
-    on_epoch: Callable[[int, SoftPrompt, nn.Linear | None], None] | None = None,
+    on_epoch: Callable[[int, SoftPrompt, Any], None] | None = None,
 ) -> TaskEntry:
     """Train a soft prompt before the language model for a text-to-text ``task``.
 
