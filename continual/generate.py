@@ -218,11 +218,15 @@ def generate(
     attention_mask: torch.Tensor,
     max_new_tokens: Sequence[int],
     stop: Sequence[Sequence[str]] | None = None,
+    sampling: Sampling | None = None,
 ) -> list[Generated]:
-    """Greedy answers of a batch whose rows may each carry their own prompt (B, L, H).
+    """Answers of a batch whose rows may each carry their own prompt (B, L, H): greedy, or
+    drawn under ``sampling``.
 
     ``input_ids`` and ``attention_mask`` (B, n) as `Backbone.tokenize` gives them (right
-    padding); ``max_new_tokens`` and ``stop`` (texts that end an answer) are per row.
+    padding); ``max_new_tokens`` and ``stop`` (texts that end an answer) are per row. Greedy
+    answers do not depend on the other rows of the batch; sampled ones do (the rows draw from
+    one seeded generator in turn).
     """
     backbone.check_generative()
     rows = len(input_ids)
@@ -235,7 +239,7 @@ def generate(
             step = _seq2seq_steps(backbone, prompts, input_ids, attention_mask)
         else:
             step = _decoder_steps(backbone, prompts, input_ids, attention_mask)
-        tokens, scores = _greedy(backbone, step, limits, stops)
+        tokens, scores = _decode(backbone, step, limits, stops, sampling)
     texts = backbone.tokenizer.batch_decode(tokens, skip_special_tokens=True)
     return [
         Generated(_cut(text, texts_to_stop), score)
@@ -252,11 +256,40 @@ def _cut(text: str, stop: Sequence[str]) -> str:
     return text.strip()
 
 
-def _greedy(
-    backbone: Backbone, step: Any, limits: torch.Tensor, stops: list[tuple[str, ...]]
+@dataclass(frozen=True)
+class Sampling:
+    """Draw each token instead of taking the likeliest: from the model's distribution at
+    ``temperature``, among the ``top_k`` likeliest tokens (None: all), seeded by ``seed``."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
+            raise ContinualError(f"temperature must be a positive number, got {self.temperature!r}")
+        if self.top_k is not None and (type(self.top_k) is not int or self.top_k < 1):
+            raise ContinualError(f"top_k must be a positive integer or None, got {self.top_k!r}")
+
+    def draw(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One token per row (B,) from next-token logits (B, V)."""
+        scaled = logits.float() / self.temperature
+        if self.top_k is not None and self.top_k < scaled.shape[-1]:
+            least = scaled.topk(self.top_k, dim=-1).values[:, -1:]
+            scaled = scaled.masked_fill(scaled < least, -math.inf)
+        return torch.multinomial(scaled.softmax(-1), 1, generator=generator)[:, 0]
+
+
+def _decode(
+    backbone: Backbone,
+    step: Any,
+    limits: torch.Tensor,
+    stops: list[tuple[str, ...]],
+    sampling: Sampling | None,
 ) -> tuple[list[list[int]], list[float]]:
     """Run ``step`` (last tokens (B,) or None for the prefill → next-token logits (B, V)) until
-    every row is done; each row's tokens (end-of-text excluded) and mean token probability."""
+    every row is done; each row's tokens (end-of-text excluded) and mean token probability
+    (under the model's own distribution, whatever the sampling)."""
     rows = len(limits)
     device = limits.device
     ends = torch.tensor(end_of_text_ids(backbone), dtype=torch.long, device=device)
@@ -266,10 +299,16 @@ def _greedy(
     scored = torch.zeros(rows, dtype=torch.long, device=device)  # tokens in log_prob
     chosen: list[torch.Tensor] = []
     watch = [i for i, texts in enumerate(stops) if texts]
+    draws = None
+    if sampling is not None:
+        draws = torch.Generator(device=device).manual_seed(sampling.seed)
     logits = step(None)
     for position in range(int(limits.max())):
         log_probs = logits.float().log_softmax(-1)
-        token = log_probs.argmax(-1)  # (B,)
+        if sampling is None or draws is None:
+            token = log_probs.argmax(-1)  # (B,)
+        else:
+            token = sampling.draw(logits, draws)
         live = ~done
         log_prob += torch.where(live, log_probs.gather(1, token[:, None])[:, 0], 0.0).double()
         scored += live.long()

@@ -32,7 +32,7 @@ from .data import Example, Task
 from .entry import State, TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
 from .format import FEATURES, IDENTITY, RECORDED, RECORDED_FEATURES, entry_from_export
-from .generate import Generated, generate
+from .generate import Generated, Sampling, generate
 from .learner import TrainingConfig, train_task
 from .metrics import Score, task_metric_scores
 from .prompt import PLACEMENTS, Placement, prompt_shape, prompted_features
@@ -330,8 +330,10 @@ class PromptPool:
         batch_size: int = 64,
         min_score: float | Sequence[float | None] | None = None,
         refuse: float | Sequence[float | None] | None = None,
+        sampling: Sampling | None = None,
     ) -> list[Prediction]:
-        """Label each text. Without ``tasks``, the selector routes each text to a task.
+        """Label each text, or answer it for a text-to-text task (greedy; drawn under
+        ``sampling`` if given). Without ``tasks``, the selector routes each text to a task.
 
         ``tasks`` (one name, or one per text) bypasses routing: the oracle setting. In a
         per-text list, None routes that text, so forced and routed rows share one forward pass.
@@ -396,7 +398,7 @@ class PromptPool:
             writes = [i for i in order if self.entries[int(routed[i])].generation is not None]
             for start in range(0, len(writes), batch_size):
                 rows = writes[start : start + batch_size]
-                for row, answer in zip(rows, self._generate(rows, texts, routed)):
+                for row, answer in zip(rows, self._generate(rows, texts, routed, sampling)):
                     outputs[row], scores[row] = answer.text, answer.score
             order = [i for i in order if self.entries[int(routed[i])].generation is None]
         for start in range(0, len(order), batch_size):
@@ -429,7 +431,11 @@ class PromptPool:
         ]
 
     def _generate(
-        self, rows: list[int], texts: Sequence[str], routed: torch.Tensor
+        self,
+        rows: list[int],
+        texts: Sequence[str],
+        routed: torch.Tensor,
+        sampling: Sampling | None = None,
     ) -> list[Generated]:
         """Answers of ``rows``, each routed to a text-to-text task, in one batched generation."""
         entries = [self.entries[int(routed[row])] for row in rows]
@@ -443,6 +449,7 @@ class PromptPool:
             batch["attention_mask"],
             [s.max_new_tokens or 1 for s in settings if s is not None],
             [s.stop for s in settings if s is not None],
+            sampling,
         )
 
     def _settle(self, rows: Sequence[int], queries: torch.Tensor, routing: _Routing) -> None:

@@ -16,9 +16,15 @@ import pytest
 import torch
 from conftest import COLOURS, synthetic_pairs, tiny_family
 
-from continual import Backbone, PromptPool, Task, TrainingConfig
+from continual import Backbone, ContinualError, PromptPool, Task, TrainingConfig
 from continual.cli import main
-from continual.generate import end_of_text_ids, generate, target_token_ids, teacher_forced_loss
+from continual.generate import (
+    Sampling,
+    end_of_text_ids,
+    generate,
+    target_token_ids,
+    teacher_forced_loss,
+)
 from continual.prompt import SoftPrompt
 
 FAMILIES = ["gpt2", "llama", "t5"]
@@ -136,6 +142,23 @@ def test_generation_stops_at_a_stop_text_and_at_max_new_tokens(backbone):
         backbone.tokenizer(free[1].text, add_special_tokens=False)["input_ids"][:2]
     )
     assert stopped[1].text == short.strip()
+
+
+@torch.no_grad()
+def test_sampling_is_seeded_and_its_top_1_is_greedy(backbone):
+    torch.manual_seed(1)
+    prompts = torch.randn(len(TEXTS), 4, backbone.hidden_size) * 0.5
+    batch = backbone.tokenize(TEXTS)
+
+    def texts(sampling=None) -> list[str]:
+        answers = generate(backbone, prompts, *batch.values(), [6] * 3, sampling=sampling)
+        return [answer.text for answer in answers]
+
+    assert texts(Sampling(temperature=0.7, top_k=1, seed=3)) == texts()
+    assert texts(Sampling(seed=5)) == texts(Sampling(seed=5))
+    assert texts(Sampling(seed=5)) != texts(Sampling(seed=6))
+    with pytest.raises(ContinualError, match="temperature"):
+        Sampling(temperature=0)
 
 
 def test_a_text_to_text_entry_learns(backbone):
