@@ -220,6 +220,12 @@ def _parser() -> argparse.ArgumentParser:
         "label words scored with the LM's output embeddings",
     )
     learn.add_argument(
+        "--kind",
+        choices=["classify", "generate"],
+        help="which column the task learns where --train has both 'label' and 'target' "
+        "(default: the one it has)",
+    )
+    learn.add_argument(
         "--metric",
         choices=list(TASK_METRICS),
         default="exact_match",
@@ -382,6 +388,7 @@ def _learn_task(args: argparse.Namespace) -> int:
         args.train,
         args.test,
         args.validation,
+        kind=args.kind,
         metric=args.metric,
         max_new_tokens=args.max_new_tokens,
         stop=args.stop,

@@ -372,3 +372,22 @@ def test_the_server_answers_with_the_generated_output(grown, model_dir):
     assert response.status_code == 200, response.text
     assert response.json()["predictions"] == [p.to_dict() for p in pool.predict(texts)]
     assert any(p["output"] is not None for p in response.json()["predictions"])
+
+
+def test_a_manifest_with_bad_generation_settings_is_refused(grown, model_dir, tmp_path):
+    import shutil
+
+    from continual import PoolFormatError
+
+    _, _, folder = grown
+    copy_dir = tmp_path / "pool"
+    shutil.copytree(folder, copy_dir)
+    manifest = json.loads((copy_dir / "manifest.json").read_text())
+    manifest["tasks"][0]["generation"]["max_new_tokens"] = -1
+    (copy_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PoolFormatError, match="task 0: field 'generation': max_new_tokens"):
+        PromptPool.load(copy_dir, model_dir[1])
+    manifest["tasks"][0]["generation"] = None  # a label task without a head
+    (copy_dir / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(PoolFormatError, match="labels"):
+        PromptPool.load(copy_dir, model_dir[1])
