@@ -669,7 +669,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 
 def _has_lm_head(model: nn.Module) -> bool:
-    """Whether ``model`` is a whole language model (its output head on a base model)."""
+    """Whether ``model`` is a whole language model that writes text (its output head on a
+    decoder or an encoder-decoder; a masked-LM head on an encoder does not count)."""
     config: Any = model.config
     getter: Any = getattr(model, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
@@ -677,7 +678,7 @@ def _has_lm_head(model: nn.Module) -> bool:
         return False
     if getattr(config, "is_encoder_decoder", False):
         return callable(getattr(model, "get_encoder", None))
-    return getattr(model, "base_model", model) is not model
+    return getattr(model, "base_model", model) is not model and _is_decoder(model)
 
 
 def _model_class(config: Any) -> Any:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -391,3 +392,38 @@ def test_a_manifest_with_bad_generation_settings_is_refused(grown, model_dir, tm
     (copy_dir / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(PoolFormatError, match="labels"):
         PromptPool.load(copy_dir, model_dir[1])
+
+
+@pytest.mark.slow
+def test_a_text_to_text_task_learns_under_torchrun_as_in_one_process(tokenizer, tmp_path):
+    """Two processes (gloo) train the prompt data-parallel; it matches one process's within
+    the tolerance test_distributed explains (float rounding of differently padded halves)."""
+    import subprocess
+    import sys
+
+    from continual.storage import read_entries
+
+    folder = tmp_path / "llama"
+    save_language_model("llama", tokenizer, folder)
+    train = tmp_path / "echo.csv"
+    rows = [f"say {w} {e},{w} {w}" for w in WORDS for e in ("now", "again", "please")]
+    train.write_text("text,target\n" + "\n".join(rows) + "\n")
+    args = ["--task", "echo", "--train", str(train), "--backbone", str(folder), "--epochs", "2",
+            "--prompt-length", "4", "--max-length", "32", "--selector", "prototypes",
+            "--no-progress"]  # fmt: skip
+    single, parallel = tmp_path / "single", tmp_path / "parallel"
+    assert main(["learn", str(single), *args]) == 0
+    script = Path(sys.executable).with_name("continual")
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    done = subprocess.run(
+        [*launch, "2", str(script), "learn", str(parallel), *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = read_entries(single)[0], read_entries(parallel)[0]
+    assert two.stats["processes"] == 2 and two.generation == one.generation
+    assert float((one.prompt - two.prompt).abs().max()) <= 1e-5
+    assert two.stats["best_epoch"] == one.stats["best_epoch"]
