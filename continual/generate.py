@@ -219,27 +219,40 @@ def generate(
     max_new_tokens: Sequence[int],
     stop: Sequence[Sequence[str]] | None = None,
     sampling: Sampling | None = None,
+    beams: int = 1,
 ) -> list[Generated]:
-    """Answers of a batch whose rows may each carry their own prompt (B, L, H): greedy, or
-    drawn under ``sampling``.
+    """Answers of a batch whose rows may each carry their own prompt (B, L, H): greedy, drawn
+    under ``sampling``, or by beam search over ``beams`` beams per row.
 
     ``input_ids`` and ``attention_mask`` (B, n) as `Backbone.tokenize` gives them (right
     padding); ``max_new_tokens`` and ``stop`` (texts that end an answer) are per row. Greedy
-    answers do not depend on the other rows of the batch; sampled ones do (the rows draw from
-    one seeded generator in turn).
+    and beam answers do not depend on the other rows of the batch; sampled ones do (the rows
+    draw from one seeded generator in turn). Beam search ends a beam at end-of-text or
+    ``max_new_tokens`` only (the answer is then cut at a stop text) and keeps, per row, the
+    beam of the highest mean token log-probability.
     """
     backbone.check_generative()
     rows = len(input_ids)
     if rows == 0:
         return []
+    if type(beams) is not int or beams < 1:
+        raise ContinualError(f"beams must be a positive integer, got {beams!r}")
+    if beams > 1 and sampling is not None:
+        raise ContinualError("choose beam search or sampling, not both")
     limits = torch.tensor(list(max_new_tokens), device=input_ids.device)
     stops: list[tuple[str, ...]] = [tuple(texts) for texts in (stop or [()] * rows)]
+    if beams > 1:  # every row's prompt and input once per beam: (B * beams, ...)
+        prompts, input_ids, attention_mask = (
+            tensor.repeat_interleave(beams, dim=0)
+            for tensor in (prompts, input_ids, attention_mask)
+        )
     with backbone.lock:
-        if backbone.is_seq2seq:
-            step = _seq2seq_steps(backbone, prompts, input_ids, attention_mask)
+        steps = _seq2seq_steps if backbone.is_seq2seq else _decoder_steps
+        step, state = steps(backbone, prompts, input_ids, attention_mask)
+        if beams > 1:
+            tokens, scores = _beam_search(backbone, step, state, limits, beams)
         else:
-            step = _decoder_steps(backbone, prompts, input_ids, attention_mask)
-        tokens, scores = _decode(backbone, step, limits, stops, sampling)
+            tokens, scores = _decode(backbone, step, limits, stops, sampling)
     texts = backbone.tokenizer.batch_decode(tokens, skip_special_tokens=True)
     return [
         Generated(_cut(text, texts_to_stop), score)
@@ -331,10 +344,59 @@ def _decode(
     return [row[:count] for row, count in zip(table, counts)], scores
 
 
+def _beam_search(
+    backbone: Backbone, step: Any, state: dict[str, Any], limits: torch.Tensor, width: int
+) -> tuple[list[list[int]], list[float]]:
+    """Beam search over ``width`` beams per row (``step`` runs B * width rows, each row's beams
+    next to each other); each row's best beam's tokens and mean token probability."""
+    rows = len(limits)
+    device = limits.device
+    ends = torch.tensor(end_of_text_ids(backbone), dtype=torch.long, device=device)
+    pad = int(backbone.tokenizer.pad_token_id)
+    # Only the first beam of each row is live at first: the others would repeat it.
+    scores = torch.full((rows, width), -math.inf, dtype=torch.float64, device=device)
+    scores[:, 0] = 0.0
+    limit = limits.repeat_interleave(width)  # (B * W,)
+    done = torch.zeros(rows * width, dtype=torch.bool, device=device)
+    lengths = torch.zeros(rows * width, dtype=torch.long, device=device)  # tokens scored
+    history = torch.zeros(rows * width, 0, dtype=torch.long, device=device)
+    first = torch.arange(rows, device=device)[:, None] * width  # each row's first beam
+    logits = step(None)
+    for _ in range(int(limits.max())):
+        log_probs = logits.double().log_softmax(-1)  # (B * W, V)
+        vocabulary = log_probs.shape[1]
+        # A finished beam goes on with padding at no cost, as one candidate, not V.
+        still = torch.full_like(log_probs, -math.inf)
+        still[:, pad] = 0.0
+        log_probs = torch.where(done[:, None], still, log_probs)
+        total = (scores.reshape(-1, 1) + log_probs).view(rows, width * vocabulary)
+        scores, chosen = total.topk(width, dim=1)  # (B, W)
+        source = (chosen // vocabulary + first).view(-1)  # the beam each new one extends
+        token = (chosen % vocabulary).view(-1)
+        history = torch.cat([history[source], token[:, None]], dim=1)
+        was_done = done[source]
+        lengths = lengths[source] + (~was_done).long()
+        done = was_done | torch.isin(token, ends) | (lengths >= limit)
+        state["cache"].reorder_cache(source)
+        if bool(done.all()):
+            break
+        logits = step(token)
+    mean = (scores.view(-1) / lengths.clamp(min=1)).view(rows, width)
+    best = (mean.argmax(1) + first[:, 0]).tolist()
+    table, counts = history.tolist(), lengths.tolist()
+    ended = set(end_of_text_ids(backbone))
+    tokens = []
+    for index in best:
+        kept = table[index][: counts[index]]
+        tokens.append(kept[:-1] if kept and kept[-1] in ended else kept)
+    return tokens, mean.max(1).values.exp().tolist()
+
+
 def _decoder_steps(
     backbone: Backbone, prompts: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> Any:
-    """The step function of a decoder LM over ``[padding; prompt; input]`` rows."""
+    """The step function of a decoder LM over ``[padding; prompt; input]`` rows, and its state
+    (``state["cache"]``: the KV cache)."""
     model = backbone.language_model
     embeds, mask = _prompted_input(backbone, prompts, input_ids, attention_mask)
     # Right padding → left padding: shift each row right by its padding, so that every row's
@@ -374,13 +436,14 @@ def _decoder_steps(
         state["cache"] = out.cache
         return out.logits[:, -1]
 
-    return step
+    return step, state
 
 
 def _seq2seq_steps(
     backbone: Backbone, prompts: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> Any:
-    """The step function of an encoder-decoder: the encoder runs once, on ``[prompt; input]``."""
+    """The step function of an encoder-decoder (the encoder runs once, on ``[prompt; input]``)
+    and its state (``state["cache"]``: the decoder's KV cache)."""
     model = backbone.language_model
     embeds, mask = _prompted_input(backbone, prompts, input_ids, attention_mask)
     encoded = model.get_encoder()(inputs_embeds=embeds.to(backbone.dtype), attention_mask=mask)
@@ -398,7 +461,7 @@ def _seq2seq_steps(
         state["cache"] = out.cache
         return out.logits[:, -1]
 
-    return step
+    return step, state
 
 
 class PromptedLanguageModel(torch.nn.Module):

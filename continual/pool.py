@@ -331,9 +331,12 @@ class PromptPool:
         min_score: float | Sequence[float | None] | None = None,
         refuse: float | Sequence[float | None] | None = None,
         sampling: Sampling | None = None,
+        beams: int = 1,
     ) -> list[Prediction]:
         """Label each text, or answer it for a text-to-text task (greedy; drawn under
-        ``sampling`` if given). Without ``tasks``, the selector routes each text to a task.
+        ``sampling``, or by beam search over ``beams`` beams, if given: see
+        `continual.generate.generate`). Without ``tasks``, the selector routes each text to a
+        task.
 
         ``tasks`` (one name, or one per text) bypasses routing: the oracle setting. In a
         per-text list, None routes that text, so forced and routed rows share one forward pass.
@@ -398,7 +401,7 @@ class PromptPool:
             writes = [i for i in order if self.entries[int(routed[i])].generation is not None]
             for start in range(0, len(writes), batch_size):
                 rows = writes[start : start + batch_size]
-                for row, answer in zip(rows, self._generate(rows, texts, routed, sampling)):
+                for row, answer in zip(rows, self._generate(rows, texts, routed, sampling, beams)):
                     outputs[row], scores[row] = answer.text, answer.score
             order = [i for i in order if self.entries[int(routed[i])].generation is None]
         for start in range(0, len(order), batch_size):
@@ -436,6 +439,7 @@ class PromptPool:
         texts: Sequence[str],
         routed: torch.Tensor,
         sampling: Sampling | None = None,
+        beams: int = 1,
     ) -> list[Generated]:
         """Answers of ``rows``, each routed to a text-to-text task, in one batched generation."""
         entries = [self.entries[int(routed[row])] for row in rows]
@@ -450,6 +454,7 @@ class PromptPool:
             [s.max_new_tokens or 1 for s in settings if s is not None],
             [s.stop for s in settings if s is not None],
             sampling,
+            beams,
         )
 
     def _settle(self, rows: Sequence[int], queries: torch.Tensor, routing: _Routing) -> None:

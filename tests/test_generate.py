@@ -145,6 +145,60 @@ def test_generation_stops_at_a_stop_text_and_at_max_new_tokens(backbone):
     assert stopped[1].text == short.strip()
 
 
+def _next_log_probs(backbone: Backbone, prompt: torch.Tensor, text: str, written: list[int]):
+    """Next-token log-probabilities (V,) by a full forward pass without cache."""
+    model = backbone.language_model
+    batch = backbone.tokenize([text])
+    if backbone.is_seq2seq:
+        embeds = torch.cat([prompt[None], backbone.embed(batch["input_ids"])], dim=1)
+        start = model.config.decoder_start_token_id
+        ids = torch.tensor([[start, *written]])
+        logits = model(inputs_embeds=embeds, decoder_input_ids=ids).logits
+    else:
+        ids = torch.cat([batch["input_ids"], torch.tensor([written], dtype=torch.long)], 1)
+        logits = model(inputs_embeds=torch.cat([prompt[None], backbone.embed(ids)], 1)).logits
+    return logits[0, -1].double().log_softmax(-1)
+
+
+def _reference_beams(backbone, prompt, text: str, width: int, steps: int) -> str:
+    """Beam search written plainly: every live beam extended by every token, the best
+    ``width`` kept (a finished beam stays as it is), the best mean log-probability wins."""
+    ends = set(end_of_text_ids(backbone))
+    beams = [([], 0.0, False)]  # (tokens, summed log-probability, finished)
+    for _ in range(steps):
+        candidates = []
+        for tokens, score, finished in beams:
+            if finished:
+                candidates.append((tokens, score, True))
+                continue
+            values, ids = _next_log_probs(backbone, prompt, text, tokens).topk(width)
+            for value, token in zip(values.tolist(), ids.tolist()):
+                grown = [*tokens, token]
+                candidates.append((grown, score + value, token in ends or len(grown) >= steps))
+        beams = sorted(candidates, key=lambda beam: -beam[1])[:width]
+        if all(finished for _, _, finished in beams):
+            break
+    tokens = max(beams, key=lambda beam: beam[1] / max(len(beam[0]), 1))[0]
+    tokens = tokens[:-1] if tokens and tokens[-1] in ends else tokens
+    return backbone.tokenizer.decode(tokens, skip_special_tokens=True).strip()
+
+
+@torch.no_grad()
+def test_beam_search_equals_a_plain_reference_and_each_row_alone(backbone):
+    torch.manual_seed(1)
+    prompts = torch.randn(len(TEXTS), 4, backbone.hidden_size) * 0.5
+    batch = backbone.tokenize(TEXTS)
+    together = generate(backbone, prompts, *batch.values(), [5] * 3, beams=3)
+    for row, text in enumerate(TEXTS):
+        alone = generate(backbone, prompts[row : row + 1], *backbone.tokenize([text]).values(),
+                         [5], beams=3)[0]  # fmt: skip
+        assert (
+            alone.text == together[row].text == _reference_beams(backbone, prompts[row], text, 3, 5)
+        )
+    with pytest.raises(ContinualError, match="not both"):
+        generate(backbone, prompts, *batch.values(), [5] * 3, sampling=Sampling(), beams=2)
+
+
 @torch.no_grad()
 def test_sampling_is_seeded_and_its_top_1_is_greedy(backbone):
     torch.manual_seed(1)
