@@ -155,31 +155,49 @@ def train_task(
         if placement == "query_layer"
         else None
     )
+    steps = ClassifierSteps(backbone, classifier, task.labels, config.batch_size, lower)
+    stats = _fit(steps, optimizer, task, config, generator, progress, on_epoch, config.head, seed)
+    stats["train_seconds"] = round(time.perf_counter() - start, 2)
+    return classifier_entry(task.name, task.labels, classifier, stats)
+
+
+def _fit(
+    steps: ClassifierSteps | TextToTextSteps,
+    optimizer: torch.optim.Optimizer,
+    task: Task,
+    config: TrainingConfig,
+    generator: torch.Generator,
+    progress: bool,
+    on_epoch: Callable[[int, SoftPrompt, Any], None] | None,
+    head: str,
+    seed: int,
+) -> dict[str, Any]:
+    """Run the shared loop over ``steps`` on ``task``'s splits; the entry's ``stats``."""
+    start = time.perf_counter()
     hooks: list[Hook] = [
         ProgressHook(f"learn {task.name}", enabled=progress and distributed.is_main())
     ]
     if on_epoch is not None:
         hooks.append(_EpochCallback(on_epoch))
     trainer = Trainer(
-        ClassifierSteps(backbone, classifier, task.labels, config.batch_size, lower),
+        steps,
         optimizer,
         epochs=config.epochs,
         batch_size=config.batch_size,
         patience=config.patience,
         generator=generator,
-        device=backbone.device,
+        device=steps.backbone.device,
         hooks=hooks,
     )
     result = trainer.fit(task.train, task.validation)
-    stats = entry_stats(
+    return entry_stats(
         result,
-        classifier,
+        steps.module,
         train_examples=len(task.train),
         seconds=time.perf_counter() - start,
-        head=config.head,
+        head=head,
         seed=seed,
     )
-    return classifier_entry(task.name, task.labels, classifier, stats)
 
 
 def train_text_task(
@@ -209,31 +227,8 @@ def train_text_task(
     ).to(backbone.device)
     module = PromptedLanguageModel(backbone, prompt)
     optimizer = torch.optim.Adam(module.parameters(), lr=config.prompt_lr)
-    start = time.perf_counter()
-    hooks: list[Hook] = [
-        ProgressHook(f"learn {task.name}", enabled=progress and distributed.is_main())
-    ]
-    if on_epoch is not None:
-        hooks.append(_EpochCallback(on_epoch))
-    trainer = Trainer(
-        TextToTextSteps(backbone, module, generation, config.batch_size),
-        optimizer,
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        patience=config.patience,
-        generator=generator,
-        device=backbone.device,
-        hooks=hooks,
-    )
-    result = trainer.fit(task.train, task.validation)
-    stats = entry_stats(
-        result,
-        module,
-        train_examples=len(task.train),
-        seconds=time.perf_counter() - start,
-        head="none",
-        seed=seed,
-    )
+    steps = TextToTextSteps(backbone, module, generation, config.batch_size)
+    stats = _fit(steps, optimizer, task, config, generator, progress, on_epoch, "none", seed)
     # The validation figure is the task's metric (mean points), not an accuracy.
     stats["validation_score"] = stats.pop("validation_accuracy")
     stats["metric"] = generation.metric
