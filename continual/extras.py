@@ -17,6 +17,7 @@ EXTRAS: dict[str, tuple[str, ...]] = {
     "avalanche": ("avalanche", "torchvision"),
     "serve": ("fastapi", "uvicorn"),
     "bench": ("matplotlib", "avalanche"),
+    "generate": ("sacrebleu", "rouge_score"),  # the chrf and rouge_l task metrics
 }
 
 
