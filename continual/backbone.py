@@ -129,10 +129,11 @@ class Backbone(nn.Module):
         # The whole language model where it has an output head; None for an encoder.
         self.language_model: Any = None
         if _has_lm_head(model):
-            self.language_model = model.eval()
-            for parameter in model.parameters():
+            whole: Any = model
+            self.language_model = whole.eval()
+            for parameter in whole.parameters():
                 parameter.requires_grad_(False)
-            model = model.get_encoder() if model.config.is_encoder_decoder else model.base_model
+            model = whole.get_encoder() if whole.config.is_encoder_decoder else whole.base_model
         self.model: Any = model.eval()  # a transformers model; typed loosely on purpose
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
@@ -668,7 +669,8 @@ def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype
 
 
 def _has_lm_head(model: nn.Module) -> bool:
-    """Whether ``model`` is a whole language model (its output head on a base model)."""
+    """Whether ``model`` is a whole language model that writes text (its output head on a
+    decoder or an encoder-decoder; a masked-LM head on an encoder does not count)."""
     config: Any = model.config
     getter: Any = getattr(model, "get_output_embeddings", None)
     head = getter() if callable(getter) else None
@@ -676,7 +678,7 @@ def _has_lm_head(model: nn.Module) -> bool:
         return False
     if getattr(config, "is_encoder_decoder", False):
         return callable(getattr(model, "get_encoder", None))
-    return getattr(model, "base_model", model) is not model
+    return getattr(model, "base_model", model) is not model and _is_decoder(model)
 
 
 def _model_class(config: Any) -> Any:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from .errors import ContinualError
+from .extras import require
 from .metrics import TASK_METRICS
 from .prompt import PLACEMENTS
 from .selector import DEFAULT_SELECTOR, SELECTORS
@@ -219,6 +220,12 @@ def _parser() -> argparse.ArgumentParser:
         "label words scored with the LM's output embeddings",
     )
     learn.add_argument(
+        "--kind",
+        choices=["classify", "generate"],
+        help="which column the task learns where --train has both 'label' and 'target' "
+        "(default: the one it has)",
+    )
+    learn.add_argument(
         "--metric",
         choices=list(TASK_METRICS),
         default="exact_match",
@@ -381,6 +388,7 @@ def _learn_task(args: argparse.Namespace) -> int:
         args.train,
         args.test,
         args.validation,
+        kind=args.kind,
         metric=args.metric,
         max_new_tokens=args.max_new_tokens,
         stop=args.stop,
@@ -644,6 +652,7 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
+    require("serve", "continual serve")
     from .serve import run_server
 
     if not 0 <= args.port <= 65535:

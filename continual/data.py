@@ -432,7 +432,7 @@ def read_examples(path: str | Path, kind: TaskKind | None = None) -> tuple[TaskK
         if "label" in first and "target" in first:
             raise TaskDataError(
                 f"{path}: has both 'label' and 'target' columns; say which the task learns "
-                "(kind='classify' or kind='generate')"
+                "(kind='classify' or kind='generate'; --kind on the command line)"
             )
         kind = "generate" if "target" in first else "classify"
     answer = ANSWER_FIELD[kind]

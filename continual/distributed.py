@@ -3,7 +3,7 @@
 ``torchrun --nproc-per-node N`` and ``accelerate launch`` start N copies of a program and tell
 each its place through the environment (``WORLD_SIZE``, ``RANK``, ``LOCAL_RANK``, plus the
 rendezvous address). `init` joins the copies into one process group (gloo on the CPU, nccl on
-CUDA); `continual.learner` then trains one task data-parallel and every helper here answers as
+CUDA); `continual.trainer` then trains one task data-parallel and every helper here answers as
 for a single process when there is no group: a plain ``python`` run needs none and gets none.
 """
 

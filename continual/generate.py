@@ -28,6 +28,8 @@ from .backbone import Backbone
 from .data import Generation
 from .errors import ContinualError
 from .metrics import task_metric_scores
+from .prompt import SoftPrompt
+from .trainer import weighted_loss
 
 IGNORE = -100  # label of a position that is not scored
 
@@ -82,6 +84,18 @@ def teacher_forced_loss(
     target tokens, and the batch's loss the mean over rows (or their sum weighted by
     ``row_weights``, as data-parallel training weighs its shares).
     """
+    per_row = target_losses(backbone, prompts, input_ids, attention_mask, targets)
+    return weighted_loss(per_row, row_weights)
+
+
+def target_losses(
+    backbone: Backbone,
+    prompts: torch.Tensor,
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    targets: Sequence[Sequence[int]],
+) -> torch.Tensor:
+    """Each row's mean cross-entropy over its target tokens (B,): `teacher_forced_loss` per row."""
     backbone.check_generative()
     with backbone.lock:
         if backbone.is_seq2seq:
@@ -91,11 +105,7 @@ def teacher_forced_loss(
     tokens = F.cross_entropy(
         logits.float().transpose(1, 2), labels, ignore_index=IGNORE, reduction="none"
     )  # (B, T)
-    counted = (labels != IGNORE).sum(1).clamp(min=1)
-    per_row = tokens.sum(1) / counted
-    if row_weights is None:
-        return per_row.mean()
-    return (per_row * row_weights).sum()
+    return tokens.sum(1) / (labels != IGNORE).sum(1).clamp(min=1)
 
 
 def _padded(rows: Sequence[Sequence[int]], fill: int, device: torch.device) -> torch.Tensor:
@@ -176,7 +186,14 @@ def _seq2seq_logits(
 
 
 def _decoder_start(backbone: Backbone) -> int:
-    start = getattr(backbone.language_model.config, "decoder_start_token_id", None)
+    """The token an encoder-decoder's decoder starts from: the configured one, else the pad
+    token (T5's convention)."""
+    model = backbone.language_model
+    start = getattr(model.config, "decoder_start_token_id", None)
+    if start is None:
+        start = getattr(getattr(model, "generation_config", None), "decoder_start_token_id", None)
+    if start is None:
+        start = getattr(model.config, "pad_token_id", None)
     if start is None:
         raise ContinualError(
             f"backbone {backbone.name!r}: the encoder-decoder names no decoder_start_token_id"
@@ -201,24 +218,41 @@ def generate(
     attention_mask: torch.Tensor,
     max_new_tokens: Sequence[int],
     stop: Sequence[Sequence[str]] | None = None,
+    sampling: Sampling | None = None,
+    beams: int = 1,
 ) -> list[Generated]:
-    """Greedy answers of a batch whose rows may each carry their own prompt (B, L, H).
+    """Answers of a batch whose rows may each carry their own prompt (B, L, H): greedy, drawn
+    under ``sampling``, or by beam search over ``beams`` beams per row.
 
     ``input_ids`` and ``attention_mask`` (B, n) as `Backbone.tokenize` gives them (right
-    padding); ``max_new_tokens`` and ``stop`` (texts that end an answer) are per row.
+    padding); ``max_new_tokens`` and ``stop`` (texts that end an answer) are per row. Greedy
+    and beam answers do not depend on the other rows of the batch; sampled ones do (the rows
+    draw from one seeded generator in turn). Beam search ends a beam at end-of-text or
+    ``max_new_tokens`` only (the answer is then cut at a stop text) and keeps, per row, the
+    beam of the highest mean token log-probability.
     """
     backbone.check_generative()
     rows = len(input_ids)
     if rows == 0:
         return []
+    if type(beams) is not int or beams < 1:
+        raise ContinualError(f"beams must be a positive integer, got {beams!r}")
+    if beams > 1 and sampling is not None:
+        raise ContinualError("choose beam search or sampling, not both")
     limits = torch.tensor(list(max_new_tokens), device=input_ids.device)
-    stops = [tuple(texts) for texts in stop] if stop is not None else [()] * rows
+    stops: list[tuple[str, ...]] = [tuple(texts) for texts in (stop or [()] * rows)]
+    if beams > 1:  # every row's prompt and input once per beam: (B * beams, ...)
+        prompts, input_ids, attention_mask = (
+            tensor.repeat_interleave(beams, dim=0)
+            for tensor in (prompts, input_ids, attention_mask)
+        )
     with backbone.lock:
-        if backbone.is_seq2seq:
-            step = _seq2seq_steps(backbone, prompts, input_ids, attention_mask)
+        steps = _seq2seq_steps if backbone.is_seq2seq else _decoder_steps
+        step, state = steps(backbone, prompts, input_ids, attention_mask)
+        if beams > 1:
+            tokens, scores = _beam_search(backbone, step, state, limits, beams)
         else:
-            step = _decoder_steps(backbone, prompts, input_ids, attention_mask)
-        tokens, scores = _greedy(backbone, step, limits, stops)
+            tokens, scores = _decode(backbone, step, limits, stops, sampling)
     texts = backbone.tokenizer.batch_decode(tokens, skip_special_tokens=True)
     return [
         Generated(_cut(text, texts_to_stop), score)
@@ -235,11 +269,40 @@ def _cut(text: str, stop: Sequence[str]) -> str:
     return text.strip()
 
 
-def _greedy(
-    backbone: Backbone, step: Any, limits: torch.Tensor, stops: list[tuple[str, ...]]
+@dataclass(frozen=True)
+class Sampling:
+    """Draw each token instead of taking the likeliest: from the model's distribution at
+    ``temperature``, among the ``top_k`` likeliest tokens (None: all), seeded by ``seed``."""
+
+    temperature: float = 1.0
+    top_k: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature < math.inf):
+            raise ContinualError(f"temperature must be a positive number, got {self.temperature!r}")
+        if self.top_k is not None and (type(self.top_k) is not int or self.top_k < 1):
+            raise ContinualError(f"top_k must be a positive integer or None, got {self.top_k!r}")
+
+    def draw(self, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One token per row (B,) from next-token logits (B, V)."""
+        scaled = logits.float() / self.temperature
+        if self.top_k is not None and self.top_k < scaled.shape[-1]:
+            least = scaled.topk(self.top_k, dim=-1).values[:, -1:]
+            scaled = scaled.masked_fill(scaled < least, -math.inf)
+        return torch.multinomial(scaled.softmax(-1), 1, generator=generator)[:, 0]
+
+
+def _decode(
+    backbone: Backbone,
+    step: Any,
+    limits: torch.Tensor,
+    stops: list[tuple[str, ...]],
+    sampling: Sampling | None,
 ) -> tuple[list[list[int]], list[float]]:
     """Run ``step`` (last tokens (B,) or None for the prefill → next-token logits (B, V)) until
-    every row is done; each row's tokens (end-of-text excluded) and mean token probability."""
+    every row is done; each row's tokens (end-of-text excluded) and mean token probability
+    (under the model's own distribution, whatever the sampling)."""
     rows = len(limits)
     device = limits.device
     ends = torch.tensor(end_of_text_ids(backbone), dtype=torch.long, device=device)
@@ -249,10 +312,16 @@ def _greedy(
     scored = torch.zeros(rows, dtype=torch.long, device=device)  # tokens in log_prob
     chosen: list[torch.Tensor] = []
     watch = [i for i, texts in enumerate(stops) if texts]
+    draws = None
+    if sampling is not None:
+        draws = torch.Generator(device=device).manual_seed(sampling.seed)
     logits = step(None)
     for position in range(int(limits.max())):
         log_probs = logits.float().log_softmax(-1)
-        token = log_probs.argmax(-1)  # (B,)
+        if sampling is None or draws is None:
+            token = log_probs.argmax(-1)  # (B,)
+        else:
+            token = sampling.draw(logits, draws)
         live = ~done
         log_prob += torch.where(live, log_probs.gather(1, token[:, None])[:, 0], 0.0).double()
         scored += live.long()
@@ -275,10 +344,59 @@ def _greedy(
     return [row[:count] for row, count in zip(table, counts)], scores
 
 
+def _beam_search(
+    backbone: Backbone, step: Any, state: dict[str, Any], limits: torch.Tensor, width: int
+) -> tuple[list[list[int]], list[float]]:
+    """Beam search over ``width`` beams per row (``step`` runs B * width rows, each row's beams
+    next to each other); each row's best beam's tokens and mean token probability."""
+    rows = len(limits)
+    device = limits.device
+    ends = torch.tensor(end_of_text_ids(backbone), dtype=torch.long, device=device)
+    pad = int(backbone.tokenizer.pad_token_id)
+    # Only the first beam of each row is live at first: the others would repeat it.
+    scores = torch.full((rows, width), -math.inf, dtype=torch.float64, device=device)
+    scores[:, 0] = 0.0
+    limit = limits.repeat_interleave(width)  # (B * W,)
+    done = torch.zeros(rows * width, dtype=torch.bool, device=device)
+    lengths = torch.zeros(rows * width, dtype=torch.long, device=device)  # tokens scored
+    history = torch.zeros(rows * width, 0, dtype=torch.long, device=device)
+    first = torch.arange(rows, device=device)[:, None] * width  # each row's first beam
+    logits = step(None)
+    for _ in range(int(limits.max())):
+        log_probs = logits.double().log_softmax(-1)  # (B * W, V)
+        vocabulary = log_probs.shape[1]
+        # A finished beam goes on with padding at no cost, as one candidate, not V.
+        still = torch.full_like(log_probs, -math.inf)
+        still[:, pad] = 0.0
+        log_probs = torch.where(done[:, None], still, log_probs)
+        total = (scores.reshape(-1, 1) + log_probs).view(rows, width * vocabulary)
+        scores, chosen = total.topk(width, dim=1)  # (B, W)
+        source = (chosen // vocabulary + first).view(-1)  # the beam each new one extends
+        token = (chosen % vocabulary).view(-1)
+        history = torch.cat([history[source], token[:, None]], dim=1)
+        was_done = done[source]
+        lengths = lengths[source] + (~was_done).long()
+        done = was_done | torch.isin(token, ends) | (lengths >= limit)
+        state["cache"].reorder_cache(source)
+        if bool(done.all()):
+            break
+        logits = step(token)
+    mean = (scores.view(-1) / lengths.clamp(min=1)).view(rows, width)
+    best = (mean.argmax(1) + first[:, 0]).tolist()
+    table, counts = history.tolist(), lengths.tolist()
+    ended = set(end_of_text_ids(backbone))
+    tokens = []
+    for index in best:
+        kept = table[index][: counts[index]]
+        tokens.append(kept[:-1] if kept and kept[-1] in ended else kept)
+    return tokens, mean.max(1).values.exp().tolist()
+
+
 def _decoder_steps(
     backbone: Backbone, prompts: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> Any:
-    """The step function of a decoder LM over ``[padding; prompt; input]`` rows."""
+    """The step function of a decoder LM over ``[padding; prompt; input]`` rows, and its state
+    (``state["cache"]``: the KV cache)."""
     model = backbone.language_model
     embeds, mask = _prompted_input(backbone, prompts, input_ids, attention_mask)
     # Right padding → left padding: shift each row right by its padding, so that every row's
@@ -318,13 +436,14 @@ def _decoder_steps(
         state["cache"] = out.cache
         return out.logits[:, -1]
 
-    return step
+    return step, state
 
 
 def _seq2seq_steps(
     backbone: Backbone, prompts: torch.Tensor, input_ids: torch.Tensor, attention_mask: torch.Tensor
 ) -> Any:
-    """The step function of an encoder-decoder: the encoder runs once, on ``[prompt; input]``."""
+    """The step function of an encoder-decoder (the encoder runs once, on ``[prompt; input]``)
+    and its state (``state["cache"]``: the decoder's KV cache)."""
     model = backbone.language_model
     embeds, mask = _prompted_input(backbone, prompts, input_ids, attention_mask)
     encoded = model.get_encoder()(inputs_embeds=embeds.to(backbone.dtype), attention_mask=mask)
@@ -342,17 +461,17 @@ def _seq2seq_steps(
         state["cache"] = out.cache
         return out.logits[:, -1]
 
-    return step
+    return step, state
 
 
 class PromptedLanguageModel(torch.nn.Module):
-    """A text-to-text task's trainable part as a module: the teacher-forced loss of a batch
+    """A text-to-text task's trainable part as a module: each row's teacher-forced loss (B,)
     under ``prompt``. The frozen backbone is held but not registered (as in
     `continual.learner.PromptedClassifier`), so data-parallel training syncs the prompt alone."""
 
     backbone: Backbone
 
-    def __init__(self, backbone: Backbone, prompt: torch.nn.Module) -> None:
+    def __init__(self, backbone: Backbone, prompt: SoftPrompt) -> None:
         super().__init__()
         object.__setattr__(self, "backbone", backbone)  # bypasses submodule registration
         self.prompt = prompt
@@ -362,38 +481,87 @@ class PromptedLanguageModel(torch.nn.Module):
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         targets: Sequence[Sequence[int]],
-        row_weights: torch.Tensor | None = None,
     ) -> torch.Tensor:
         prompts = self.prompt(len(input_ids))
-        return teacher_forced_loss(
-            self.backbone, prompts, input_ids, attention_mask, targets, row_weights
-        )
+        return target_losses(self.backbone, prompts, input_ids, attention_mask, targets)
 
 
-@torch.no_grad()
-def metric_total(
-    backbone: Backbone,
-    prompt: torch.Tensor,
-    examples: Sequence[tuple[str, str]],
-    generation: Generation,
-    batch_size: int,
-) -> tuple[float, int]:
-    """The sum of ``generation.metric`` over ``examples`` answered under ``prompt`` (L, H), and
-    how many examples: what validation compares epochs by."""
-    total = 0.0
-    limit = generation.max_new_tokens or 1
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        batch = backbone.tokenize([text for text, _ in chunk])
-        prompts = prompt.unsqueeze(0).expand(len(chunk), *prompt.shape)
-        answers = generate(
-            backbone,
-            prompts,
-            batch["input_ids"],
-            batch["attention_mask"],
-            [limit] * len(chunk),
-            [generation.stop] * len(chunk),
-        )
-        outputs = [answer.text for answer in answers]
-        total += sum(task_metric_scores(generation.metric, outputs, [t for _, t in chunk]))
-    return total, len(examples)
+@dataclass
+class TextBatch:
+    """A tokenized training batch: ids and mask (B, n) and each row's target token ids."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: list[list[int]]
+
+
+# Weight of the teacher-forced loss in a validation score: small enough to decide only between
+# epochs whose metric ties (exact match is often 0 for every epoch at first).
+LOSS_TIE_BREAK = 1e-6
+
+
+class TextToTextSteps:
+    """A text-to-text task's `continual.trainer.TaskSteps`: teacher-forced loss on the target
+    tokens, and validation by the task's metric on greedy answers.
+
+    The validation score of an example is its metric as a share (0 to 1) plus
+    `LOSS_TIE_BREAK` × exp(-its batch's teacher-forced loss): epochs are compared by the
+    metric, and where that ties, the lower loss wins.
+
+    Args:
+        backbone: the frozen language model.
+        module: the task's prompt (`PromptedLanguageModel`).
+        generation: the task's settings (``max_new_tokens`` set).
+        batch_size: rows per validation batch.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        module: PromptedLanguageModel,
+        generation: Generation,
+        batch_size: int,
+    ) -> None:
+        self.backbone = backbone
+        self.module = module
+        self.generation = generation
+        self.limit = generation.max_new_tokens or 1
+        self.batch_size = batch_size
+
+    def batch(self, examples: Sequence[tuple[str, str]]) -> TextBatch:
+        tokens = self.backbone.tokenize([text for text, _ in examples])
+        targets = target_token_ids(self.backbone, [target for _, target in examples], self.limit)
+        return TextBatch(tokens["input_ids"], tokens["attention_mask"], targets)
+
+    def forward(self, model: torch.nn.Module, batch: TextBatch) -> torch.Tensor:
+        return model(batch.input_ids, batch.attention_mask, batch.targets)
+
+    def loss(
+        self, output: torch.Tensor, batch: TextBatch, row_weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        return weighted_loss(output, row_weights)
+
+    @torch.no_grad()
+    def score(self, examples: Sequence[tuple[str, str]]) -> tuple[float, int]:
+        total = 0.0
+        prompt = self.module.prompt
+        for first in range(0, len(examples), self.batch_size):
+            chunk = examples[first : first + self.batch_size]
+            batch = self.batch(chunk)
+            prompts = prompt(len(chunk))
+            answers = generate(
+                self.backbone,
+                prompts,
+                batch.input_ids,
+                batch.attention_mask,
+                [self.limit] * len(chunk),
+                [self.generation.stop] * len(chunk),
+            )
+            points = task_metric_scores(
+                self.generation.metric, [a.text for a in answers], [t for _, t in chunk]
+            )
+            losses = target_losses(
+                self.backbone, prompts, batch.input_ids, batch.attention_mask, batch.targets
+            )
+            total += sum(points) / 100 + LOSS_TIE_BREAK * float(torch.exp(-losses).sum())
+        return total, len(examples)

@@ -1,15 +1,12 @@
-"""Training one task: a new soft prompt and linear head over the frozen backbone, or for a
-text-to-text task a soft prompt alone before the language model (`continual.generate`).
+"""Learning one task: a new soft prompt and head over the frozen backbone, or a prompt alone
+before the language model for a text-to-text task (`train_text_task`).
 
 Only the new prompt and head receive gradients; the backbone and every earlier task are out of
-reach of the optimizer. Training is seeded and deterministic, shows a progress bar, and stops
-early on the validation split (keeping the best epoch). Randomness comes from one seeded
-``torch.Generator``; the process's global random state is neither read nor changed.
-
-Started by torchrun or ``accelerate launch`` (`continual.distributed`), the processes train one
-task data-parallel: each draws the same seeded order, takes its share of every global batch of
-``batch_size`` rows, and DistributedDataParallel averages the gradients, so every process ends
-with the prompt and head one process would have learned (up to float rounding).
+reach of the optimizer. `train_task` runs the shared loop (`continual.trainer.Trainer`: seeded,
+early stopping on the validation split, progress, data-parallel under torchrun or Accelerate)
+with this module's `ClassifierSteps`: the prompted pass's logits, cross-entropy, accuracy.
+`new_classifier`, `param_groups`, `entry_stats` and `classifier_entry` are the parts the
+Avalanche strategy shares, so that an entry made there is made as here.
 """
 
 from __future__ import annotations
@@ -19,26 +16,28 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.parallel import DistributedDataParallel
 
 from . import distributed
 from .backbone import Backbone
-from .data import Generation, Task
+from .data import Example, Generation, Task
 from .entry import TaskEntry
-from .errors import ContinualError
-from .generate import (
-    PromptedLanguageModel,
-    default_max_new_tokens,
-    metric_total,
-    target_token_ids,
-)
-from .progress import Progress
+from .errors import ContinualError, TaskDataError
+from .generate import PromptedLanguageModel, TextToTextSteps, default_max_new_tokens
 from .prompt import Placement, PromptInit, SoftPrompt, prompted_features
+from .trainer import (
+    Hook,
+    ProgressHook,
+    Trainer,
+    TrainingResult,
+    check_seed,
+    trainable_parameters,
+    weighted_loss,
+)
 
 
 @dataclass
@@ -104,17 +103,6 @@ class TrainingConfig:
         return asdict(self)
 
 
-# Seeds torch.Generator.manual_seed accepts without overflow.
-MAX_SEED = 2**63 - 1
-
-
-def check_seed(seed: object, name: str = "seed") -> int:
-    """``seed`` if it is an integer in 0..2**63-1; a `ContinualError` naming ``name`` if not."""
-    if type(seed) is not int or not 0 <= seed <= MAX_SEED:
-        raise ContinualError(f"{name} must be an integer from 0 to {MAX_SEED}, got {seed!r}")
-    return seed
-
-
 def train_task(
     backbone: Backbone,
     task: Task,
@@ -134,183 +122,123 @@ def train_task(
     ``placement``: the prompt at the ``input`` or a deep prompt from the ``query_layer`` on
     (see `continual.prompt`). Returns a `TaskEntry` with detached tensors and an empty selector
     state (the pool fits that when it adds the entry).
-    """
-    generator = torch.Generator().manual_seed(check_seed(seed))
-    generation = _generation_for(backbone, task, prompt_length, placement)
-    parallel = distributed.init(backbone.device)
-    ranks, me = distributed.world_size(), distributed.rank()
-    progress = progress and me == 0
-    prompt = SoftPrompt.initialise(
-        backbone,
-        prompt_length,
-        config.prompt_init,
-        text=config.prompt_text,
-        generator=generator,
-        placement=placement,
-    ).to(backbone.device)
-    head = _new_head(backbone.hidden_size, len(task.labels), generator).to(backbone.device)
-    # A deep prompt learns at the same rate as one at the input: scaling the rate by its
-    # vectors' larger spread (hidden states are about 12x the embeddings' for MiniLM) was
-    # measured worse on text4 (oracle 69.3 with the square root of that ratio, three tasks at
-    # chance with the full ratio, against 70.7 unscaled).
-    groups: list[dict] = [{"params": prompt.parameters(), "lr": config.prompt_lr}]
-    if generation is not None:
-        # The language model's own output head writes the answer: no head is trained.
-        head.requires_grad_(False)
-    elif config.head == "verbalizer":
-        from .verbalizer import verbalizer_weight
 
-        with torch.no_grad():
-            head.weight.copy_(verbalizer_weight(backbone, task.labels))
-        head.requires_grad_(False)
-    elif config.head == "linear":
-        groups.append({"params": head.parameters(), "lr": config.head_lr})
-    else:
-        raise ContinualError(f"unknown head {config.head!r}; use 'linear' or 'verbalizer'")
-    optimizer = torch.optim.Adam(groups)
-    model: nn.Module = (
-        PromptedClassifier(backbone, prompt, head)
-        if generation is None
-        else PromptedLanguageModel(backbone, prompt)
-    )
-    if parallel:
-        # Every rank built the same prompt and head from the same seed; DDP also broadcasts
-        # rank 0's copy at this point, so they start identical whatever happened before.
-        device_ids = [backbone.device.index] if backbone.device.type == "cuda" else None
-        model = DistributedDataParallel(model, device_ids=device_ids)
-    texts = [text for text, _ in task.train]
-    if generation is None:
-        targets = torch.tensor(
-            [task.label_index(label) for _, label in task.train], device=backbone.device
+    A text-to-text task (``task.generation`` set) trains a prompt alone (`train_text_task`).
+    """
+    if task.generation is not None:
+        return train_text_task(
+            backbone,
+            task,
+            prompt_length,
+            config,
+            seed=seed,
+            progress=progress,
+            placement=placement,
+            on_epoch=on_epoch,
         )
-    else:
-        answers = target_token_ids(
-            backbone, [target for _, target in task.train], generation.max_new_tokens or 1
-        )
-    steps_per_epoch = math.ceil(len(texts) / config.batch_size)
-    # (validation accuracy, (prompt, head weight, head bias), epoch)
-    best: tuple[float, tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None, int] = (
-        -1.0,
-        None,
-        0,
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    distributed.init(backbone.device)
+    classifier = new_classifier(
+        backbone, prompt_length, task.labels, config, generator, placement=placement
     )
-    stale = 0
+    optimizer = torch.optim.Adam(param_groups(classifier, config))
     start = time.perf_counter()
     # A deep prompt's training texts (and validation texts) go through the layers below it
     # once, here, rather than once per epoch.
     lower = (
         _LowerStates.build(
-            backbone, prompt, [*texts, *(text for text, _ in task.validation)], config.batch_size
+            backbone,
+            classifier.prompt,
+            [text for text, _ in (*task.train, *task.validation)],
+            config.batch_size,
         )
         if placement == "query_layer"
         else None
     )
-    bar = Progress(config.epochs * steps_per_epoch, f"learn {task.name}", enabled=progress)
-    epochs_run = 0
-    for epoch in range(config.epochs):
-        epochs_run = epoch + 1
-        order = torch.randperm(len(texts), generator=generator)
-        total_loss = 0.0
-        for step in range(steps_per_epoch):
-            rows = order[step * config.batch_size : (step + 1) * config.batch_size]
-            chunk = [texts[i] for i in rows]
-            weights = None
-            if parallel:
-                rows, weights = _shard(rows, ranks, me, backbone.device)
-                chunk = [texts[i] for i in rows]
-            batch = backbone.tokenize(chunk)
-            if generation is not None:
-                loss = _optimizer_step(
-                    optimizer,
-                    model(
-                        batch["input_ids"],
-                        batch["attention_mask"],
-                        [answers[i] for i in rows.tolist()],
-                        weights,
-                    ),
-                    weights is not None,
-                )
-            else:
-                loss = train_step(
-                    backbone,
-                    prompt,
-                    head,
-                    optimizer,
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    targets[rows],
-                    model=model if parallel else None,
-                    row_weights=weights,
-                    lower=None if lower is None else lower.batch(chunk, batch["attention_mask"]),
-                )
-            if parallel:  # the global batch's mean loss, for the progress line
-                loss = distributed.all_sum([loss], backbone.device)[0]
-            total_loss += loss
-            bar.update(1, loss=f"{total_loss / (step + 1):.3f}")
-        if not task.validation:
-            bar.checkpoint(f"epoch {epoch + 1}/{config.epochs}")
-            if on_epoch is not None:
-                on_epoch(epoch + 1, prompt, head)
-            continue
-        # Each rank scores its share of the validation split; the summed counts give every
-        # rank the same accuracy (or mean metric), so early stopping decides the same
-        # everywhere. A text-to-text task is validated by its metric on generated answers.
-        share = task.validation[me::ranks]
-        if generation is None:
-            counts = _correct(backbone, prompt, head, task, share, config.batch_size, lower)
-        else:
-            counts = metric_total(
-                backbone, prompt.vectors.detach(), share, generation, config.batch_size
-            )
-        correct, seen = distributed.all_sum(counts, backbone.device)
-        accuracy = correct / max(seen, 1)
-        shown = f"{accuracy:.1%}" if generation is None else f"{accuracy:.1f} {generation.metric}"
-        bar.checkpoint(f"epoch {epoch + 1}/{config.epochs}", val=shown)
-        if accuracy > best[0]:
-            state = (
-                prompt.vectors.detach().clone(),
-                head.weight.detach().clone(),
-                head.bias.detach().clone(),
-            )
-            best = (accuracy, state, epoch + 1)
-            stale = 0
-        else:
-            stale += 1
-        if on_epoch is not None:
-            on_epoch(epoch + 1, prompt, head)
-        if config.patience and stale >= config.patience:
-            break
-    bar.close()
-    if best[1] is not None:
-        vectors, weight, bias = best[1]
-    else:
-        vectors, weight, bias = prompt.vectors.detach(), head.weight.detach(), head.bias.detach()
-    distributed.check_same((vectors, weight, bias), "prompts and heads")
-    stats = {
-        "train_examples": len(texts),
-        "epochs_run": epochs_run,
-        "best_epoch": best[2] if best[1] is not None else epochs_run,
-        "validation_accuracy": None if best[1] is None else round(100 * best[0], 2),
-        "train_seconds": round(time.perf_counter() - start, 2),
-        "trainable_parameters": prompt.vectors.numel()
-        + (weight.numel() + bias.numel() if config.head == "linear" else 0),
-        "head": config.head if generation is None else None,
-        "seed": seed,
-    }
-    if generation is not None:
-        # The validation figure is the task's metric (mean points), not an accuracy.
-        stats["validation_score"] = stats.pop("validation_accuracy")
-        if stats["validation_score"] is not None:
-            stats["validation_score"] = round(best[0], 2)
-    if ranks > 1:
-        stats["processes"] = ranks
-    # Entries live on the CPU: that is how they are stored, and the pool moves them as needed.
+    steps = ClassifierSteps(backbone, classifier, task.labels, config.batch_size, lower)
+    stats = _fit(steps, optimizer, task, config, generator, progress, on_epoch, config.head, seed)
+    stats["train_seconds"] = round(time.perf_counter() - start, 2)
+    return classifier_entry(task.name, task.labels, classifier, stats)
+
+
+def _fit(
+    steps: ClassifierSteps | TextToTextSteps,
+    optimizer: torch.optim.Optimizer,
+    task: Task,
+    config: TrainingConfig,
+    generator: torch.Generator,
+    progress: bool,
+    on_epoch: Callable[[int, SoftPrompt, Any], None] | None,
+    head: str,
+    seed: int,
+) -> dict[str, Any]:
+    """Run the shared loop over ``steps`` on ``task``'s splits; the entry's ``stats``."""
+    start = time.perf_counter()
+    hooks: list[Hook] = [
+        ProgressHook(f"learn {task.name}", enabled=progress and distributed.is_main())
+    ]
+    if on_epoch is not None:
+        hooks.append(_EpochCallback(on_epoch))
+    trainer = Trainer(
+        steps,
+        optimizer,
+        epochs=config.epochs,
+        batch_size=config.batch_size,
+        patience=config.patience,
+        generator=generator,
+        device=steps.backbone.device,
+        hooks=hooks,
+    )
+    result = trainer.fit(task.train, task.validation)
+    return entry_stats(
+        result,
+        steps.module,
+        train_examples=len(task.train),
+        seconds=time.perf_counter() - start,
+        head=head,
+        seed=seed,
+    )
+
+
+def train_text_task(
+    backbone: Backbone,
+    task: Task,
+    prompt_length: int,
+    config: TrainingConfig,
+    *,
+    seed: int = 0,
+    progress: bool = True,
+    placement: Placement = "input",
+    on_epoch: Callable[[int, SoftPrompt, Any], None] | None = None,
+) -> TaskEntry:
+    """Train a soft prompt before the language model for a text-to-text ``task``.
+
+    The same loop as `train_task` (seeded, early-stopped, data-parallel) with
+    `continual.generate.TextToTextSteps`: teacher forcing, the loss on the target's tokens, and
+    validation by the task's metric on greedy answers. The entry has no head; its
+    ``generation`` settings are the task's, ``max_new_tokens`` filled in from the training
+    targets where the task left it open. ``on_epoch`` gets None for the head.
+    """
+    generation = _generation_for(backbone, task, prompt_length, placement)
+    generator = torch.Generator().manual_seed(check_seed(seed))
+    distributed.init(backbone.device)
+    prompt = SoftPrompt.initialise(
+        backbone, prompt_length, config.prompt_init, text=config.prompt_text, generator=generator
+    ).to(backbone.device)
+    module = PromptedLanguageModel(backbone, prompt)
+    optimizer = torch.optim.Adam(module.parameters(), lr=config.prompt_lr)
+    steps = TextToTextSteps(backbone, module, generation, config.batch_size)
+    stats = _fit(steps, optimizer, task, config, generator, progress, on_epoch, "none", seed)
+    # The validation figure is the task's metric (mean points), not an accuracy.
+    stats["validation_score"] = stats.pop("validation_accuracy")
+    stats["metric"] = generation.metric
+    vectors = prompt.vectors.detach().cpu().clone()
     return TaskEntry(
         name=task.name,
-        labels=list(task.labels),
-        prompt=vectors.cpu().clone(),
-        head_weight=weight.cpu().clone(),
-        head_bias=bias.cpu().clone(),
+        labels=[],
+        prompt=vectors,
+        head_weight=vectors.new_zeros(0, backbone.hidden_size),
+        head_bias=vectors.new_zeros(0),
         stats=stats,
         generation=generation,
     )
@@ -318,12 +246,12 @@ def train_task(
 
 def _generation_for(
     backbone: Backbone, task: Task, prompt_length: int, placement: Placement
-) -> Generation | None:
+) -> Generation:
     """A text-to-text task's generation settings, ``max_new_tokens`` filled in; refused on a
-    backbone that cannot write text or with a prompt not at the input."""
-    if task.generation is None:
-        return None
+    backbone that cannot write text, with a prompt not at the input, or where the prompt,
+    input and answer do not fit the model's positions."""
     backbone.check_generative()
+    assert task.generation is not None
     if placement != "input":
         raise ContinualError(
             f"task {task.name!r} is text-to-text: its prompt goes before the input "
@@ -333,8 +261,8 @@ def _generation_for(
     if generation.max_new_tokens is None:
         longest = default_max_new_tokens(backbone, [target for _, target in task.train])
         generation = dataclasses.replace(generation, max_new_tokens=longest)
-    limit = backbone.position_limit
     assert generation.max_new_tokens is not None
+    limit = backbone.position_limit
     longest = prompt_length + backbone.max_length + generation.max_new_tokens
     if limit is not None and not backbone.is_seq2seq and longest > limit:
         raise ContinualError(
@@ -345,15 +273,172 @@ def _generation_for(
     return generation
 
 
-def _optimizer_step(optimizer: torch.optim.Optimizer, loss: torch.Tensor, shared: bool) -> float:
-    """Backward and update; returns the loss. ``shared``: the loss is this process's share of a
-    global batch's mean, scaled by the processes' number so that DDP's average of their
-    gradients is the gradient of that mean."""
-    objective = loss * distributed.world_size() if shared else loss
-    optimizer.zero_grad()
-    objective.backward()
-    optimizer.step()
-    return loss.item()
+def new_classifier(
+    backbone: Backbone,
+    prompt_length: int,
+    labels: Sequence[str],
+    config: TrainingConfig,
+    generator: torch.Generator,
+    *,
+    placement: Placement = "input",
+) -> PromptedClassifier:
+    """A new task's prompt and head on the backbone's device, drawn from ``generator``.
+
+    The head is random (``config.head == "linear"``) or each label word's output embedding,
+    frozen (``"verbalizer"``).
+    """
+    prompt = SoftPrompt.initialise(
+        backbone,
+        prompt_length,
+        config.prompt_init,
+        text=config.prompt_text,
+        generator=generator,
+        placement=placement,
+    ).to(backbone.device)
+    head = _new_head(backbone.hidden_size, len(labels), generator).to(backbone.device)
+    if config.head == "verbalizer":
+        from .verbalizer import verbalizer_weight
+
+        with torch.no_grad():
+            head.weight.copy_(verbalizer_weight(backbone, list(labels)))
+        head.requires_grad_(False)
+    elif config.head != "linear":
+        raise ContinualError(f"unknown head {config.head!r}; use 'linear' or 'verbalizer'")
+    return PromptedClassifier(backbone, prompt, head)
+
+
+def param_groups(classifier: PromptedClassifier, config: TrainingConfig) -> list[dict]:
+    """The optimizer's groups: the prompt at ``prompt_lr``, a trained head at ``head_lr``."""
+    # A deep prompt learns at the same rate as one at the input: scaling the rate by its
+    # vectors' larger spread (hidden states are about 12x the embeddings' for MiniLM) was
+    # measured worse on text4 (oracle 69.3 with the square root of that ratio, three tasks at
+    # chance with the full ratio, against 70.7 unscaled).
+    groups: list[dict] = [{"params": list(classifier.prompt.parameters()), "lr": config.prompt_lr}]
+    if config.head == "linear":
+        groups.append({"params": list(classifier.head.parameters()), "lr": config.head_lr})
+    return groups
+
+
+def entry_stats(
+    result: TrainingResult,
+    classifier: nn.Module,
+    *,
+    train_examples: int,
+    seconds: float,
+    head: str,
+    seed: int,
+) -> dict[str, Any]:
+    """A trained entry's ``stats``, as the manifest records them (calibration comes later)."""
+    stats: dict[str, Any] = {
+        "train_examples": train_examples,
+        "epochs_run": result.epochs_run,
+        "best_epoch": result.best_epoch,
+        "validation_accuracy": None
+        if result.best_score is None
+        else round(100 * result.best_score, 2),
+        "train_seconds": round(seconds, 2),
+        "trainable_parameters": trainable_parameters(classifier),
+        "head": head,
+        "seed": seed,
+    }
+    if distributed.world_size() > 1:
+        stats["processes"] = distributed.world_size()
+    return stats
+
+
+def classifier_entry(
+    name: str, labels: Sequence[str], classifier: PromptedClassifier, stats: dict[str, Any]
+) -> TaskEntry:
+    """The entry of a trained classifier: detached copies on the CPU (how entries are stored;
+    the pool moves them as needed) and an empty selector state (fitted when it is added)."""
+    return TaskEntry(
+        name=name,
+        labels=list(labels),
+        prompt=classifier.prompt.vectors.detach().cpu().clone(),
+        head_weight=classifier.head.weight.detach().cpu().clone(),
+        head_bias=classifier.head.bias.detach().cpu().clone(),
+        stats=stats,
+    )
+
+
+@dataclass
+class ClassifierBatch:
+    """A tokenized training batch: ids and mask (B, n), class indices (B,), and a deep
+    prompt's saved lower-layer states (B, n, H) or None."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    targets: torch.Tensor
+    lower: torch.Tensor | None = None
+
+
+class ClassifierSteps:
+    """A classification task's `TaskSteps`: logits of the prompted pass, cross-entropy, and
+    validation accuracy.
+
+    Args:
+        backbone: the frozen backbone.
+        module: the task's prompt and head.
+        labels: the task's labels; an example's target is its label's index.
+        batch_size: rows per validation batch.
+        lower: a deep prompt's saved lower-layer states (`_LowerStates`), or None.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        module: PromptedClassifier,
+        labels: Sequence[str],
+        batch_size: int,
+        lower: _LowerStates | None = None,
+    ) -> None:
+        self.backbone = backbone
+        self.module = module
+        self.index = {label: number for number, label in enumerate(labels)}
+        self.batch_size = batch_size
+        self.lower = lower
+
+    def batch(self, examples: Sequence[Example]) -> ClassifierBatch:
+        texts = [text for text, _ in examples]
+        tokens = self.backbone.tokenize(texts)
+        mask = tokens["attention_mask"]
+        return ClassifierBatch(
+            tokens["input_ids"],
+            mask,
+            self.targets(examples),
+            None if self.lower is None else self.lower.batch(texts, mask),
+        )
+
+    def targets(self, examples: Sequence[Example]) -> torch.Tensor:
+        """Each example's label index (B,), on the device."""
+        try:
+            indices = [self.index[label] for _, label in examples]
+        except KeyError as error:
+            raise TaskDataError(
+                f"label {error.args[0]!r} is not one of {list(self.index)}"
+            ) from None
+        return torch.tensor(indices, device=self.backbone.device)
+
+    def forward(self, model: nn.Module, batch: ClassifierBatch) -> torch.Tensor:
+        return model(batch.input_ids, batch.attention_mask, batch.lower)
+
+    def loss(
+        self,
+        output: torch.Tensor,
+        batch: ClassifierBatch,
+        row_weights: torch.Tensor | None,
+    ) -> torch.Tensor:
+        per_row = F.cross_entropy(output, batch.targets, reduction="none")
+        return weighted_loss(per_row, row_weights)
+
+    def score(self, examples: Sequence[Example]) -> tuple[float, int]:
+        """Examples labelled right, and examples seen."""
+        correct = 0
+        for first in range(0, len(examples), self.batch_size):
+            batch = self.batch(examples[first : first + self.batch_size])
+            predicted = self.module(batch.input_ids, batch.attention_mask, batch.lower).argmax(1)
+            correct += int((predicted == batch.targets).sum())
+        return correct, len(examples)
 
 
 def train_step(
@@ -365,30 +450,38 @@ def train_step(
     attention_mask: torch.Tensor,
     targets: torch.Tensor,
     *,
-    model: nn.Module | None = None,
-    row_weights: torch.Tensor | None = None,
     lower: torch.Tensor | None = None,
 ) -> float:
-    """One optimizer step on one batch (forward, backward, update); returns the loss.
+    """One optimizer step of `train_task`'s loop on one tokenized batch; returns the loss.
 
     Only ``prompt`` and ``head`` get gradients: the frozen backbone's weights never need them,
     and with a deep prompt nothing below the query layer is differentiated at all. ``lower``
     (deep prompts only): the batch's saved states at the prompt's first layer, so the layers
-    below are not run either (`_LowerStates`).
-
-    Data-parallel, ``model`` is the `DistributedDataParallel` wrapper of a
-    `PromptedClassifier` over ``prompt`` and ``head``, the rows are this process's share of a
-    global batch, and ``row_weights`` weighs each row's loss (1 / the global batch's rows; 0
-    for a stand-in row when the share is empty). The returned loss is then this share's part
-    of the global batch's mean loss.
+    below are not run either (`_LowerStates`). Benchmarks time this step alone.
     """
-    classifier = model if model is not None else PromptedClassifier(backbone, prompt, head)
-    logits = classifier(input_ids, attention_mask, lower)
-    if row_weights is None:
-        loss = F.cross_entropy(logits, targets)
-    else:
-        loss = (F.cross_entropy(logits, targets, reduction="none") * row_weights).sum()
-    return _optimizer_step(optimizer, loss, row_weights is not None)
+    steps = ClassifierSteps(backbone, PromptedClassifier(backbone, prompt, head), [], 1)
+    trainer = Trainer(
+        steps,
+        optimizer,
+        epochs=1,
+        batch_size=len(input_ids),
+        patience=0,
+        generator=torch.Generator(),
+        device=backbone.device,
+    )
+    return trainer.training_step(ClassifierBatch(input_ids, attention_mask, targets, lower))
+
+
+class _EpochCallback(Hook):
+    """`train_task`'s ``on_epoch(epoch, prompt, head)`` as a hook."""
+
+    def __init__(self, callback: Callable[[int, SoftPrompt, Any], None]) -> None:
+        self.callback = callback
+
+    def after_epoch(self, trainer: Trainer, epoch: int, score: float | None) -> None:
+        module = trainer.steps.module
+        assert isinstance(module, (PromptedClassifier, PromptedLanguageModel))
+        self.callback(epoch, module.prompt, getattr(module, "head", None))
 
 
 class PromptedClassifier(nn.Module):
@@ -418,22 +511,6 @@ class PromptedClassifier(nn.Module):
             self.backbone, self.prompt(len(input_ids)), input_ids, attention_mask, lower
         )
         return self.head(features)
-
-
-def _shard(
-    rows: torch.Tensor, ranks: int, rank: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """This rank's rows of a global batch, every ``ranks``-th from ``rank``, and their weights.
-
-    Each row weighs 1 / the global batch's size, so the shares' losses add up to the batch's
-    mean. A share may be empty (a last batch with fewer rows than ranks); DDP still needs a
-    backward pass from every rank, so it gets the batch's first row with weight 0.
-    """
-    share = rows[rank::ranks]
-    weights = torch.full((len(share),), 1.0 / len(rows), device=device)
-    if len(share) == 0:
-        share, weights = rows[:1], torch.zeros(1, device=device)
-    return share, weights
 
 
 # Saved lower-layer states take (tokens x hidden) numbers per text; above this many bytes for
@@ -516,34 +593,3 @@ def _new_head(hidden: int, classes: int, generator: torch.Generator) -> nn.Linea
         head.weight.normal_(0.0, 0.02, generator=generator)
         head.bias.zero_()
     return head
-
-
-@torch.no_grad()
-def _correct(
-    backbone: Backbone,
-    prompt: SoftPrompt,
-    head: nn.Linear,
-    task: Task,
-    examples: Sequence[tuple[str, str]],
-    batch_size: int,
-    lower: _LowerStates | None = None,
-) -> tuple[int, int]:
-    """Examples labelled right, and examples seen."""
-    correct = 0
-    for start in range(0, len(examples), batch_size):
-        chunk = examples[start : start + batch_size]
-        texts = [text for text, _ in chunk]
-        batch = backbone.tokenize(texts)
-        features = prompted_features(
-            backbone,
-            prompt(len(chunk)),
-            batch["input_ids"],
-            batch["attention_mask"],
-            None if lower is None else lower.batch(texts, batch["attention_mask"]),
-        )
-        predicted = head(features).argmax(1)
-        gold = torch.tensor(
-            [task.label_index(label) for _, label in chunk], device=head.weight.device
-        )
-        correct += int((predicted == gold).sum())
-    return correct, len(examples)

@@ -13,13 +13,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
-from .pool import _FEATURES, _IDENTITY, _RECORDED, _RECORDED_FEATURES
+from .format import entry_from_export
 from .prompt import prompt_shape
-from .selector import Selector, build_selector
+from .selector import build_selector
 from .storage import (
     FORMAT,
     FORMAT_VERSION,
@@ -38,65 +36,6 @@ from .storage import (
     write_manifest,
     write_task_file,
 )
-
-
-def entry_from_export(
-    path: Path,
-    tensors: dict[str, torch.Tensor],
-    info: dict,
-    *,
-    name: str | None,
-    backbone: dict,
-    prompt_shape: tuple[int, ...],
-    selector: Selector,
-    tasks: list[str],
-) -> TaskEntry:
-    """The entry an exported task makes in a pool, or an error naming ``path`` saying why not.
-
-    ``backbone`` is the pool's backbone fingerprint, ``tasks`` the names it already holds.
-    """
-    saved = info["backbone"]
-    # Fields recorded since other backbone families (pooling, precision, architecture, GGUF
-    # digest) count where both sides record them, as `PromptPool.load` checks them.
-    recorded = [key for key in _RECORDED + _RECORDED_FEATURES if key in saved and key in backbone]
-    for key in _IDENTITY + _FEATURES + tuple(recorded):
-        if saved.get(key) != backbone.get(key):
-            raise PoolFormatError(
-                f"{path}: the task was exported from backbone {saved.get('name')!r} and the pool "
-                f"is on {backbone.get('name')!r} ({key} differs: {saved.get(key)!r} vs "
-                f"{backbone.get(key)!r}); a task only works on the backbone it was trained on"
-            )
-    hidden = backbone["hidden_size"]
-    if tuple(tensors["prompt"].shape) != tuple(prompt_shape):
-        raise PoolFormatError(
-            f"{path}: prompt shape {tuple(tensors['prompt'].shape)}, the pool "
-            f"needs {tuple(prompt_shape)} (a prompt at another length or placement)"
-        )
-    if info["selector"] != selector.name:
-        raise PoolFormatError(
-            f"{path}: the task's selector state is for the {info['selector']!r} "
-            f"selector and the pool routes with {selector.name!r}"
-        )
-    state = {
-        key.removeprefix("selector."): value
-        for key, value in tensors.items()
-        if key.startswith("selector.")
-    }
-    problem = selector.check_state(state, hidden)
-    if problem:
-        raise PoolFormatError(f"{path}: {problem}")
-    if name is None:
-        name = info["name"]
-    if not isinstance(name, str) or not name.strip() or name != name.strip():
-        raise TaskDataError(f"task name {name!r} must be non-empty, without surrounding spaces")
-    if name in tasks:
-        raise TaskDataError(
-            f"{path}: task {name!r} is already in the pool; import it under "
-            "another name (--as NAME)"
-        )
-    return TaskEntry.from_tensors(
-        name, list(info["labels"]), tensors, dict(info["stats"]), info["generation"]
-    )
 
 
 def _record(manifest: dict, pool_dir: Path, name: str) -> dict:

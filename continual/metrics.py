@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ContinualError
+from .extras import require
 
 ArrayLike = Any  # nested sequences or an ndarray; numpy does the checking
 
@@ -244,23 +245,17 @@ def exact_match(output: str, target: str) -> float:
 
 def chrf(output: str, target: str) -> float:
     """sacrebleu's sentence chrF (character 6-grams, beta 2), 0-100."""
-    try:
-        from sacrebleu.metrics import CHRF
-    except ImportError:
-        raise ContinualError(
-            "the chrf metric needs sacrebleu: pip install 'continual[generate]'"
-        ) from None
+    require("generate", "the chrf metric")
+    from sacrebleu.metrics import CHRF
+
     return float(_chrf_scorer(CHRF).sentence_score(output, [target]).score)
 
 
 def rouge_l(output: str, target: str) -> float:
     """rouge-score's ROUGE-L F-measure (with its Porter stemmer), in points 0-100."""
-    try:
-        from rouge_score import rouge_scorer
-    except ImportError:
-        raise ContinualError(
-            "the rouge_l metric needs rouge-score: pip install 'continual[generate]'"
-        ) from None
+    require("generate", "the rouge_l metric")
+    from rouge_score import rouge_scorer
+
     scorer = _rouge_scorer(rouge_scorer.RougeScorer)
     return 100.0 * float(scorer.score(target, output)["rougeL"].fmeasure)
 

@@ -31,7 +31,8 @@ from .backbone import DEFAULT_MODEL_NAME, Backbone
 from .data import Example, Task
 from .entry import State, TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
-from .generate import Generated, generate
+from .format import FEATURES, IDENTITY, RECORDED, RECORDED_FEATURES, entry_from_export
+from .generate import Generated, Sampling, generate
 from .learner import TrainingConfig, train_task
 from .metrics import Score, task_metric_scores
 from .prompt import PLACEMENTS, Placement, prompt_shape, prompted_features
@@ -49,16 +50,8 @@ from .storage import (
     write_manifest,
 )
 
-# Fingerprint fields that identify the backbone's weights and the features the selector used.
-_IDENTITY = ("model_type", "hidden_size", "num_layers", "vocab_size", "weights_sha256")
-_FEATURES = ("max_length", "query_layer")
 # A hub model name a manifest may name for automatic loading: "org/name", nothing path-like.
 _HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
-# Recorded since backbones other than BERT-style encoders: checked when the manifest has them
-# (older pools were all mean-pooled encoders without a GGUF file). dtype first: the weights'
-# hash depends on it, and "load it in bfloat16" says more than "the weights differ".
-_RECORDED = ("architecture", "gguf_sha256")
-_RECORDED_FEATURES = ("dtype", "pooling")
 
 
 # Shares of a task's held-out inputs at which its calibration records the own-match score.
@@ -337,8 +330,13 @@ class PromptPool:
         batch_size: int = 64,
         min_score: float | Sequence[float | None] | None = None,
         refuse: float | Sequence[float | None] | None = None,
+        sampling: Sampling | None = None,
+        beams: int = 1,
     ) -> list[Prediction]:
-        """Label each text. Without ``tasks``, the selector routes each text to a task.
+        """Label each text, or answer it for a text-to-text task (greedy; drawn under
+        ``sampling``, or by beam search over ``beams`` beams, if given: see
+        `continual.generate.generate`). Without ``tasks``, the selector routes each text to a
+        task.
 
         ``tasks`` (one name, or one per text) bypasses routing: the oracle setting. In a
         per-text list, None routes that text, so forced and routed rows share one forward pass.
@@ -403,7 +401,7 @@ class PromptPool:
             writes = [i for i in order if self.entries[int(routed[i])].generation is not None]
             for start in range(0, len(writes), batch_size):
                 rows = writes[start : start + batch_size]
-                for row, answer in zip(rows, self._generate(rows, texts, routed)):
+                for row, answer in zip(rows, self._generate(rows, texts, routed, sampling, beams)):
                     outputs[row], scores[row] = answer.text, answer.score
             order = [i for i in order if self.entries[int(routed[i])].generation is None]
         for start in range(0, len(order), batch_size):
@@ -436,7 +434,12 @@ class PromptPool:
         ]
 
     def _generate(
-        self, rows: list[int], texts: Sequence[str], routed: torch.Tensor
+        self,
+        rows: list[int],
+        texts: Sequence[str],
+        routed: torch.Tensor,
+        sampling: Sampling | None = None,
+        beams: int = 1,
     ) -> list[Generated]:
         """Answers of ``rows``, each routed to a text-to-text task, in one batched generation."""
         entries = [self.entries[int(routed[row])] for row in rows]
@@ -450,6 +453,8 @@ class PromptPool:
             batch["attention_mask"],
             [s.max_new_tokens or 1 for s in settings if s is not None],
             [s.stop for s in settings if s is not None],
+            sampling,
+            beams,
         )
 
     def _settle(self, rows: Sequence[int], queries: torch.Tensor, routing: _Routing) -> None:
@@ -687,15 +692,15 @@ class PromptPool:
         if backbone is None or not isinstance(backbone, Backbone):
             backbone = _backbone_for(saved, where, backbone, device, dtype)
         current = backbone.fingerprint()
-        for key in _RECORDED_FEATURES:
+        for key in RECORDED_FEATURES:
             if key in saved and saved[key] != current.get(key):
                 raise PoolFormatError(
                     f"{where}: the pool was built with {key}={saved[key]!r}, the backbone "
                     f"has {current.get(key)!r}; load it with Backbone.load(..., {key}="
                     f"{saved[key]!r})"
                 )
-        for key in _IDENTITY + _RECORDED:
-            if key in _RECORDED and key not in saved:
+        for key in IDENTITY + RECORDED:
+            if key in RECORDED and key not in saved:
                 continue
             if saved.get(key) != current.get(key):
                 raise PoolFormatError(
@@ -703,7 +708,7 @@ class PromptPool:
                     f"{current.get('name')!r} ({key} differs: {saved.get(key)!r} vs "
                     f"{current.get(key)!r}); load the backbone the pool was built on"
                 )
-        for key in _FEATURES:
+        for key in FEATURES:
             if saved.get(key) != current.get(key):
                 raise PoolFormatError(
                     f"{where}: the pool was built with {key}={saved.get(key)!r}, the backbone "
@@ -776,7 +781,6 @@ class PromptPool:
         or a state this selector cannot use, a prompt of another length, or a name already in
         the pool (pass ``name`` to import it under another one).
         """
-        from .manage import entry_from_export
         from .storage import read_export_file
 
         tensors, info = read_export_file(path)

@@ -63,6 +63,81 @@ def tiny_bert(tokenizer, seed: int = 0, layers: int = 2):
     return BertModel(config)
 
 
+def tiny_llama(tokenizer, seed: int = 0):
+    """A 2-layer, 32-wide random Llama with the MiniLM vocabulary and tied embeddings (so that
+    verbalizer heads have output embeddings), built with ``seed``."""
+    from transformers import LlamaConfig, LlamaModel
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        tie_word_embeddings=True,
+    )
+    torch.manual_seed(seed)
+    return LlamaModel(config)
+
+
+def tiny_family(family: str, vocab: int):
+    """(model class, config) of a 2-layer, 32-wide random model of ``family``: distilbert,
+    roberta, t5 (encoder), llama, gpt2 or qwen2."""
+    import transformers as hf
+
+    if family == "distilbert":
+        return hf.DistilBertModel, hf.DistilBertConfig(
+            vocab_size=vocab,
+            dim=32,
+            n_layers=2,
+            n_heads=2,
+            hidden_dim=64,
+            max_position_embeddings=128,
+        )
+    if family == "roberta":
+        # pad_token_id 0 is the MiniLM tokenizer's [PAD]: positions start at 1.
+        return hf.RobertaModel, hf.RobertaConfig(
+            vocab_size=vocab,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=130,
+            pad_token_id=0,
+        )
+    if family == "t5":
+        return hf.T5EncoderModel, hf.T5Config(
+            vocab_size=vocab, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2
+        )
+    # Llama and Qwen2 take the same sizes.
+    sizes = dict(
+        vocab_size=vocab,
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        max_position_embeddings=128,
+    )
+    if family == "llama":
+        return hf.LlamaModel, hf.LlamaConfig(**sizes)
+    if family == "qwen2":
+        return hf.Qwen2Model, hf.Qwen2Config(**sizes)
+    if family == "gpt2":
+        return hf.GPT2Model, hf.GPT2Config(
+            vocab_size=vocab,
+            n_embd=32,
+            n_layer=2,
+            n_head=2,
+            n_positions=128,
+            bos_token_id=None,
+            eos_token_id=None,
+        )
+    raise AssertionError(family)
+
+
 @pytest.fixture(scope="session")
 def tiny_backbone(tokenizer) -> Backbone:
     return Backbone(tiny_bert(tokenizer, 0), tokenizer, "tiny-bert", max_length=32)

@@ -12,72 +12,13 @@ import json
 
 import pytest
 import torch
+from conftest import tiny_family as _config
 
 from continual import Backbone, ContinualError, PoolFormatError, PromptPool, TrainingConfig
 from continual.prompt import prompted_features
 from continual.storage import MANIFEST
 
 TEXTS = ["the red and the blue", "a dog", "the lion and the tiger and the bear were here today"]
-
-
-def _config(family: str, vocab: int):
-    import transformers as hf
-
-    if family == "distilbert":
-        return hf.DistilBertModel, hf.DistilBertConfig(
-            vocab_size=vocab,
-            dim=32,
-            n_layers=2,
-            n_heads=2,
-            hidden_dim=64,
-            max_position_embeddings=128,
-        )
-    if family == "roberta":
-        # pad_token_id 0 is the MiniLM tokenizer's [PAD]: positions start at 1.
-        return hf.RobertaModel, hf.RobertaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            intermediate_size=64,
-            max_position_embeddings=130,
-            pad_token_id=0,
-        )
-    if family == "t5":
-        return hf.T5EncoderModel, hf.T5Config(
-            vocab_size=vocab, d_model=32, d_kv=16, d_ff=64, num_layers=2, num_heads=2
-        )
-    if family == "llama":
-        return hf.LlamaModel, hf.LlamaConfig(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-        )
-    if family == "gpt2":
-        return hf.GPT2Model, hf.GPT2Config(
-            vocab_size=vocab,
-            n_embd=32,
-            n_layer=2,
-            n_head=2,
-            n_positions=128,
-            bos_token_id=None,
-            eos_token_id=None,
-        )
-    if family == "qwen2":
-        return hf.Qwen2Model, hf.Qwen2Config(
-            vocab_size=vocab,
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=2,
-            num_key_value_heads=2,
-            max_position_embeddings=128,
-        )
-    raise AssertionError(family)
 
 
 FAMILIES = ["distilbert", "roberta", "t5", "llama", "gpt2", "qwen2"]

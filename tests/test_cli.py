@@ -215,7 +215,7 @@ def test_predict_prints_one_json_object_per_input(built):
     assert [row["text"] for row in rows] == texts
     labels = {"colours": {"cool", "warm"}, "animals": {"0", "1"}}
     for row in rows:
-        assert set(row) == {"text", "task", "label", "score"}
+        assert set(row) == {"text", "task", "label", "output", "score"}
         assert row["label"] in labels[row["task"]]
         assert 0.5 <= row["score"] <= 1.0  # the best of two classes
 

@@ -28,8 +28,8 @@ from conftest import COLOURS, synthetic_pairs
 from continual import Backbone, PromptPool, Task, TrainingConfig, distributed
 from continual.cli import main
 from continual.errors import ContinualError
-from continual.learner import _shard
 from continual.storage import read_entries
+from continual.trainer import shard as _shard
 
 TOLERANCE = 1e-5
 # The installed `continual` command, as in `torchrun --nproc-per-node N $(which continual) learn`.

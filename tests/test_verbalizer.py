@@ -6,6 +6,7 @@ import copy
 
 import pytest
 import torch
+from conftest import tiny_llama
 
 from continual import Backbone, ContinualError, PromptPool, Task, TrainingConfig
 from continual.bench.hard_prompt import HardPrompt
@@ -14,21 +15,8 @@ from continual.verbalizer import label_token_ids, verbalizer_weight
 
 @pytest.fixture(scope="module")
 def llama(tokenizer) -> Backbone:
-    from transformers import LlamaConfig, LlamaModel
-
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        tie_word_embeddings=True,
-    )
-    torch.manual_seed(0)
     return Backbone(
-        LlamaModel(config), copy.deepcopy(tokenizer), "tiny-llama", max_length=32, pooling="last"
+        tiny_llama(tokenizer), copy.deepcopy(tokenizer), "tiny-llama", max_length=32, pooling="last"
     )
 
 

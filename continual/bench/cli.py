@@ -8,6 +8,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from ..extras import require
 from ..prompt import PLACEMENTS
 from .config import QUICK_METHODS, BenchmarkConfig, quick
 from .methods import METHODS
@@ -110,6 +111,7 @@ def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
 
 
 def run_from_args(args: argparse.Namespace) -> int:
+    require("bench", "continual run")
     from .generative_corpora import GENERATIVE_SEQUENCES
     from .report import render_report
     from .runner import run_benchmark
@@ -146,6 +148,7 @@ def _command() -> str:
 
 
 def plot_from_args(args: argparse.Namespace) -> int:
+    require("bench", "continual plot")
     from .report import draw_plots
 
     if (Path(args.dir) / "runs").is_dir():  # a generative run: its report is rebuilt too

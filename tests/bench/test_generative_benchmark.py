@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_family
 
 from continual.backbone import Backbone
 from continual.bench import packaged_lm, wheels
@@ -34,22 +35,12 @@ from continual.errors import ContinualError, TaskDataError
 
 @pytest.fixture(scope="module")
 def tiny_lm_dir(tmp_path_factory, tokenizer) -> Path:
-    """A 2-layer, 32-wide random Llama with the MiniLM vocabulary ([SEP] as end of text),
-    saved to a folder as a user would."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+    """conftest's tiny random Llama with its output head and the MiniLM vocabulary ([SEP] as
+    end of text), saved to a folder as a user would."""
+    from transformers import LlamaForCausalLM
 
     folder = tmp_path_factory.mktemp("tiny-llama")
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        eos_token_id=tokenizer.sep_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    _, config = tiny_family("llama", len(tokenizer))
     torch.manual_seed(0)
     LlamaForCausalLM(config).save_pretrained(folder)
     saved = copy.deepcopy(tokenizer)

@@ -8,7 +8,6 @@ import warnings
 import pytest
 import torch
 from avalanche.benchmarks import benchmark_from_datasets
-from avalanche.benchmarks.utils import DataAttribute, make_avalanche_dataset
 from avalanche.core import SupervisedPlugin
 from avalanche.evaluation.metrics import (
     accuracy_metrics,
@@ -17,8 +16,8 @@ from avalanche.evaluation.metrics import (
     timing_metrics,
 )
 from avalanche.training.plugins import EarlyStoppingPlugin, EvaluationPlugin, LRSchedulerPlugin
+from avalanche_data import avalanche_dataset, generic_benchmark
 from torch.optim.lr_scheduler import StepLR
-from torch.utils.data import TensorDataset
 
 import continual
 from continual import Backbone, PromptPool, TrainingConfig
@@ -84,35 +83,6 @@ def test_converters_round_trip(avalanche_backbone: Backbone, avalanche_tasks: li
     assert sorted({label for _, label in plain[0].train}) == ["0", "1"]
 
 
-def _dataset(ids: torch.Tensor, targets: torch.Tensor, task_label: int):
-    """An Avalanche classification dataset as users build one: targets and task labels."""
-    task_labels = torch.full_like(targets, task_label)
-    return make_avalanche_dataset(
-        TensorDataset(ids, targets),
-        data_attributes=[
-            DataAttribute(targets, "targets"),
-            DataAttribute(task_labels, "targets_task_labels", use_in_getitem=True),
-        ],
-    )
-
-
-def _generic_benchmark(backbone: Backbone, tasks: list, *, task_labels: bool = True):
-    """A benchmark from `benchmark_from_datasets` alone (no classes timeline, no extra info)."""
-    streams: dict[str, list] = {"train": [], "test": [], "valid": []}
-    offset = 0
-    for number, task in enumerate(tasks):
-        for stream, split in (
-            ("train", task.train),
-            ("test", task.test),
-            ("valid", task.validation),
-        ):
-            ids = encode_texts(backbone.tokenizer, [text for text, _ in split], backbone.max_length)
-            targets = torch.tensor([offset + task.label_index(label) for _, label in split])
-            streams[stream].append(_dataset(ids, targets, number if task_labels else 0))
-        offset += len(task.labels)
-    return benchmark_from_datasets(**streams)
-
-
 def _pool(backbone: Backbone, **kwargs) -> PromptPool:
     return PromptPool(
         backbone,
@@ -126,7 +96,7 @@ def _pool(backbone: Backbone, **kwargs) -> PromptPool:
 def test_generic_benchmark_with_plugins(
     avalanche_backbone: Backbone, avalanche_tasks: list
 ) -> None:
-    benchmark = _generic_benchmark(avalanche_backbone, avalanche_tasks)
+    benchmark = generic_benchmark(avalanche_backbone, avalanche_tasks)
     assert not hasattr(benchmark.train_stream[1], "classes_in_this_experience")
     pool = _pool(avalanche_backbone)
     evaluator = EvaluationPlugin(
@@ -206,7 +176,7 @@ def test_task_labels_route_and_eval_every_zero(
 
     accuracies = {}
     for labelled in (True, False):
-        benchmark = _generic_benchmark(avalanche_backbone, avalanche_tasks, task_labels=labelled)
+        benchmark = generic_benchmark(avalanche_backbone, avalanche_tasks, task_labels=labelled)
         # min_score 2 refuses every input the selector routes: only task labels route.
         pool = _pool(avalanche_backbone, selector=PrototypeSelector(min_score=2.0))
         evaluator = EvaluationPlugin(
@@ -227,7 +197,7 @@ def test_task_labels_route_and_eval_every_zero(
     # The oracle selector works when the scenario gives task labels.
     from continual.selector import OracleSelector
 
-    benchmark = _generic_benchmark(avalanche_backbone, avalanche_tasks)
+    benchmark = generic_benchmark(avalanche_backbone, avalanche_tasks)
     oracle = PromptPoolStrategy(
         pool=_pool(avalanche_backbone, selector=OracleSelector()),
         evaluator=EvaluationPlugin(accuracy_metrics(stream=True), loggers=[]),
@@ -247,9 +217,9 @@ def test_one_class_experiences_and_checkpoint(
     test_ids, test_targets = experience_tensors(benchmark.test_stream[1])
     classes = targets.unique().tolist()
     split = benchmark_from_datasets(
-        train=[_dataset(ids[targets == c], targets[targets == c], 0) for c in classes],
+        train=[avalanche_dataset(ids[targets == c], targets[targets == c], 0) for c in classes],
         test=[
-            _dataset(test_ids[test_targets == c], test_targets[test_targets == c], 0)
+            avalanche_dataset(test_ids[test_targets == c], test_targets[test_targets == c], 0)
             for c in classes
         ],
     )
@@ -310,7 +280,7 @@ def test_the_default_selector_routes_inside_avalanche(
 ) -> None:
     """The pool's default selector (two layers, first-sentence views) fits and routes on
     Avalanche's token ids the way PromptPool.learn fits it on texts."""
-    benchmark = _generic_benchmark(avalanche_backbone, avalanche_tasks, task_labels=False)
+    benchmark = generic_benchmark(avalanche_backbone, avalanche_tasks, task_labels=False)
     pool = PromptPool(
         avalanche_backbone,
         prompt_length=2,
@@ -334,12 +304,4 @@ def test_a_pool_with_deep_prompts_is_refused_with_a_clear_error(
 ) -> None:
     pool = PromptPool(avalanche_backbone, prompt_length=4, placement="query_layer")
     with pytest.raises(continual.ContinualError, match="placement is 'query_layer'"):
-        PromptPoolStrategy(pool=pool)
-
-
-def test_a_verbalizer_head_is_refused_with_a_clear_error(avalanche_backbone: Backbone) -> None:
-    pool = PromptPool(
-        avalanche_backbone, prompt_length=4, training=TrainingConfig(head="verbalizer")
-    )
-    with pytest.raises(continual.ContinualError, match="linear heads"):
         PromptPoolStrategy(pool=pool)

@@ -117,6 +117,23 @@ def decode_ids(ids: torch.Tensor, tokenizer) -> list[str]:
     ]
 
 
+def token_ids(inputs: object, backbone: Backbone) -> torch.Tensor:
+    """A batch's inputs as token ids (B, n): ids as they are; texts tokenized (and padded to
+    ``backbone.max_length``) with the backbone's tokenizer; a dict's ``input_ids``. Anything
+    else is a `TaskDataError` saying what inputs work."""
+    if isinstance(inputs, torch.Tensor) and not inputs.is_floating_point() and inputs.dim() == 2:
+        return inputs.long()
+    if isinstance(inputs, (list, tuple)) and inputs and all(isinstance(t, str) for t in inputs):
+        return encode_texts(backbone.tokenizer, list(inputs), backbone.max_length)
+    if isinstance(inputs, Mapping) and isinstance(inputs.get("input_ids"), torch.Tensor):
+        return token_ids(inputs["input_ids"], backbone)
+    shape = f" of shape {tuple(inputs.shape)}" if isinstance(inputs, torch.Tensor) else ""
+    raise TaskDataError(
+        f"inputs must be token ids (an integer tensor (B, n), as tasks_to_benchmark makes), "
+        f"texts, or a dict with 'input_ids'; got {type(inputs).__name__}{shape}"
+    )
+
+
 def experience_tensors(experience) -> tuple[torch.Tensor, torch.Tensor]:
     """All inputs (N, ...) and targets (N,) of an experience's dataset, in dataset order."""
     dataset = experience.dataset.eval()
@@ -292,23 +309,6 @@ def benchmark_to_tasks(benchmark, tokenizer, label_names: LabelNames | None = No
         )
         tasks.append(task)
     return tasks
-
-
-def experience_classes(experience) -> list[int]:
-    """The sorted class ids of an experience, with or without Avalanche's classes timeline.
-
-    ``classes_in_this_experience`` when the benchmark has a classes timeline; otherwise the
-    dataset's ``targets`` (any Avalanche classification dataset); otherwise read from the data.
-    """
-    classes = getattr(experience, "classes_in_this_experience", None)
-    if classes is None:
-        targets = getattr(experience.dataset, "targets", None)
-        uniques = getattr(targets, "uniques", None)
-        if uniques is not None:
-            classes = uniques
-        else:
-            classes = experience_tensors(experience)[1].unique().tolist()
-    return sorted(int(c) for c in classes)
 
 
 def experience_task_labels(experience) -> list[int]:
