@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import json
 import math
 import os
 import re
@@ -26,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .backbone import DEFAULT_MODEL_NAME, Backbone
 from .data import Example, Task
@@ -146,6 +148,10 @@ class PromptPool:
         self.training = training or TrainingConfig()
         self.entries: list[TaskEntry] = []
         self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # Where each entry's file lies, as (folder, manifest record), once read from or written
+        # to a folder, and that folder's settings then: `save` and `reload` skip those files.
+        self._saved: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._source: tuple[str, dict[str, Any]] | None = None
         if (
             isinstance(prompt_length, bool)
             or not isinstance(prompt_length, int)
@@ -661,10 +667,23 @@ class PromptPool:
         pool_dir.mkdir(parents=True, exist_ok=True)
         with PoolLock(pool_dir, timeout=wait) if lock else contextlib.nullcontext():
             check_pool_folder(pool_dir)  # again, now that no other writer can change it
-            records = write_entries(pool_dir, self.entries)
-            write_manifest(pool_dir, self.manifest(records))
+            folder = _folder_key(pool_dir)
+            records = write_entries(pool_dir, self.entries, lambda e: self._record_in(folder, e))
+            manifest = self.manifest(records)
+            write_manifest(pool_dir, manifest)
             remove_unreferenced(pool_dir, {record["file"] for record in records})
+            self._remember(folder, manifest, self.entries)
         return pool_dir
+
+    def _record_in(self, folder: str, entry: TaskEntry) -> dict[str, Any] | None:
+        """The manifest record of ``entry``'s file in ``folder``, if it was read or written there."""
+        saved = self._saved.get(entry)
+        return saved[1] if saved is not None and saved[0] == folder else None
+
+    def _remember(self, folder: str, manifest: dict[str, Any], entries: list[TaskEntry]) -> None:
+        for entry, record in zip(entries, manifest["tasks"], strict=True):
+            self._saved[entry] = (folder, record)
+        self._source = (folder, _settings(manifest))
 
     @classmethod
     def load(
@@ -728,6 +747,20 @@ class PromptPool:
             selector = build_selector(manifest["selector"])
         except Exception as error:
             raise PoolFormatError(f"{where}: bad field 'selector' ({error})") from None
+        return cls._filled(backbone, pool_dir, manifest, selector, training)
+
+    @classmethod
+    def _filled(
+        cls,
+        backbone: Backbone,
+        pool_dir: Path,
+        manifest: dict[str, Any],
+        selector: Selector,
+        training: TrainingConfig,
+        known: dict[str, TaskEntry] | None = None,
+    ) -> PromptPool:
+        """A pool with the manifest's settings and entries; those in ``known`` (by
+        `_record_key`) are reused, the others read from their files."""
         try:
             pool = cls(
                 backbone,
@@ -736,12 +769,16 @@ class PromptPool:
                 selector=selector,
                 training=training,
             )
-            for entry in read_entries(pool_dir, manifest):
+            entries = read_entries(
+                pool_dir, manifest, None if known is None else lambda r: known.get(_record_key(r))
+            )
+            for entry in entries:
                 pool.add(entry)
         except ContinualError as error:
             message = str(error)
-            prefix = "" if message.startswith(str(pool_dir)) else f"{where}: "
+            prefix = "" if message.startswith(str(pool_dir)) else f"{pool_dir / MANIFEST}: "
             raise PoolFormatError(f"{prefix}{message}") from None
+        pool._remember(_folder_key(pool_dir), manifest, entries)
         return pool
 
     # -- managing tasks -----------------------------------------------------------------------
@@ -798,8 +835,43 @@ class PromptPool:
         return entry
 
     def reload(self, path: str | os.PathLike) -> PromptPool:
-        """A new pool read from ``path`` on this pool's backbone (loaded once, shared)."""
-        return type(self).load(path, self.backbone)
+        """A new pool read from ``path`` on this pool's backbone (loaded once, shared).
+
+        When this pool was loaded from or saved to ``path`` and the manifest's settings are
+        unchanged, only what changed is read: the files of tasks added since, while tasks still
+        named keep their entries (this pool's, shared) and tasks no longer named are dropped.
+        The selector is shared too, so its pooled statistics are updated for the tasks added
+        and removed, not rebuilt. Otherwise the pool is loaded whole, as `load` does.
+        """
+        pool_dir = Path(path)
+        folder = _folder_key(pool_dir)
+        manifest = read_manifest(pool_dir)
+        if self._source != (folder, _settings(manifest)):
+            return type(self).load(path, self.backbone)
+        known = {}
+        for entry in self.entries:
+            record = self._record_in(folder, entry)
+            if record is not None:
+                known[_record_key(record)] = entry
+        return type(self)._filled(
+            self.backbone, pool_dir, manifest, self.selector, self.training, known
+        )
+
+
+def _folder_key(pool_dir: Path) -> str:
+    """One name per pool folder, however the path to it is written."""
+    return str(Path(pool_dir).resolve())
+
+
+def _settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest without its tasks, as JSON reads it back: the settings every entry was
+    checked against."""
+    return json.loads(json.dumps({key: value for key, value in manifest.items() if key != "tasks"}))
+
+
+def _record_key(record: dict[str, Any]) -> str:
+    """A task's manifest record as one string: entries with equal records are equal."""
+    return json.dumps(record, sort_keys=True)
 
 
 def _check_fingerprint(fingerprint: dict, where: Path) -> None:

@@ -23,6 +23,7 @@ import re
 import secrets
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -403,19 +404,51 @@ def required_tensors(generation: Generation | None) -> set[str]:
     return {"prompt"} if generation is not None else {"prompt", "head.weight", "head.bias"}
 
 
-def write_entries(pool_dir: Path, entries: list[TaskEntry]) -> list[dict]:
-    """Write each entry's task file (existing identical files are kept); their records."""
-    return [task_record(entry, *write_task_file(pool_dir, entry.tensors())) for entry in entries]
+def write_entries(
+    pool_dir: Path,
+    entries: list[TaskEntry],
+    saved: Callable[[TaskEntry], dict | None] | None = None,
+) -> list[dict]:
+    """Write each entry's task file (existing identical files are kept); their records.
+
+    ``saved`` gives an entry's record when its file is known to be in ``pool_dir`` already (the
+    entry was read from there or written there): that entry is not serialised again, only
+    checked to have its file in place, so saving a pool of many tasks after adding one writes
+    that task's file alone.
+    """
+    records = []
+    for entry in entries:
+        record = saved(entry) if saved is not None else None
+        if record is None or not _is_regular_file(pool_dir / record["file"]):
+            record = task_record(entry, *write_task_file(pool_dir, entry.tensors()))
+        records.append(record)
+    return records
 
 
-def read_entries(pool_dir: str | os.PathLike, manifest: dict | None = None) -> list[TaskEntry]:
-    """Every task entry of a saved pool, checked against the manifest; no backbone needed."""
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def read_entries(
+    pool_dir: str | os.PathLike,
+    manifest: dict | None = None,
+    known: Callable[[dict], TaskEntry | None] | None = None,
+) -> list[TaskEntry]:
+    """Every task entry of a saved pool, checked against the manifest; no backbone needed.
+
+    ``known`` gives the entry already in memory for a manifest record (the same name, labels,
+    stats and file checksum), if any: that record's file is not read again.
+    """
     pool_dir = Path(pool_dir)
     manifest = manifest if manifest is not None else read_manifest(pool_dir)
-    return [
-        _entry_from_record(pool_dir, record, number)
-        for number, record in enumerate(manifest["tasks"])
-    ]
+    entries = []
+    for number, record in enumerate(manifest["tasks"]):
+        entry = known(record) if known is not None and isinstance(record, dict) else None
+        entries.append(entry or _entry_from_record(pool_dir, record, number))
+    return entries
 
 
 def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry:

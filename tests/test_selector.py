@@ -127,12 +127,12 @@ def test_gaussian_own_scores_are_cached_per_task_and_dropped_with_the_task():
         assert torch.allclose(scores, GaussianSelector().task_scores(test[0], [state])[:, 0])
         assert torch.equal(selector.own_scores(test[0], state), scores)  # from the cache
     assert len(selector._own) == 3
-    kept = [state["covariance"] for state in (states[0], states[2])]
+    kept = [state["mean"] for state in (states[0], states[2])]
     del states[1], state  # a task removed from the pool
     gc.collect()
-    assert len(selector._own) == 2 and all(covariance in selector._own for covariance in kept)
+    assert len(selector._own) == 2 and all(mean in selector._own for mean in kept)
     assert torch.equal(selector.own_scores(test[0], states[1]), own[2])
     copied = copy.deepcopy(selector)  # caches are not copied (nor pickled): they refill
-    assert len(copied._own) == 0 and copied._cache is None
+    assert len(copied._own) == 0 and copied._pooled is None
     assert torch.equal(copied.own_scores(test[0], states[1]), own[2])
     assert pickle.loads(pickle.dumps(selector)).shrinkage == selector.shrinkage
