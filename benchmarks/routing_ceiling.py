@@ -6,11 +6,11 @@ Each task's training texts are embedded once, as the pool embeds them (the defau
 views and features). After each task t, every selector variant is fitted task by task on tasks
 1..t and routes the test inputs of tasks 1..t (whole, and their first sentence); the ceiling is
 a logistic regression fitted on all those tasks' features at once (not continual: it sees every
-task's data together). With ``--run DIR`` (a ``continual run`` result folder for the same
+task's data together). With ``--run DIR...`` (``continual run`` result folders of the same
 sequence) the plot also shows each method's average accuracy after every task. Writes
 results.json, report.md and routing.png to --out.
 
-    python benchmarks/routing_ceiling.py --sequence long12 --run results/long12 \
+    python benchmarks/routing_ceiling.py --sequence long12 --test-per-label 30 \
         --out results/long12/routing
 """
 
@@ -28,7 +28,7 @@ import torch
 
 from continual.backbone import Backbone
 from continual.bench.sequences import load_sequence
-from continual.selector import DEFAULT_SELECTOR, build_selector, first_sentence
+from continual.selector import DEFAULT_SELECTOR, build_selector, default_selector, first_sentence
 from continual.storage import atomic_write_bytes
 
 
@@ -77,16 +77,19 @@ def main() -> int:
     parser.add_argument("--sequence", default="long12")
     parser.add_argument(
         "--ranks",
-        nargs="+",
-        default=["dense", "32"],
-        help="selector variants: 'dense' (the full covariance) or a rank",
+        nargs="*",
+        type=int,
+        default=[],
+        help="more variants: the default selector keeping this many directions per task",
     )
     parser.add_argument("--train-per-label", type=int, default=64)
     parser.add_argument("--test-per-label", type=int, default=50)
     parser.add_argument("--max-length", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--final-only", action="store_true", help="only after the last task")
-    parser.add_argument("--run", type=Path, help="a `continual run` folder of the same sequence")
+    parser.add_argument(
+        "--run", type=Path, nargs="*", default=[], help="`continual run` folders of the sequence"
+    )
     parser.add_argument("--features", type=Path, help="cache the features in this file")
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args()
@@ -122,23 +125,25 @@ def main() -> int:
     say = f"features: {time.perf_counter() - started:.0f} s"
     print(say, file=sys.stderr, flush=True)
 
+    # `before`: the default as it was, each task's dense covariance with shrinkage 0.3.
     variants = {
-        rank: {"name": DEFAULT_SELECTOR, "rank": None if rank == "dense" else int(rank)}
-        for rank in args.ranks
+        "before": {"name": DEFAULT_SELECTOR, "rank": None, "shrinkage": 0.3},
+        "default": default_selector("input"),
+        **{str(rank): {**default_selector("input"), "rank": rank} for rank in args.ranks},
     }
     steps = [len(tasks)] if args.final_only else list(range(1, len(tasks) + 1))
     rows = []
     for step in steps:
         row: dict = {"tasks": step, "routing": {}, "per_task": {}}
         for input_view, test in tests.items():
-            for rank, config in variants.items():
+            for variant, config in variants.items():
                 shares, confusion, size = selector_routing(
                     config, train[:step], test[:step], args.seed
                 )
-                key = f"{rank}/{input_view}"
+                key = f"{variant}/{input_view}"
                 row["routing"][key] = round(float(np.mean(shares)), 2)
                 row["per_task"][key] = [round(s, 1) for s in shares]
-                row.setdefault("bytes_per_task", {})[rank] = size
+                row.setdefault("bytes_per_task", {})[variant] = size
                 if step == len(tasks):
                     row.setdefault("confusion", {})[key] = confusion.tolist()
             if input_view == "whole" and step > 1:
@@ -155,7 +160,10 @@ def main() -> int:
         print(json.dumps({"tasks": step, **row["routing"]}), flush=True)
 
     command = "python " + " ".join(shlex.quote(part) for part in sys.argv)
-    run = json.loads((args.run / "results.json").read_text()) if args.run else None
+    run = None
+    for folder in args.run:
+        methods = json.loads((folder / "results.json").read_text())["methods"]
+        run = {"methods": {**(run or {"methods": {}})["methods"], **methods}}
     result = {
         "command": command,
         "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
@@ -202,15 +210,16 @@ def render(result: dict, run: dict | None) -> str:
         f"Made by: `{result['command']}` ({result['wall_seconds']:.0f} s)",
         "",
         "Routing % = share of each task's test inputs sent to that task, mean over the tasks "
-        "learned so far. `dense` is the selector with each task's full covariance (the default "
-        "before), a number the diagonal plus low-rank state of that rank; `whole` / "
+        "learned so far. `before` is the default selector as it was (each task's dense "
+        "covariance, shrinkage 0.3), `default` the default now (rank 90 plus identity, "
+        "shrinkage 0.4), a number the default at that rank; `whole` / "
         "`first_sentence` is the input given. `ceiling` is a logistic regression fitted on all "
         "tasks seen so far at once on the same features (not continual).",
         "",
         "| tasks | " + " | ".join(keys) + " | default − ceiling |",
         "|---|" + "---|" * (len(keys) + 1),
     ]
-    default_key = next(key for key in keys if key.endswith("/whole") and key != "ceiling/whole")
+    default_key = "default/whole"
     for row in rows:
         routing = row["routing"]
         gap = (

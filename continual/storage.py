@@ -351,7 +351,7 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
 
 def stored_dtypes(name: str) -> tuple[torch.dtype, ...]:
     """The dtypes a task file may hold tensor ``name`` in: float32, and for selector
-    statistics also float16 (a covariance stored in half the bytes routes the same)."""
+    statistics also float16 (covariance factors stored in half the bytes route the same)."""
     if name.startswith("selector."):
         return (torch.float32, torch.float16)
     return (torch.float32,)

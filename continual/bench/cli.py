@@ -15,7 +15,9 @@ from .methods import METHODS
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--sequence", default="text4", help="text4, or a TOML file of tasks")
+    parser.add_argument(
+        "--sequence", default="text4", help="text4, long12, or a TOML file of tasks"
+    )
     parser.add_argument(
         "--methods",
         nargs="+",

