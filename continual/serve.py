@@ -57,8 +57,10 @@ class RequestError(Exception):
 class PoolHolder:
     """Holds the pool being served and swaps it when the manifest on disk changes.
 
-    Reloading reads the manifest and task files only; the backbone is reused. A reload that
-    fails (a save half-seen, a corrupt file) keeps the current pool and is retried next poll.
+    Reloading reads the manifest and the files of tasks added since (`PromptPool.reload`); the
+    backbone, the entries still named and the selector's pooled statistics are reused. A reload
+    that fails (a save half-seen, a corrupt file) keeps the current pool and is retried next
+    poll.
     """
 
     def __init__(self, path: str | os.PathLike, load: Callable[[], Any]) -> None:
