@@ -166,7 +166,7 @@ def main() -> int:
         run = {"methods": {**(run or {"methods": {}})["methods"], **methods}}
     result = {
         "command": command,
-        "config": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "config": json.loads(json.dumps(vars(args), default=str)),
         "tasks": names,
         "wall_seconds": round(time.perf_counter() - started, 1),
         "rows": rows,
