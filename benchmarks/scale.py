@@ -29,6 +29,7 @@ Writes results.json, report.md and scale.png to --out (default results/scale).
 from __future__ import annotations
 
 import argparse
+import ctypes
 import gc
 import json
 import os
@@ -115,8 +116,24 @@ class Clock:
         return time.perf_counter() - self.started
 
 
+def release() -> None:
+    """Collect garbage and hand freed memory back to the system (glibc ``malloc_trim``), so a
+    dropped pool's pages do not stay counted as resident."""
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: freed memory stays counted
+
+
 def measure(
-    size: int, backbone: Backbone, bases: list[Path], texts: list[str], work: Path, repeats: int
+    size: int,
+    backbone: Backbone,
+    bases: list[Path],
+    texts: list[str],
+    work: Path,
+    repeats: int,
+    reference: PromptPool | None,
 ) -> dict:
     exports = work / "exports"
     exports.mkdir(parents=True)
@@ -141,7 +158,7 @@ def measure(
             for entry in imported.entries
         )
         del imported
-        gc.collect()
+        release()
         on_disk = sum(path.stat().st_size for path in pool_dir.rglob("*") if path.is_file())
         row["bytes_on_disk"] = on_disk
         row["bytes_per_task"] = on_disk / size
@@ -152,16 +169,19 @@ def measure(
         clock = Clock()
         pool.predict(batches[0])
         row["first_routed_batch_s"] = clock.seconds
-        routed, forced = [], []
+        # Interleaved with the same batches on the 1-task pool, so that the machine's load
+        # changes alike for both: the ratios are what this measures.
+        pools = {"": pool, "reference_": reference or pool}
+        times: dict[str, list[float]] = {}
         for repeat in range(repeats):
-            clock = Clock()
-            pool.predict(batches[1 + 2 * repeat])
-            routed.append(clock.seconds)
-            clock = Clock()
-            pool.predict(batches[2 + 2 * repeat], tasks=pool.tasks[0])
-            forced.append(clock.seconds)
-        row["routed_batch_s"] = statistics.median(routed)
-        row["forced_batch_s"] = statistics.median(forced)
+            for prefix, which in pools.items():
+                clock = Clock()
+                which.predict(batches[1 + 2 * repeat])
+                times.setdefault(f"{prefix}routed_batch_s", []).append(clock.seconds)
+                clock = Clock()
+                which.predict(batches[2 + 2 * repeat], tasks=which.tasks[0])
+                times.setdefault(f"{prefix}forced_batch_s", []).append(clock.seconds)
+        row.update({key: statistics.median(values) for key, values in times.items()})
 
         before = files_of(pool_dir)
         clock = Clock()
@@ -171,29 +191,39 @@ def measure(
         after = files_of(pool_dir)
         row["add_one_wrote"] = sorted(name for name in after if before.get(name) != after[name])
         row["add_one_removed"] = sorted(set(before) - set(after))
-        del pool
-        gc.collect()
-        row["serve_new_task_s"] = serve_new_task(pool_dir, backbone, served, texts[:4])
+        del pool, pools
+        release()
+        row["serve_listed_s"], row["serve_new_task_s"] = serve_new_task(
+            pool_dir, backbone, served, texts[:1]
+        )
     row["peak_rss_mb"] = round(memory.peak / 1e6, 1)
     return row
 
 
-def serve_new_task(pool_dir: Path, backbone: Backbone, file: Path, texts: list[str]) -> float:
-    """Seconds from an import on disk until the running server answers a request for the task."""
+def serve_new_task(
+    pool_dir: Path, backbone: Backbone, file: Path, texts: list[str]
+) -> tuple[float, float]:
+    """Seconds from an import on disk until the running server lists the task, and until it
+    answers a request for it."""
     from fastapi.testclient import TestClient
 
     from continual.serve import create_app
 
     name = file.stem
+    listed = None
     with TestClient(create_app(pool_dir, backbone=backbone)) as client:
         import_task(pool_dir, file)  # as `continual import` in another process would
         started = time.perf_counter()
         while True:
-            answer = client.post("/predict", json={"texts": texts, "task": name})
-            if answer.status_code == 200:
-                return time.perf_counter() - started
-            if answer.status_code != 404 or time.perf_counter() - started > 60:
+            if listed is None and name in {t["name"] for t in client.get("/tasks").json()["tasks"]}:
+                listed = time.perf_counter() - started
+            if listed is not None:
+                answer = client.post("/predict", json={"texts": texts, "task": name})
+                if answer.status_code == 200:
+                    return listed, time.perf_counter() - started
                 raise RuntimeError(f"the server did not serve {name}: {answer.text}")
+            if time.perf_counter() - started > 60:
+                raise RuntimeError(f"the server did not list {name} within 60 s")
             time.sleep(0.01)
 
 
@@ -236,12 +266,15 @@ def main() -> int:
     rows = []
     work = Path(tempfile.mkdtemp(prefix="scale-"))
     try:
+        reference = None
         for size in sizes:
-            row = measure(size, backbone, bases, texts, work / str(size), args.repeats)
+            row = measure(size, backbone, bases, texts, work / str(size), args.repeats, reference)
+            if reference is None:  # the first (smallest) pool, kept to interleave with the rest
+                reference = PromptPool.load(work / str(size) / "pool", backbone)
             row["peak_above_backbone_mb"] = round(row["peak_rss_mb"] - backbone_rss / 1e6, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
-            shutil.rmtree(work / str(size))
+            shutil.rmtree(work / str(size) / "exports")
     finally:
         shutil.rmtree(work, ignore_errors=True)
     result = {
@@ -277,32 +310,43 @@ def render(result: dict) -> str:
         "memory that 'above backbone' subtracts.",
         "",
         "| tasks | on disk | per task | selector stats/task | import s | save s | load s | "
-        "first routed batch s | routed batch s | forced batch s | add one s | serve new task s | "
-        "peak RSS MB | above backbone MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "first routed batch s | routed batch s (ratio to 1 task) | forced batch s (ratio) | "
+        "add one s | server lists new task s | server answers it s | peak RSS MB | "
+        "above backbone MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
             f"| {row['tasks']} | {row['bytes_on_disk'] / 1e6:.2f} MB | "
             f"{row['bytes_per_task'] / 1e3:.1f} KB | {row['selector_bytes_per_task'] / 1e3:.1f} KB"
             f" | {row['import_s']:.2f} | {row['save_s']:.2f} | {row['load_s']:.2f} | "
-            f"{row['first_routed_batch_s']:.2f} | {row['routed_batch_s']:.3f} | "
-            f"{row['forced_batch_s']:.3f} | {row['add_one_s']:.2f} | "
+            f"{row['first_routed_batch_s']:.2f} | {row['routed_batch_s']:.3f} "
+            f"({row['routed_batch_s'] / row['reference_routed_batch_s']:.2f}x) | "
+            f"{row['forced_batch_s']:.3f} "
+            f"({row['forced_batch_s'] / row['reference_forced_batch_s']:.2f}x) | "
+            f"{row['add_one_s']:.2f} | {row['serve_listed_s']:.2f} | "
             f"{row['serve_new_task_s']:.2f} | {row['peak_rss_mb']:.0f} | "
             f"{row['peak_above_backbone_mb']:.0f} |"
         )
     lines += [
         "",
-        f"At {last['tasks']} tasks against {first['tasks']}: routed batch "
-        f"{last['routed_batch_s'] / first['routed_batch_s']:.2f}x, forced batch "
-        f"{last['forced_batch_s'] / first['forced_batch_s']:.2f}x.",
+        f"Ratios: each size's batches against the same batches on the {first['tasks']}-task "
+        "pool, timed in turn (interleaved), medians. At "
+        f"{last['tasks']} tasks: routed {last['routed_batch_s'] / last['reference_routed_batch_s']:.2f}x, "
+        f"forced {last['forced_batch_s'] / last['reference_forced_batch_s']:.2f}x. The first "
+        "routed batch after loading also sums the tasks' covariance factors (the selector's "
+        "pooled statistics): load + that extra is what a freshly loaded pool takes before it "
+        "routes.",
         "",
         f"Adding one task to the saved pool of {last['tasks']} wrote: {last['add_one_wrote']} "
         f"(removed: {last['add_one_removed'] or 'nothing'}).",
         "",
         "Batch times are medians over repeats of 32 fresh test texts (64 tokens at most, 16 prompt "
         "vectors). Peak RSS covers import, save, load, predict, adding a task and serving, "
-        "sampled every 20 ms; 'above backbone' subtracts the process's resident memory once the "
+        "sampled every 20 ms; between the import and the load, and before serving, the dropped "
+        "pool is collected and freed memory handed back (malloc_trim); the 1-task reference "
+        "pool stays loaded throughout. 'above backbone' subtracts the process's resident memory "
+        "once the "
         "backbone ran one batch (see above). The machine is shared: compare sizes within "
         "this run.",
         "",
@@ -316,22 +360,44 @@ def plot(result: dict, path: Path) -> None:
 
     rows = result["rows"]
     sizes = [row["tasks"] for row in rows]
-    panels = [
-        ("bytes per task (KB)", [row["bytes_per_task"] / 1e3 for row in rows]),
-        ("load s", [row["load_s"] for row in rows]),
-        ("peak RSS above backbone (MB)", [row["peak_above_backbone_mb"] for row in rows]),
-        ("routed batch of 32 (s)", [row["routed_batch_s"] for row in rows]),
-        ("forced batch of 32 (s)", [row["forced_batch_s"] for row in rows]),
-        ("add one task + save (s)", [row["add_one_s"] for row in rows]),
-        ("server: new task answered (s)", [row["serve_new_task_s"] for row in rows]),
-        ("on disk (MB)", [row["bytes_on_disk"] / 1e6 for row in rows]),
+
+    def series(key: str, scale: float = 1.0) -> list[float]:
+        return [row[key] / scale for row in rows]
+
+    def ratio(key: str) -> list[float]:
+        return [row[key] / row[f"reference_{key}"] for row in rows]
+
+    panels: list[tuple[str, dict[str, list[float]]]] = [
+        ("bytes per task (KB)", {"on disk": series("bytes_per_task", 1e3)}),
+        ("on disk (MB)", {"": series("bytes_on_disk", 1e6)}),
+        (
+            "load (s)",
+            {"load": series("load_s"), "first routed batch": series("first_routed_batch_s")},
+        ),
+        ("peak RSS above backbone (MB)", {"": series("peak_above_backbone_mb")}),
+        (
+            "batch of 32 against 1 task (x)",
+            {"routed": ratio("routed_batch_s"), "forced": ratio("forced_batch_s")},
+        ),
+        (
+            "batch of 32 (s)",
+            {"routed": series("routed_batch_s"), "forced": series("forced_batch_s")},
+        ),
+        ("add one task + save (s)", {"": series("add_one_s")}),
+        (
+            "server: new task (s)",
+            {"listed": series("serve_listed_s"), "answered": series("serve_new_task_s")},
+        ),
     ]
-    figure = Figure(figsize=(14, 6))
-    for axes, (title, values) in zip(figure.subplots(2, 4).flat, panels):
-        axes.plot(sizes, values, "-o")
+    figure = Figure(figsize=(15, 6.5))
+    for axes, (title, lines) in zip(figure.subplots(2, 4).flat, panels):
+        for label, values in lines.items():
+            axes.plot(sizes, values, "-o", label=label or None)
         axes.set_xscale("log")
         axes.set_ylim(bottom=0)
         axes.set(title=title, xlabel="tasks in the pool")
+        if len(lines) > 1:
+            axes.legend(fontsize=7)
     figure.tight_layout()
     FigureCanvasAgg(figure)
     figure.savefig(path, dpi=120)
