@@ -359,8 +359,8 @@ class GaussianSelector(Selector):
         variances = singular[: self.rank] ** 2
         # What the kept directions (as stored) leave of the total variance, spread evenly over
         # the dimensions, so the stored covariance has the task's exact trace. (Spread evenly
-        # rather than per dimension: on text4 and long12 that routed closer to the dense
-        # covariance; results/scale/selector_size.md.)
+        # rather than per dimension: at rank 90 with shrinkage 0.4 it routed closer to the
+        # dense covariance on text4 and long12 in a one-off comparison on cached features.)
         kept = ((basis.double() ** 2).sum(1) * variances).sum()
         residual = ((centred**2).sum() - kept).clamp(min=0) / centred.shape[1]
         return {
@@ -482,8 +482,10 @@ class ViewGaussianSelector(GaussianSelector):
     selector's (``results/step_cost.json``).
     State per task: a 2H mean and a rank-90 plus identity covariance (for MiniLM, 768 wide:
     142 KB, where the dense 768 x 768 covariance saved before took 1.18 MB), with shrinkage
-    0.4 (0.3 with the dense covariance): routing within 0.4 points of the dense one on text4
-    and long12 (``results/scale/selector_size.md``).
+    0.4 (0.3 with the dense covariance). Routing against the dense covariance: text4 94.0 /
+    88.8 against 94.2 / 89.0 (whole / first sentence, ``results/scale/routing_shift_*.md``);
+    long12 after every task within 0.4 points on whole inputs, 0.5 on first sentences
+    (``results/long12/routing/report.md``).
 
     ``last_layer=False`` routes on the query layer alone (H wide): what a pool whose prompts
     enter at the query layer has before the prompt (``placement="query_layer"``).
