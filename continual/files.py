@@ -1,6 +1,9 @@
-"""One bounded reader for the files a pool and its data come from: regular files only, capped.
+"""One bounded reader for the files a pool and its data come from, and one writer of the new
+files a user names.
 
-Data files, manifests, task files, exported tasks and the server's manifest polls go through it.
+Data files, manifests, task files, exported tasks and the server's manifest polls go through
+`read_regular_file`: regular files only, capped. A file the user names for output (``continual
+export --out``) goes through `write_new_file`, which never replaces what it must not.
 
 A FIFO, a device (``/dev/zero``), a socket or a directory is refused before a byte is read: the
 file is opened with ``O_NONBLOCK`` (so opening a FIFO cannot block) and checked with ``fstat``
@@ -12,8 +15,11 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
+import secrets
 import stat
+from pathlib import Path
 
 from .errors import ContinualError
 
@@ -102,3 +108,130 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_new_file(
+    path: str | os.PathLike,
+    data: bytes,
+    *,
+    force: bool = False,
+    error: type[ContinualError] = ContinualError,
+) -> Path:
+    """Write ``data`` as the new file ``path``, complete or not at all.
+
+    Refused with ``error`` (one line naming ``path``, nothing written): a path inside a pool's
+    folder (its manifest, lock or task files, or anything beside them), a missing folder (none
+    is created), an existing path unless ``force`` (and then only a regular file, replaced by
+    an atomic rename, never written through), and a device, FIFO, socket, folder or symbolic
+    link whatever ``force`` says. The bytes go to a synced temporary beside the target first;
+    without ``force`` the temporary is hard-linked into place, which fails if anything
+    appeared there meanwhile.
+    """
+    if os.fspath(path) == "":
+        raise error("the output path is empty; give a file name")
+    path = Path(path)
+    folder = path.parent
+    try:
+        mode = folder.stat().st_mode
+    except FileNotFoundError:
+        raise error(f"{path}: folder {str(folder)!r} does not exist; create it first") from None
+    except OSError as failure:
+        raise error(f"{path}: cannot use folder {str(folder)!r} ({failure.strerror})") from None
+    if not stat.S_ISDIR(mode):
+        raise error(f"{path}: {str(folder)!r} is not a folder")
+    pool = _pool_folder_around(folder)
+    if pool is not None:
+        raise error(
+            f"{path}: inside the pool folder {str(pool)!r}; a pool holds only the files it "
+            "writes itself: write the file elsewhere"
+        )
+    _check_target(path, force, error)
+    temporary = f".{path.name}.{secrets.token_hex(8)}.tmp"
+    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        write_synced_temporary(directory, temporary, data)
+        try:
+            if force:
+                _check_target(path, force, error)  # again, just before the rename
+                os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+            else:
+                os.link(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except FileExistsError:
+            raise error(
+                f"{path}: appeared while being written; nothing was replaced (pass --force "
+                "to replace a file)"
+            ) from None
+        finally:
+            try:
+                os.unlink(temporary, dir_fd=directory)
+            except FileNotFoundError:
+                pass
+        os.fsync(directory)  # the new name is durable only once the folder entry is on disk
+    except OSError as failure:
+        raise error(f"{path}: cannot write ({failure.strerror or failure})") from None
+    finally:
+        os.close(directory)
+    return path
+
+
+def _check_target(path: Path, force: bool, error: type[ContinualError]) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise error(f"{path}: is a symbolic link; refusing to replace it or write through it")
+    if not stat.S_ISREG(mode):
+        raise error(f"{path}: is {_kind(mode)}; refusing to replace it")
+    if not force:
+        raise error(f"{path}: already exists; pass --force to replace it")
+
+
+def _pool_folder_around(folder: Path) -> Path | None:
+    """The pool folder ``folder`` is or lies in (links resolved), or None."""
+    from .storage import FORMAT, LOCK, MANIFEST, TASKS_DIR
+
+    resolved = Path(os.path.realpath(folder))
+    for candidate in (resolved, *resolved.parents):
+        if (candidate / LOCK).is_file() and (candidate / TASKS_DIR).is_dir():
+            return candidate  # a pool's first save, interrupted before its manifest
+        manifest = candidate / MANIFEST
+        if not manifest.is_file():
+            continue
+        try:
+            data = read_regular_file(manifest, limit=MAX_MANIFEST_BYTES, follow_symlinks=False)
+            if json.loads(data.decode("utf-8")).get("format") == FORMAT:
+                return candidate
+        except (ContinualError, ValueError, AttributeError, RecursionError):
+            continue
+    return None
+
+
+def write_synced_temporary(directory: int, name: str, data: bytes) -> None:
+    """Create ``name`` (new, not through a link) in the open ``directory``, write ``data`` and
+    sync it; removed again if anything fails."""
+    # The usual permissions (0o666 less the umask), as open() gives.
+    handle = os.open(
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o666,
+        dir_fd=directory,
+    )
+    try:
+        try:
+            _write_all(handle, data)
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except BaseException:
+        try:
+            os.unlink(name, dir_fd=directory)
+        except OSError:
+            pass
+        raise
+
+
+def _write_all(handle: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(handle, view) :]

@@ -33,7 +33,17 @@ from .backbone import DEFAULT_MODEL_NAME, Backbone
 from .data import Example, Task
 from .entry import State, TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
-from .format import FEATURES, IDENTITY, RECORDED, RECORDED_FEATURES, entry_from_export
+from .format import (
+    FEATURES,
+    IDENTITY,
+    RECORDED,
+    RECORDED_FEATURES,
+    check_task_name,
+    entry_from_export,
+    pool_has,
+    quote_name,
+    some_names,
+)
 from .generate import Generated, Sampling, generate
 from .learner import TrainingConfig, train_task
 from .metrics import Score, task_metric_scores
@@ -201,8 +211,11 @@ class PromptPool:
         entry, selector state included (each fits it on the same texts). Only one process
         should then write: ``if continual.distributed.is_main(): pool.save(path)``.
         """
+        check_task_name(task.name)
         if task.name in self.tasks:
-            raise TaskDataError(f"task {task.name!r} is already in the pool; choose another name")
+            raise TaskDataError(
+                f"task {quote_name(task.name)} is already in the pool; choose another name"
+            )
         trained = train_task(
             self.backbone,
             task,
@@ -251,9 +264,11 @@ class PromptPool:
         }
 
     def add(self, entry: TaskEntry) -> None:
-        """Add a ready-made entry (from a file, or trained elsewhere), checking its shapes."""
+        """Add a ready-made entry (from a file, or trained elsewhere), checking its name and
+        shapes (`check_task_name`)."""
+        check_task_name(entry.name)
         if entry.name in self.tasks:
-            raise TaskDataError(f"task {entry.name!r} is already in the pool")
+            raise TaskDataError(f"task {quote_name(entry.name)} is already in the pool")
         hidden = self.backbone.hidden_size
         if tuple(entry.prompt.shape) != self.prompt_shape:
             raise PoolFormatError(
@@ -370,12 +385,11 @@ class PromptPool:
             if len(names) != len(texts):
                 raise TaskDataError(f"{len(names)} task names for {len(texts)} texts")
             unknown = sorted(
-                {repr(name) for name in names if name is not None}
-                - {repr(name) for name in self.tasks}
+                {name for name in names if name is not None} - set(self.tasks), key=repr
             )
             if unknown:
                 raise TaskDataError(
-                    f"unknown task(s) [{', '.join(unknown)}]; the pool has {self.tasks}"
+                    f"unknown task(s) {some_names(unknown)}; {pool_has(self.tasks)}"
                 )
             positions = {name: index for index, name in enumerate(self.tasks)}
             forced = torch.tensor(
@@ -568,6 +582,8 @@ class PromptPool:
 
     def _stack(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prompts (T, L, H), head weights (T, C, H) and biases (T, C), padded to C classes."""
+        if self._stacked is not None and self._stacked[0].device != self.backbone.device:
+            self._stacked = None  # the backbone moved to another device since they were stacked
         if self._stacked is None:
             classes = max(1, *(len(entry.labels) for entry in self.entries))
             hidden = self.backbone.hidden_size
@@ -600,7 +616,7 @@ class PromptPool:
         if not examples:
             raise TaskDataError(f"task {name!r}: no examples to evaluate on")
         if name not in self.tasks:
-            raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
+            raise TaskDataError(_not_in_pool(name, self.tasks))
         entry = self.entries[self.tasks.index(name)]
         labels = set(entry.labels)
         for row, (_, gold) in enumerate(examples, start=1):
@@ -788,17 +804,21 @@ class PromptPool:
         The other entries are untouched; they route among themselves from now on.
         """
         if name not in self.tasks:
-            raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
+            raise TaskDataError(_not_in_pool(name, self.tasks))
         entry = self.entries.pop(self.tasks.index(name))
         self._stacked = None
         return entry
 
-    def export_task(self, name: str, path: str | os.PathLike) -> Path:
-        """Write task ``name`` as one self-describing safetensors file (see `import_task`)."""
+    def export_task(self, name: str, path: str | os.PathLike, *, force: bool = False) -> Path:
+        """Write task ``name`` as one self-describing safetensors file (see `import_task`).
+
+        ``path`` must be a new file outside any pool folder; ``force`` replaces an existing
+        regular file (atomically). Devices, FIFOs and symbolic links are always refused.
+        """
         from .storage import write_export_file
 
         if name not in self.tasks:
-            raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
+            raise TaskDataError(_not_in_pool(name, self.tasks))
         entry = self.entries[self.tasks.index(name)]
         return write_export_file(
             path,
@@ -809,6 +829,7 @@ class PromptPool:
             selector=self.selector.config(),
             backbone=self.backbone.fingerprint(),
             generation=entry.generation,
+            force=force,
         )
 
     def import_task(self, path: str | os.PathLike, *, name: str | None = None) -> TaskEntry:
@@ -872,6 +893,10 @@ def _settings(manifest: dict[str, Any]) -> dict[str, Any]:
 def _record_key(record: dict[str, Any]) -> str:
     """A task's manifest record as one string: entries with equal records are equal."""
     return json.dumps(record, sort_keys=True)
+
+
+def _not_in_pool(name: object, tasks: list[str]) -> str:
+    return f"task {quote_name(name)} is not in the pool; {pool_has(tasks)}"
 
 
 def _check_fingerprint(fingerprint: dict, where: Path) -> None:

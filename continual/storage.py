@@ -62,19 +62,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     temporary = f".{path.name}.{secrets.token_hex(8)}.tmp"
     directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        # The usual permissions (0o666 less the umask), as open() gives.
-        handle = os.open(
-            temporary,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o666,
-            dir_fd=directory,
-        )
+        files.write_synced_temporary(directory, temporary, data)
         try:
-            try:
-                _write_all(handle, data)
-                os.fsync(handle)
-            finally:
-                os.close(handle)
             os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
         except BaseException:
             try:
@@ -91,13 +80,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise OSError(error.errno, f"cannot write ({reason})", str(path)) from None
     finally:
         os.close(directory)
-
-
-def _write_all(handle: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(handle, view)
-        view = view[written:]
 
 
 def write_task_file(pool_dir: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
@@ -567,15 +549,16 @@ def write_export_file(
     selector: dict,
     backbone: dict,
     generation: Generation | None = None,
+    force: bool = False,
 ) -> Path:
     """Write one task as a single safetensors file whose string metadata describes it.
 
     The tensors are the task's prompt, head (label tasks) and ``selector.*`` state; the
     metadata holds its name, labels, stats, the selector's config, the backbone fingerprint
     and a text-to-text task's ``generation`` settings, so the file can be checked against any
-    pool before it joins it. Written atomically.
+    pool before it joins it. ``path`` must be a new file outside any pool (with ``force``, an
+    existing regular file, replaced atomically): see `files.write_new_file`.
     """
-    path = Path(path)
     metadata = {
         "format": TASK_FORMAT,
         "format_version": TASK_FORMAT_VERSION,
@@ -591,8 +574,7 @@ def write_export_file(
     data = save_safetensors(
         {key: value.contiguous() for key, value in tensors.items()}, metadata=metadata
     )
-    atomic_write_bytes(path, data)
-    return path
+    return files.write_new_file(path, data, force=force)
 
 
 def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
