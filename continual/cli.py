@@ -617,7 +617,7 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--max-batch-tokens",
         type=int,
-        default=2048,
+        default=512,
         help="tokens per shared forward pass at most: a large request is split into batches "
         "this size, taken in turn with other requests' texts",
     )

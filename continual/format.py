@@ -72,9 +72,7 @@ def check_task_name(name: object, what: str = "task name") -> str:
             f"{what} {quote_name(name)} must be non-empty, without surrounding spaces"
         )
     if len(name) > MAX_TASK_NAME:
-        raise TaskDataError(
-            f"{what} {quote_name(name)} has {len(name)} characters; at most {MAX_TASK_NAME}"
-        )
+        raise TaskDataError(f"{what} {quote_name(name)} is too long: at most {MAX_TASK_NAME}")
     for position, character in enumerate(name):
         if 0xD800 <= ord(character) <= 0xDFFF:
             raise TaskDataError(

@@ -1,7 +1,7 @@
 """Serve a pool over HTTP: one loaded backbone, every task, micro-batched forward passes.
 
     continual serve POOL [--host 127.0.0.1] [--port 8000] [--max-batch 64]
-        [--max-batch-tokens 2048] [--max-wait-ms 5] [--docs]
+        [--max-batch-tokens 512] [--max-wait-ms 5] [--docs]
 
 Endpoints:
 
@@ -20,8 +20,8 @@ the size limits, numbers in range, a task name that may exist): a bad request ge
 
 Concurrent requests share forward passes fairly: each request's texts join a round-robin queue,
 and a batch takes one text from each waiting request in turn until it holds ``max_batch`` texts
-or ``max_batch_tokens`` tokens (a text counts as its UTF-8 bytes + 2, at most the backbone's
-``max_length``), waiting at most ``max_wait`` seconds for company. A one-text request sent while
+or ``max_batch_tokens`` tokens (as the backbone's tokenizer counts them, at most its
+``max_length`` a text), waiting at most ``max_wait`` seconds for company. A one-text request sent while
 a 256-text one runs waits for at most the batch in progress. A batch whose prediction fails is
 retried one request at a time, so a failure reaches only the request that caused it.
 
@@ -37,6 +37,7 @@ FastAPI and uvicorn are imported only when an app is built, so ``import continua
 
 import asyncio
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -179,24 +180,37 @@ class _Job:
         self.answers = [None] * len(self.texts)
 
 
-def token_bound(text: str, max_length: int) -> int:
-    """At most how many tokens ``text`` becomes: a token covers at least one UTF-8 byte, plus
-    two special tokens, and the backbone truncates at ``max_length``."""
-    return min(max_length, len(text.encode("utf-8")) + 2)
+def token_counts(tokenizer, texts: list[str], max_length: int) -> list[int]:
+    """How many tokens each text becomes, at most ``max_length`` (the backbone truncates there).
+
+    A text of more than 16 characters a token is not tokenized here (that would cost as much
+    as a 20,000-character text's whole tokenization): it counts as ``max_length``, a bound.
+    """
+    counts = [max_length] * len(texts)
+    short = [number for number, text in enumerate(texts) if len(text) <= 16 * max_length]
+    if short:
+        encoded = tokenizer(
+            [texts[number] for number in short], truncation=True, max_length=max_length
+        )["input_ids"]
+        for number, ids in zip(short, encoded):
+            counts[number] = len(ids)
+    return counts
 
 
 class MicroBatcher:
     """Shares `PromptPool.predict` calls among concurrent requests, fairly.
 
     Requests wait in a round-robin queue. A batch takes the next text of each waiting request in
-    turn until it holds ``max_batch`` texts or ``max_batch_tokens`` tokens (`token_bound`; a
+    turn until it holds ``max_batch`` texts or ``max_batch_tokens`` tokens (`token_counts`; a
     batch always takes at least one text), waiting at most ``max_wait`` seconds for more. So a
     large request is split into bounded batches, and a small one sent meanwhile joins the next
-    batch. Predictions run on one worker thread, so the event loop keeps accepting requests.
+    batch. Predictions run on one worker thread, so the event loop keeps accepting requests;
+    tokens are counted on another, with a tokenizer of its own (a fast tokenizer must not be
+    called from two threads at once).
     """
 
     def __init__(
-        self, max_batch: int = 64, max_wait: float = 0.005, max_batch_tokens: int = 2048
+        self, max_batch: int = 64, max_wait: float = 0.005, max_batch_tokens: int = 512
     ) -> None:
         if max_batch < 1:
             raise ContinualError(f"max_batch must be at least 1, got {max_batch}")
@@ -222,6 +236,14 @@ class MicroBatcher:
             initializer=torch.set_num_threads,
             initargs=(torch.get_num_threads(),),
         )
+        self._counter = ThreadPoolExecutor(1, thread_name_prefix="continual-count")
+        self._tokenizers: dict[int, Any] = {}  # backbone id -> the counting thread's copy
+
+    def _count(self, backbone, texts: list[str]) -> list[int]:
+        tokenizer = self._tokenizers.get(id(backbone))
+        if tokenizer is None:
+            tokenizer = self._tokenizers[id(backbone)] = copy.deepcopy(backbone.tokenizer)
+        return token_counts(tokenizer, texts, backbone.max_length)
 
     def start(self) -> None:
         self._wakeup = asyncio.Event()
@@ -235,6 +257,7 @@ class MicroBatcher:
             except asyncio.CancelledError:
                 pass
         self._executor.shutdown(wait=True)
+        self._counter.shutdown(wait=True)
 
     async def submit(
         self,
@@ -244,9 +267,9 @@ class MicroBatcher:
         min_score: float | None,
         refuse: float | None = None,
     ) -> list:
-        future = asyncio.get_running_loop().create_future()
-        limit = pool.backbone.max_length
-        tokens = [token_bound(text, limit) for text in texts]
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        tokens = await loop.run_in_executor(self._counter, self._count, pool.backbone, texts)
         self._pending.append(_Job(pool, texts, task, min_score, refuse, future, tokens))
         assert self._wakeup is not None, "start() the batcher first"
         self._wakeup.set()
@@ -445,7 +468,7 @@ def create_app(
     device: str = "cpu",
     dtype: str | None = None,
     max_batch: int = 64,
-    max_batch_tokens: int = 2048,
+    max_batch_tokens: int = 512,
     max_wait: float = 0.005,
     max_texts: int = 256,
     max_chars: int = 20_000,
@@ -541,12 +564,12 @@ def create_app(
             return error(500, f"prediction failed: {type(failure).__name__}: {detail}")
         return {"predictions": [prediction.to_dict() for prediction in predictions]}
 
-    @app.api_route("/tasks", methods=["GET", "HEAD"])
+    @app.get("/tasks")
     async def tasks():
         pool = holder.pool
         return {"tasks": [{"name": entry.name, "labels": entry.labels} for entry in pool.entries]}
 
-    @app.api_route("/health", methods=["GET", "HEAD"])
+    @app.get("/health")
     async def health():
         return {
             "status": "ok",
@@ -558,6 +581,8 @@ def create_app(
             "retried_batches": batcher.retries,
         }
 
+    for path, endpoint in (("/tasks", tasks), ("/health", health)):  # HEAD: GET's headers
+        app.add_api_route(path, endpoint, methods=["HEAD"], include_in_schema=False)
     return app
 
 
@@ -626,8 +651,15 @@ def _bounded_protocol(header_timeout: float, body_timeout: float, max_header_byt
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            if self._timer is None and self.conn.their_state is h11.IDLE:
-                self._arm("headers")
+            if self.conn.their_state is h11.IDLE:  # reading a request's headers
+                if self._timer is None:
+                    self._arm("headers")
+                # h11 bounds only headers still incomplete; these may all come in one read.
+                buffered = self.conn.trailing_data[0] + data
+                end = buffered.find(b"\r\n\r\n")
+                if (end if end >= 0 else len(buffered)) > max_header_bytes:
+                    self._refuse(431, f"request headers over {max_header_bytes} bytes")
+                    return
             super().data_received(data)
             state = self.conn.their_state
             if state is h11.SEND_BODY:
@@ -659,12 +691,6 @@ def _bounded_protocol(header_timeout: float, body_timeout: float, max_header_byt
                 cycle.disconnected = True  # the app's request.stream() ends; its answer is dropped
                 cycle.message_event.set()
             self._refuse(408, f"the request {phase} did not arrive within {timeout:g} s")
-
-        def send_400_response(self, msg: str) -> None:
-            if len(self.conn.trailing_data[0]) > max_header_bytes:
-                self._refuse(431, f"request headers over {max_header_bytes} bytes")
-            else:
-                super().send_400_response(msg)
 
         def _refuse(self, status: int, message: str) -> None:
             # Written raw: h11 may not send a response before it has read a request.
