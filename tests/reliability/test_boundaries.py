@@ -882,6 +882,7 @@ def test_no_code_path_writes_or_deletes_outside_what_the_pool_made(
         ("remove an unknown task", ["remove", pool_copy, "--task", "nope"], 2),
         ("remove from outside/", ["remove", root / "outside", "--task", "x"], 2),
     ]
+    (root / "export").mkdir()  # export makes no folder
     for step, argv, expected in operations:
         code, _, err = finishes(invoke, *argv)
         assert code == expected, (step, err)
