@@ -311,9 +311,7 @@ def test_export_file_is_checked_field_by_field(saved, backbone, tmp_path):
             backbone=info["backbone"],
         )
         meta[field] = value
-        bad = write_export_file(
-            tmp_path / f"bad-{field}.safetensors", tensors, **meta, force=True
-        )
+        bad = write_export_file(tmp_path / f"bad-{field}.safetensors", tensors, **meta, force=True)
         with pytest.raises(PoolFormatError, match=message) as caught:
             read_export_file(bad)
         assert str(bad) in str(caught.value)
