@@ -155,7 +155,7 @@ def write_new_file(
                 _check_target(path, force, error)  # again, just before the rename
                 os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
             else:
-                os.link(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+                _link_new(directory, temporary, path.name)
         except FileExistsError:
             raise error(
                 f"{path}: appeared while being written; nothing was replaced (pass --force "
@@ -172,6 +172,20 @@ def write_new_file(
     finally:
         os.close(directory)
     return path
+
+
+def _link_new(directory: int, temporary: str, name: str) -> None:
+    """Give the complete ``temporary`` the new ``name``; `FileExistsError` if it is taken."""
+    try:
+        os.link(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+    except OSError as failure:
+        if failure.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        # A file system without hard links: claim the name first, then rename onto the claim.
+        os.close(
+            os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, dir_fd=directory)
+        )
+        os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
 
 
 def _check_target(path: Path, force: bool, error: type[ContinualError]) -> None:

@@ -41,7 +41,7 @@ def quote_name(name: object) -> str:
     return repr(name)
 
 
-def some_names(names: Sequence[str]) -> str:
+def some_names(names: Sequence[object]) -> str:
     """``names`` for an error line: at most the first five, each cut, and how many more."""
     shown = ", ".join(quote_name(name) for name in names[:_LISTED_NAMES])
     if len(names) > _LISTED_NAMES:
@@ -49,7 +49,7 @@ def some_names(names: Sequence[str]) -> str:
     return shown
 
 
-def pool_has(tasks: Sequence[str]) -> str:
+def pool_has(tasks: Sequence[object]) -> str:
     """ "the pool has N task(s): 'a', 'b', …" for an error line (never every name)."""
     return (
         f"the pool has {len(tasks)} task(s): {some_names(tasks)}"

@@ -642,7 +642,7 @@ def _bounded_protocol(header_timeout: float, body_timeout: float, max_header_byt
         _timer: asyncio.TimerHandle | None = None
         _phase = ""
 
-        def connection_made(self, transport) -> None:  # type: ignore[override]
+        def connection_made(self, transport) -> None:
             super().connection_made(transport)
             self._arm("headers")
 

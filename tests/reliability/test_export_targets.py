@@ -224,3 +224,37 @@ def test_error_lines_cut_a_long_name_and_list_a_few_tasks(pool, tmp_path):
     line = one_line(*invoke("remove", copy, "--task", "x" * 100_000), "(100000 characters)")
     assert "the pool has 31 task(s)" in line and "(26 more)" in line
     assert len(line) < 1000
+
+
+def test_a_file_appearing_while_the_export_is_written_is_kept(tmp_path, monkeypatch):
+    from continual import ContinualError, files
+
+    out = tmp_path / "out.st"
+    write = files.write_synced_temporary
+
+    def racing(directory, name, data):
+        write(directory, name, data)
+        out.write_bytes(b"another writer's bytes")  # lands between the checks and the rename
+
+    monkeypatch.setattr(files, "write_synced_temporary", racing)
+    with pytest.raises(ContinualError, match="appeared while being written"):
+        files.write_new_file(out, b"export")
+    assert out.read_bytes() == b"another writer's bytes"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.st"]  # no temporary left
+
+
+def test_without_hard_links_a_new_file_is_still_never_written_over(tmp_path, monkeypatch):
+    import errno
+
+    from continual import ContinualError, files
+
+    def no_links(*args, **kwargs):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    out = tmp_path / "out.st"
+    assert files.write_new_file(out, b"first") == out and out.read_bytes() == b"first"
+    with pytest.raises(ContinualError, match="already exists"):
+        files.write_new_file(out, b"second")
+    assert out.read_bytes() == b"first"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["out.st"]
