@@ -13,34 +13,27 @@ from __future__ import annotations
 import asyncio
 import json
 import socket
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 import torch
-from test_serve import TEXTS, assert_one_line_error, expected, setup  # noqa: F401 (a fixture)
+from test_serve import (  # noqa: F401 (setup: a fixture)
+    TEXTS,
+    assert_one_line_error,
+    expected,
+    setup,
+    start_server,
+)
 
 from continual import PromptPool
 from continual.errors import TaskDataError
 from continual.format import MAX_TASK_NAME, pool_has
-from continual.serve import MicroBatcher, PoolHolder, _Job, bind, build_server, create_app
+from continual.serve import MicroBatcher, PoolHolder, _Job, create_app
 from continual.storage import MANIFEST
 
 TIMEOUT = 1.0  # the test server's header and body read timeouts, seconds
-
-
-def start(app, **limits):
-    sock = bind("127.0.0.1", 0)
-    server = build_server(app, sock, **limits)
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    return server, thread, sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -56,7 +49,7 @@ def served(setup, tiny_model_dir):  # noqa: F811
         max_texts=256,
         poll_interval=0.2,
     )
-    server, thread, port = start(app, header_timeout=TIMEOUT, body_timeout=TIMEOUT)
+    server, thread, port = start_server(app, header_timeout=TIMEOUT, body_timeout=TIMEOUT)
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60) as client:
         yield client, port
     server.should_exit = True
@@ -294,7 +287,7 @@ def test_docs_are_off_by_default(served):
 def test_docs_flag_serves_them_from_the_installed_package(setup, tiny_model_dir):  # noqa: F811
     pool_dir, _, _ = setup
     app = create_app(pool_dir, backbone=str(tiny_model_dir), docs=True)
-    server, thread, port = start(app)
+    server, thread, port = start_server(app)
     try:
         with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client:
             for page in ("/docs", "/redoc"):
