@@ -335,11 +335,17 @@ def test_stacked_prompts_follow_the_backbone_to_another_device(setup, tiny_model
 def test_task_names_are_checked_by_the_api(setup):  # noqa: F811
     import dataclasses
 
-    pool_dir, _, reference = setup
+    from continual import Task
+
+    pool_dir, exported, reference = setup
     pool = PromptPool.load(pool_dir, reference)
     entry = pool.entries[0]
     for name in ("bad\nname", "n" * (MAX_TASK_NAME + 1), "bad\udcff", " padded"):
         with pytest.raises(TaskDataError, match="task name"):
             pool.add(dataclasses.replace(entry, name=name))
+        with pytest.raises(TaskDataError, match="task name"):
+            pool.import_task(exported, name=name)
+        with pytest.raises(TaskDataError, match="task name"):  # before any training
+            pool.learn(Task(name, train=[("a b", "x"), ("c d", "y")]), progress=False)
     assert pool.tasks == ["colours", "animals"]
     assert torch.equal(pool.entries[0].prompt, entry.prompt)
