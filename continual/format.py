@@ -50,7 +50,7 @@ def some_names(names: Sequence[object]) -> str:
 
 
 def pool_has(tasks: Sequence[object]) -> str:
-    """ "the pool has N task(s): 'a', 'b', …" for an error line (never every name)."""
+    """The pool's tasks for an error line: the count and at most five names, never all."""
     return (
         f"the pool has {len(tasks)} task(s): {some_names(tasks)}"
         if tasks
