@@ -21,9 +21,10 @@ the size limits, numbers in range, a task name that may exist): a bad request ge
 Concurrent requests share forward passes fairly: each request's texts join a round-robin queue,
 and a batch takes one text from each waiting request in turn until it holds ``max_batch`` texts
 or ``max_batch_tokens`` tokens (as the backbone's tokenizer counts them, at most its
-``max_length`` a text), waiting at most ``max_wait`` seconds for company. A one-text request sent while
-a 256-text one runs waits for at most the batch in progress. A batch whose prediction fails is
-retried one request at a time, so a failure reaches only the request that caused it.
+``max_length`` a text), waiting at most ``max_wait`` seconds for company. A one-text request
+sent while a 256-text one runs is answered after the batch in progress and its own. A batch
+whose prediction fails is retried one request at a time, so a failure reaches only the request
+that caused it.
 
 The connection itself is bounded: request headers over 16 KiB get 431, headers not complete
 within 10 s or a body not complete within 30 s get 408, and the connection is closed.
