@@ -685,6 +685,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ContinualError(f"--port must be in 0..65535, got {args.port}")
+    for option, count in (
+        ("--max-batch", args.max_batch),
+        ("--max-batch-tokens", args.max_batch_tokens),
+        ("--max-texts", args.max_texts),
+    ):
+        if count < 1:
+            raise ContinualError(f"{option} must be at least 1, got {count}")
     for option, value in (("--poll", args.poll), ("--max-wait-ms", args.max_wait_ms)):
         if not math.isfinite(value) or value < 0 or (option == "--poll" and value == 0):
             raise ContinualError(f"{option} must be a positive number, got {value}")

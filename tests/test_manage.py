@@ -324,6 +324,8 @@ def test_export_file_is_checked_field_by_field(saved, backbone, tmp_path):
         ["import", "POOL", "FILE", "--wait", "-1"],
         ["serve", "POOL", "--port", "70000"],
         ["serve", "POOL", "--poll", "nan"],
+        ["serve", "POOL", "--max-batch-tokens", "0"],
+        ["serve", "POOL", "--max-texts", "0"],
     ],
 )
 def test_numeric_options_out_of_range_are_one_line_exit_2(argv, tmp_path):
