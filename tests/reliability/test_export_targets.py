@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from test_boundaries import COOL, WARM, invoke, one_line, sentences, snapshot, write_csv
 
-from continual.pool import MAX_TASK_NAME
+from continual.format import MAX_TASK_NAME
 from continual.storage import MANIFEST, read_export_file, read_manifest
 
 LEARN = ("--epochs", "1", "--prompt-length", "4", "--max-length", "32", "--no-progress")
