@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
-import json
 import os
 import secrets
 import stat
+from collections.abc import Callable
 from pathlib import Path
 
 from .errors import ContinualError
@@ -114,13 +114,15 @@ def write_new_file(
     path: str | os.PathLike,
     data: bytes,
     *,
+    pool_folder_of: Callable[[Path], Path | None],
     force: bool = False,
     error: type[ContinualError] = ContinualError,
 ) -> Path:
     """Write ``data`` as the new file ``path``, complete or not at all.
 
     Refused with ``error`` (one line naming ``path``, nothing written): a path inside a pool's
-    folder (its manifest, lock or task files, or anything beside them), a missing folder (none
+    folder (``pool_folder_of(folder)`` names the pool a folder is or lies in, else None: its
+    manifest, lock or task files, or anything beside them), a missing folder (none
     is created), an existing path unless ``force`` (and then only a regular file, replaced by
     an atomic rename, never written through), and a device, FIFO, socket, folder or symbolic
     link whatever ``force`` says. The bytes go to a synced temporary beside the target first;
@@ -139,7 +141,7 @@ def write_new_file(
         raise error(f"{path}: cannot use folder {str(folder)!r} ({failure.strerror})") from None
     if not stat.S_ISDIR(mode):
         raise error(f"{path}: {str(folder)!r} is not a folder")
-    pool = _pool_folder_around(folder)
+    pool = pool_folder_of(folder)
     if pool is not None:
         raise error(
             f"{path}: inside the pool folder {str(pool)!r}; a pool holds only the files it "
@@ -199,26 +201,6 @@ def _check_target(path: Path, force: bool, error: type[ContinualError]) -> None:
         raise error(f"{path}: is {_kind(mode)}; refusing to replace it")
     if not force:
         raise error(f"{path}: already exists; pass --force to replace it")
-
-
-def _pool_folder_around(folder: Path) -> Path | None:
-    """The pool folder ``folder`` is or lies in (links resolved), or None."""
-    from .storage import FORMAT, LOCK, MANIFEST, TASKS_DIR
-
-    resolved = Path(os.path.realpath(folder))
-    for candidate in (resolved, *resolved.parents):
-        if (candidate / LOCK).is_file() and (candidate / TASKS_DIR).is_dir():
-            return candidate  # a pool's first save, interrupted before its manifest
-        manifest = candidate / MANIFEST
-        if not manifest.is_file():
-            continue
-        try:
-            data = read_regular_file(manifest, limit=MAX_MANIFEST_BYTES, follow_symlinks=False)
-            if json.loads(data.decode("utf-8")).get("format") == FORMAT:
-                return candidate
-        except (ContinualError, ValueError, AttributeError, RecursionError):
-            continue
-    return None
 
 
 def write_synced_temporary(directory: int, name: str, data: bytes) -> None:

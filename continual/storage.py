@@ -574,7 +574,28 @@ def write_export_file(
     data = save_safetensors(
         {key: value.contiguous() for key, value in tensors.items()}, metadata=metadata
     )
-    return files.write_new_file(path, data, force=force)
+    return files.write_new_file(path, data, pool_folder_of=pool_folder_of, force=force)
+
+
+def pool_folder_of(folder: Path) -> Path | None:
+    """The pool folder ``folder`` is or lies in (links resolved), or None: a folder holding a
+    pool's manifest, or a lock beside a ``tasks/`` folder (a first save, interrupted)."""
+    resolved = Path(os.path.realpath(folder))
+    for candidate in (resolved, *resolved.parents):
+        if (candidate / LOCK).is_file() and (candidate / TASKS_DIR).is_dir():
+            return candidate  # a pool's first save, interrupted before its manifest
+        manifest = candidate / MANIFEST
+        if not manifest.is_file():
+            continue
+        try:
+            data = files.read_regular_file(
+                manifest, limit=files.MAX_MANIFEST_BYTES, follow_symlinks=False
+            )
+            if json.loads(data.decode("utf-8")).get("format") == FORMAT:
+                return candidate
+        except (ContinualError, ValueError, AttributeError, RecursionError):
+            continue
+    return None
 
 
 def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

@@ -18,7 +18,7 @@ import pytest
 from test_boundaries import COOL, WARM, invoke, one_line, sentences, snapshot, write_csv
 
 from continual.format import MAX_TASK_NAME
-from continual.storage import MANIFEST, read_export_file, read_manifest
+from continual.storage import MANIFEST, pool_folder_of, read_export_file, read_manifest
 
 LEARN = ("--epochs", "1", "--prompt-length", "4", "--max-length", "32", "--no-progress")
 
@@ -238,7 +238,7 @@ def test_a_file_appearing_while_the_export_is_written_is_kept(tmp_path, monkeypa
 
     monkeypatch.setattr(files, "write_synced_temporary", racing)
     with pytest.raises(ContinualError, match="appeared while being written"):
-        files.write_new_file(out, b"export")
+        files.write_new_file(out, b"export", pool_folder_of=pool_folder_of)
     assert out.read_bytes() == b"another writer's bytes"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.st"]  # no temporary left
 
@@ -253,8 +253,11 @@ def test_without_hard_links_a_new_file_is_still_never_written_over(tmp_path, mon
 
     monkeypatch.setattr(os, "link", no_links)
     out = tmp_path / "out.st"
-    assert files.write_new_file(out, b"first") == out and out.read_bytes() == b"first"
+    assert (
+        files.write_new_file(out, b"first", pool_folder_of=pool_folder_of) == out
+        and out.read_bytes() == b"first"
+    )
     with pytest.raises(ContinualError, match="already exists"):
-        files.write_new_file(out, b"second")
+        files.write_new_file(out, b"second", pool_folder_of=pool_folder_of)
     assert out.read_bytes() == b"first"
     assert sorted(path.name for path in tmp_path.iterdir()) == ["out.st"]
