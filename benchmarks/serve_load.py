@@ -505,9 +505,8 @@ def reliability_report(results: dict) -> str:
             f"{latency.get('p99')} ms, max {latency.get('max')} ms (target p99 ≤ 2,000 ms: "
             f"{'met' if fair['p99_target_met'] else 'missed'})",
             f"- {fair['forward_batches']} forward batches in all, about "
-            f"{fair['large_seconds'] / max(fair['forward_batches'], 1):.2f} s each: a one-text "
-            "request waits for the batch in progress and its own, never for the whole large "
-            "request",
+            f"{fair['large_seconds'] / max(fair['forward_batches'], 1):.2f} s each on average "
+            "while the large request ran",
             f"- 1-minute load average {fair['load_average_1min_before_after'][0]} before, "
             f"{fair['load_average_1min_before_after'][1]} after (2 cores shared with other "
             "work: the figures are this run's)",
