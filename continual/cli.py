@@ -486,10 +486,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .data import read_examples
+    from .format import pool_has, quote_name
 
     pool = _load_pool(args)
     if args.task not in pool.tasks:
-        raise ContinualError(f"task {args.task!r} is not in the pool; it has {pool.tasks}")
+        raise ContinualError(
+            f"task {quote_name(args.task)} is not in the pool; {pool_has(pool.tasks)}"
+        )
     kind = pool.entries[pool.tasks.index(args.task)].kind
     result = pool.evaluate(args.task, read_examples(args.test, kind)[1], oracle=args.oracle)
     if args.json:
