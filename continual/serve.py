@@ -8,8 +8,9 @@ Endpoints:
 - ``POST /predict`` ``{"texts": [...], "task": null | "name", "min_score": null | x,
   "refuse": null | share}`` → ``{"predictions": [{"text", "task", "label", "output",
   "score"}, ...]}`` in input order (``output``: a text-to-text task's generated answer).
-  ``task`` skips routing; ``min_score`` refuses routed texts whose routing score is below it, ``refuse`` those that match their task worse than that share (0.01 to 0.2) of its
-  held-out inputs (task and label null; see `PromptPool.predict`).
+  ``task`` skips routing; ``min_score`` refuses routed texts whose routing score is below it,
+  ``refuse`` those that match their task worse than that share (0.01 to 0.2) of its held-out
+  inputs (task and label null; see `PromptPool.predict`).
 - ``GET /tasks`` → ``{"tasks": [{"name", "labels"}, ...]}``; ``GET /health`` → 200. Both answer
   ``HEAD`` too. ``/docs`` and ``/redoc`` only with ``--docs`` (served from the installed
   fastapi-offline package: no script from a CDN).
