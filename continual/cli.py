@@ -91,8 +91,13 @@ def _finite(value: Any) -> Any:
 
 
 def _check_text_arguments(args: argparse.Namespace) -> None:
-    """Refuse texts and names that are not valid UTF-8 (bytes the shell passed undecoded)."""
-    named = {"task": "--task", "backbone": "--backbone"}
+    """Refuse texts and names that are not valid UTF-8 (bytes the shell passed undecoded).
+
+    ``remove --task`` is spared: a name an older version let in is taken out as it was typed.
+    """
+    named = {"task": "--task", "backbone": "--backbone", "name": "--as"}
+    if args.command == "remove":
+        del named["task"]
     for key, option in named.items():
         value = getattr(args, key, None)
         if isinstance(value, str):
@@ -356,10 +361,10 @@ def _learn(args: argparse.Namespace) -> int:
     """``continual learn``; under torchrun or ``accelerate launch`` every process trains the
     task data-parallel and rank 0 alone writes the pool (see `continual.distributed`)."""
     from . import distributed
+    from .format import check_task_name
     from .learner import check_seed
 
-    if not args.task.strip():
-        raise ContinualError("--task must be a non-empty name")
+    check_task_name(args.task, "--task")
     check_seed(args.seed, "--seed")
     if args.epochs is not None and args.epochs < 1:
         raise ContinualError(f"--epochs must be at least 1, got {args.epochs}")
@@ -481,10 +486,13 @@ def _predict(args: argparse.Namespace) -> int:
 
 def _evaluate(args: argparse.Namespace) -> int:
     from .data import read_examples
+    from .format import pool_has, quote_name
 
     pool = _load_pool(args)
     if args.task not in pool.tasks:
-        raise ContinualError(f"task {args.task!r} is not in the pool; it has {pool.tasks}")
+        raise ContinualError(
+            f"task {quote_name(args.task)} is not in the pool; {pool_has(pool.tasks)}"
+        )
     kind = pool.entries[pool.tasks.index(args.task)].kind
     result = pool.evaluate(args.task, read_examples(args.test, kind)[1], oracle=args.oracle)
     if args.json:
@@ -610,6 +618,13 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         help="texts per shared forward pass at most (1: no micro-batching)",
     )
     serve.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=512,
+        help="tokens per shared forward pass at most: a large request is split into batches "
+        "this size, taken in turn with other requests' texts",
+    )
+    serve.add_argument(
         "--max-wait-ms",
         type=float,
         default=5.0,
@@ -625,6 +640,11 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--threads", type=int, help="torch threads for the forward passes (default: torch's choice)"
     )
+    serve.add_argument(
+        "--docs",
+        action="store_true",
+        help="serve /docs and /redoc (scripts from the installed package, no CDN)",
+    )
     serve.set_defaults(handler=_serve)
 
     remove = commands.add_parser("remove", help="remove one task from a pool", parents=[common])
@@ -638,7 +658,18 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     )
     export.add_argument("pool", type=_path)
     export.add_argument("--task", required=True)
-    export.add_argument("--out", required=True, type=_path)
+    export.add_argument(
+        "--out",
+        required=True,
+        type=_path,
+        help="a new file outside any pool folder, in a folder that exists",
+    )
+    export.add_argument(
+        "--force",
+        action="store_true",
+        help="replace --out if it is an existing regular file (atomically; never a link, "
+        "device or FIFO)",
+    )
     export.set_defaults(handler=_export)
 
     imp = commands.add_parser(
@@ -657,6 +688,13 @@ def _serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise ContinualError(f"--port must be in 0..65535, got {args.port}")
+    for option, count in (
+        ("--max-batch", args.max_batch),
+        ("--max-batch-tokens", args.max_batch_tokens),
+        ("--max-texts", args.max_texts),
+    ):
+        if count < 1:
+            raise ContinualError(f"{option} must be at least 1, got {count}")
     for option, value in (("--poll", args.poll), ("--max-wait-ms", args.max_wait_ms)):
         if not math.isfinite(value) or value < 0 or (option == "--poll" and value == 0):
             raise ContinualError(f"{option} must be a positive number, got {value}")
@@ -665,6 +703,7 @@ def _serve(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         max_batch=args.max_batch,
+        max_batch_tokens=args.max_batch_tokens,
         max_wait=args.max_wait_ms / 1000.0,
         max_texts=args.max_texts,
         poll_interval=args.poll,
@@ -672,6 +711,7 @@ def _serve(args: argparse.Namespace) -> int:
         backbone=args.backbone,
         device=args.device,
         dtype=args.dtype,
+        docs=args.docs,
     )
     return 0
 
@@ -688,7 +728,7 @@ def _remove(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .manage import export_task
 
-    path = export_task(args.pool, args.task, args.out)
+    path = export_task(args.pool, args.task, args.out, force=args.force)
     print(
         _json(
             {
@@ -703,9 +743,12 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _import(args: argparse.Namespace) -> int:
+    from .format import check_task_name
     from .manage import import_task
 
     _check_wait(args.wait)
+    if args.name is not None:
+        check_task_name(args.name, "--as")
     entry = import_task(args.pool, args.file, name=args.name, wait=args.wait)
     print(_json({"pool": str(args.pool), "task": entry.name, "labels": entry.labels}))
     return 0

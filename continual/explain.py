@@ -12,6 +12,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .format import pool_has, quote_name
 from .pool import PromptPool
 
 
@@ -80,5 +81,5 @@ def _index(pool: PromptPool, task: str) -> int:
     from .errors import TaskDataError
 
     if task not in pool.tasks:
-        raise TaskDataError(f"task {task!r} is not in the pool; it has {pool.tasks}")
+        raise TaskDataError(f"task {quote_name(task)} is not in the pool; {pool_has(pool.tasks)}")
     return pool.tasks.index(task)

@@ -15,7 +15,7 @@ from .errors import ContinualError
 # extra -> the importable packages it brings (a .gguf backbone names its extra in backbone.py)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "avalanche": ("avalanche", "torchvision"),
-    "serve": ("fastapi", "uvicorn"),
+    "serve": ("fastapi", "uvicorn", "fastapi_offline"),
     "bench": ("matplotlib", "avalanche"),
     "generate": ("sacrebleu", "rouge_score"),  # the chrf and rouge_l task metrics
 }

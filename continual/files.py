@@ -1,6 +1,9 @@
-"""One bounded reader for the files a pool and its data come from: regular files only, capped.
+"""One bounded reader for the files a pool and its data come from, and one writer of the new
+files a user names.
 
-Data files, manifests, task files, exported tasks and the server's manifest polls go through it.
+Data files, manifests, task files, exported tasks and the server's manifest polls go through
+`read_regular_file`: regular files only, capped. A file the user names for output (``continual
+export --out``) goes through `write_new_file`, which never replaces what it must not.
 
 A FIFO, a device (``/dev/zero``), a socket or a directory is refused before a byte is read: the
 file is opened with ``O_NONBLOCK`` (so opening a FIFO cannot block) and checked with ``fstat``
@@ -13,7 +16,10 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import secrets
 import stat
+from collections.abc import Callable
+from pathlib import Path
 
 from .errors import ContinualError
 
@@ -102,3 +108,126 @@ def sha256_file(path: str | os.PathLike) -> str:
         for block in iter(lambda: stream.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_new_file(
+    path: str | os.PathLike,
+    data: bytes,
+    *,
+    pool_folder_of: Callable[[Path], Path | None],
+    force: bool = False,
+    error: type[ContinualError] = ContinualError,
+) -> Path:
+    """Write ``data`` as the new file ``path``, complete or not at all.
+
+    Refused with ``error`` (one line naming ``path``, nothing written): a path inside a pool's
+    folder (``pool_folder_of(folder)`` names the pool a folder is or lies in, else None: its
+    manifest, lock or task files, or anything beside them), a missing folder (none
+    is created), an existing path unless ``force`` (and then only a regular file, replaced by
+    an atomic rename, never written through), and a device, FIFO, socket, folder or symbolic
+    link whatever ``force`` says. The bytes go to a synced temporary beside the target first;
+    without ``force`` the temporary is hard-linked into place, which fails if anything
+    appeared there meanwhile.
+    """
+    if os.fspath(path) == "":
+        raise error("the output path is empty; give a file name")
+    path = Path(path)
+    folder = path.parent
+    try:
+        mode = folder.stat().st_mode
+    except FileNotFoundError:
+        raise error(f"{path}: folder {str(folder)!r} does not exist; create it first") from None
+    except OSError as failure:
+        raise error(f"{path}: cannot use folder {str(folder)!r} ({failure.strerror})") from None
+    if not stat.S_ISDIR(mode):
+        raise error(f"{path}: {str(folder)!r} is not a folder")
+    pool = pool_folder_of(folder)
+    if pool is not None:
+        raise error(
+            f"{path}: inside the pool folder {str(pool)!r}; a pool holds only the files it "
+            "writes itself: write the file elsewhere"
+        )
+    _check_target(path, force, error)
+    temporary = f".{path.name}.{secrets.token_hex(8)}.tmp"
+    directory = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        write_synced_temporary(directory, temporary, data)
+        try:
+            if force:
+                _check_target(path, force, error)  # again, just before the rename
+                os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+            else:
+                _link_new(directory, temporary, path.name)
+        except FileExistsError:
+            raise error(
+                f"{path}: appeared while being written; nothing was replaced (pass --force "
+                "to replace a file)"
+            ) from None
+        finally:
+            try:
+                os.unlink(temporary, dir_fd=directory)
+            except FileNotFoundError:
+                pass
+        os.fsync(directory)  # the new name is durable only once the folder entry is on disk
+    except OSError as failure:
+        raise error(f"{path}: cannot write ({failure.strerror or failure})") from None
+    finally:
+        os.close(directory)
+    return path
+
+
+def _link_new(directory: int, temporary: str, name: str) -> None:
+    """Give the complete ``temporary`` the new ``name``; `FileExistsError` if it is taken."""
+    try:
+        os.link(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+    except OSError as failure:
+        if failure.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP):
+            raise
+        # A file system without hard links: claim the name first, then rename onto the claim.
+        os.close(
+            os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, dir_fd=directory)
+        )
+        os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
+
+
+def _check_target(path: Path, force: bool, error: type[ContinualError]) -> None:
+    try:
+        mode = path.lstat().st_mode
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(mode):
+        raise error(f"{path}: is a symbolic link; refusing to replace it or write through it")
+    if not stat.S_ISREG(mode):
+        raise error(f"{path}: is {_kind(mode)}; refusing to replace it")
+    if not force:
+        raise error(f"{path}: already exists; pass --force to replace it")
+
+
+def write_synced_temporary(directory: int, name: str, data: bytes) -> None:
+    """Create ``name`` (new, not through a link) in the open ``directory``, write ``data`` and
+    sync it; removed again if anything fails."""
+    # The usual permissions (0o666 less the umask), as open() gives.
+    handle = os.open(
+        name,
+        os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+        0o666,
+        dir_fd=directory,
+    )
+    try:
+        try:
+            _write_all(handle, data)
+            os.fsync(handle)
+        finally:
+            os.close(handle)
+    except BaseException:
+        try:
+            os.unlink(name, dir_fd=directory)
+        except OSError:
+            pass
+        raise
+
+
+def _write_all(handle: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(handle, view) :]

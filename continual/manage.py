@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
-from .format import entry_from_export
+from .format import entry_from_export, pool_has, quote_name
 from .prompt import prompt_shape
 from .selector import build_selector
 from .storage import (
@@ -43,7 +43,7 @@ def _record(manifest: dict, pool_dir: Path, name: str) -> dict:
     for record in manifest["tasks"]:
         if isinstance(record, dict) and record.get("name") == name:
             return record
-    raise TaskDataError(f"{pool_dir}: no task {name!r}; the pool has {names}")
+    raise TaskDataError(f"{pool_dir}: no task {quote_name(name)}; {pool_has(names)}")
 
 
 def remove_task(pool_dir: str | os.PathLike, name: str, *, wait: float = 0.0) -> dict:
@@ -63,8 +63,14 @@ def remove_task(pool_dir: str | os.PathLike, name: str, *, wait: float = 0.0) ->
     return record
 
 
-def export_task(pool_dir: str | os.PathLike, name: str, out: str | os.PathLike) -> Path:
-    """Write task ``name`` of the pool on disk as one self-describing safetensors file."""
+def export_task(
+    pool_dir: str | os.PathLike, name: str, out: str | os.PathLike, *, force: bool = False
+) -> Path:
+    """Write task ``name`` of the pool on disk as one self-describing safetensors file.
+
+    ``out`` must be a new file outside any pool folder, in a folder that exists; ``force``
+    replaces an existing regular file atomically (see `files.write_new_file`).
+    """
     pool_dir = Path(pool_dir)
     manifest = read_manifest(pool_dir)
     record = _record(manifest, pool_dir, name)
@@ -80,6 +86,7 @@ def export_task(pool_dir: str | os.PathLike, name: str, out: str | os.PathLike) 
         selector=manifest["selector"],
         backbone=manifest["backbone"],
         generation=generation,
+        force=force,
     )
 
 

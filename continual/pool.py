@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import itertools
+import json
 import math
 import os
 import re
@@ -26,12 +27,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch.utils.weak import WeakIdKeyDictionary
 
 from .backbone import DEFAULT_MODEL_NAME, Backbone
 from .data import Example, Task
 from .entry import State, TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
-from .format import FEATURES, IDENTITY, RECORDED, RECORDED_FEATURES, entry_from_export
+from .format import (
+    FEATURES,
+    IDENTITY,
+    RECORDED,
+    RECORDED_FEATURES,
+    check_task_name,
+    entry_from_export,
+    pool_has,
+    quote_name,
+    some_names,
+)
 from .generate import Generated, Sampling, generate
 from .learner import TrainingConfig, train_task
 from .metrics import Score, task_metric_scores
@@ -146,6 +158,10 @@ class PromptPool:
         self.training = training or TrainingConfig()
         self.entries: list[TaskEntry] = []
         self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # Where each entry's file lies, as (folder, manifest record), once read from or written
+        # to a folder, and that folder's settings then: `save` and `reload` skip those files.
+        self._saved: WeakIdKeyDictionary = WeakIdKeyDictionary()
+        self._source: tuple[str, dict[str, Any]] | None = None
         if (
             isinstance(prompt_length, bool)
             or not isinstance(prompt_length, int)
@@ -195,8 +211,11 @@ class PromptPool:
         entry, selector state included (each fits it on the same texts). Only one process
         should then write: ``if continual.distributed.is_main(): pool.save(path)``.
         """
+        check_task_name(task.name)
         if task.name in self.tasks:
-            raise TaskDataError(f"task {task.name!r} is already in the pool; choose another name")
+            raise TaskDataError(
+                f"task {quote_name(task.name)} is already in the pool; choose another name"
+            )
         trained = train_task(
             self.backbone,
             task,
@@ -245,9 +264,11 @@ class PromptPool:
         }
 
     def add(self, entry: TaskEntry) -> None:
-        """Add a ready-made entry (from a file, or trained elsewhere), checking its shapes."""
+        """Add a ready-made entry (from a file, or trained elsewhere), checking its name and
+        shapes (`check_task_name`)."""
+        check_task_name(entry.name)
         if entry.name in self.tasks:
-            raise TaskDataError(f"task {entry.name!r} is already in the pool")
+            raise TaskDataError(f"task {quote_name(entry.name)} is already in the pool")
         hidden = self.backbone.hidden_size
         if tuple(entry.prompt.shape) != self.prompt_shape:
             raise PoolFormatError(
@@ -364,12 +385,11 @@ class PromptPool:
             if len(names) != len(texts):
                 raise TaskDataError(f"{len(names)} task names for {len(texts)} texts")
             unknown = sorted(
-                {repr(name) for name in names if name is not None}
-                - {repr(name) for name in self.tasks}
+                {name for name in names if name is not None} - set(self.tasks), key=repr
             )
             if unknown:
                 raise TaskDataError(
-                    f"unknown task(s) [{', '.join(unknown)}]; the pool has {self.tasks}"
+                    f"unknown task(s) {some_names(unknown)}; {pool_has(self.tasks)}"
                 )
             positions = {name: index for index, name in enumerate(self.tasks)}
             forced = torch.tensor(
@@ -562,6 +582,8 @@ class PromptPool:
 
     def _stack(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Prompts (T, L, H), head weights (T, C, H) and biases (T, C), padded to C classes."""
+        if self._stacked is not None and self._stacked[0].device != self.backbone.device:
+            self._stacked = None  # the backbone moved to another device since they were stacked
         if self._stacked is None:
             classes = max(1, *(len(entry.labels) for entry in self.entries))
             hidden = self.backbone.hidden_size
@@ -594,7 +616,7 @@ class PromptPool:
         if not examples:
             raise TaskDataError(f"task {name!r}: no examples to evaluate on")
         if name not in self.tasks:
-            raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
+            raise TaskDataError(_not_in_pool(name, self.tasks))
         entry = self.entries[self.tasks.index(name)]
         labels = set(entry.labels)
         for row, (_, gold) in enumerate(examples, start=1):
@@ -661,10 +683,23 @@ class PromptPool:
         pool_dir.mkdir(parents=True, exist_ok=True)
         with PoolLock(pool_dir, timeout=wait) if lock else contextlib.nullcontext():
             check_pool_folder(pool_dir)  # again, now that no other writer can change it
-            records = write_entries(pool_dir, self.entries)
-            write_manifest(pool_dir, self.manifest(records))
+            folder = _folder_key(pool_dir)
+            records = write_entries(pool_dir, self.entries, lambda e: self._record_in(folder, e))
+            manifest = self.manifest(records)
+            write_manifest(pool_dir, manifest)
             remove_unreferenced(pool_dir, {record["file"] for record in records})
+            self._remember(folder, manifest, self.entries)
         return pool_dir
+
+    def _record_in(self, folder: str, entry: TaskEntry) -> dict[str, Any] | None:
+        """The manifest record of ``entry``'s file in ``folder``, if it was read or written there."""
+        saved = self._saved.get(entry)
+        return saved[1] if saved is not None and saved[0] == folder else None
+
+    def _remember(self, folder: str, manifest: dict[str, Any], entries: list[TaskEntry]) -> None:
+        for entry, record in zip(entries, manifest["tasks"], strict=True):
+            self._saved[entry] = (folder, record)
+        self._source = (folder, _settings(manifest))
 
     @classmethod
     def load(
@@ -728,6 +763,20 @@ class PromptPool:
             selector = build_selector(manifest["selector"])
         except Exception as error:
             raise PoolFormatError(f"{where}: bad field 'selector' ({error})") from None
+        return cls._filled(backbone, pool_dir, manifest, selector, training)
+
+    @classmethod
+    def _filled(
+        cls,
+        backbone: Backbone,
+        pool_dir: Path,
+        manifest: dict[str, Any],
+        selector: Selector,
+        training: TrainingConfig,
+        known: dict[str, TaskEntry] | None = None,
+    ) -> PromptPool:
+        """A pool with the manifest's settings and entries; those in ``known`` (by
+        `_record_key`) are reused, the others read from their files."""
         try:
             pool = cls(
                 backbone,
@@ -736,12 +785,16 @@ class PromptPool:
                 selector=selector,
                 training=training,
             )
-            for entry in read_entries(pool_dir, manifest):
+            entries = read_entries(
+                pool_dir, manifest, None if known is None else lambda r: known.get(_record_key(r))
+            )
+            for entry in entries:
                 pool.add(entry)
         except ContinualError as error:
             message = str(error)
-            prefix = "" if message.startswith(str(pool_dir)) else f"{where}: "
+            prefix = "" if message.startswith(str(pool_dir)) else f"{pool_dir / MANIFEST}: "
             raise PoolFormatError(f"{prefix}{message}") from None
+        pool._remember(_folder_key(pool_dir), manifest, entries)
         return pool
 
     # -- managing tasks -----------------------------------------------------------------------
@@ -751,17 +804,21 @@ class PromptPool:
         The other entries are untouched; they route among themselves from now on.
         """
         if name not in self.tasks:
-            raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
+            raise TaskDataError(_not_in_pool(name, self.tasks))
         entry = self.entries.pop(self.tasks.index(name))
         self._stacked = None
         return entry
 
-    def export_task(self, name: str, path: str | os.PathLike) -> Path:
-        """Write task ``name`` as one self-describing safetensors file (see `import_task`)."""
+    def export_task(self, name: str, path: str | os.PathLike, *, force: bool = False) -> Path:
+        """Write task ``name`` as one self-describing safetensors file (see `import_task`).
+
+        ``path`` must be a new file outside any pool folder; ``force`` replaces an existing
+        regular file (atomically). Devices, FIFOs and symbolic links are always refused.
+        """
         from .storage import write_export_file
 
         if name not in self.tasks:
-            raise TaskDataError(f"task {name!r} is not in the pool; it has {self.tasks}")
+            raise TaskDataError(_not_in_pool(name, self.tasks))
         entry = self.entries[self.tasks.index(name)]
         return write_export_file(
             path,
@@ -772,6 +829,7 @@ class PromptPool:
             selector=self.selector.config(),
             backbone=self.backbone.fingerprint(),
             generation=entry.generation,
+            force=force,
         )
 
     def import_task(self, path: str | os.PathLike, *, name: str | None = None) -> TaskEntry:
@@ -798,8 +856,47 @@ class PromptPool:
         return entry
 
     def reload(self, path: str | os.PathLike) -> PromptPool:
-        """A new pool read from ``path`` on this pool's backbone (loaded once, shared)."""
-        return type(self).load(path, self.backbone)
+        """A new pool read from ``path`` on this pool's backbone (loaded once, shared).
+
+        When this pool was loaded from or saved to ``path`` and the manifest's settings are
+        unchanged, only what changed is read: the files of tasks added since, while tasks still
+        named keep their entries (this pool's, shared) and tasks no longer named are dropped.
+        The selector is shared too, so its pooled statistics are updated for the tasks added
+        and removed, not rebuilt. Otherwise the pool is loaded whole, as `load` does.
+        """
+        pool_dir = Path(path)
+        folder = _folder_key(pool_dir)
+        manifest = read_manifest(pool_dir)
+        if self._source != (folder, _settings(manifest)):
+            return type(self).load(path, self.backbone)
+        known = {}
+        for entry in self.entries:
+            record = self._record_in(folder, entry)
+            if record is not None:
+                known[_record_key(record)] = entry
+        return type(self)._filled(
+            self.backbone, pool_dir, manifest, self.selector, self.training, known
+        )
+
+
+def _folder_key(pool_dir: Path) -> str:
+    """One name per pool folder, however the path to it is written."""
+    return str(Path(pool_dir).resolve())
+
+
+def _settings(manifest: dict[str, Any]) -> dict[str, Any]:
+    """A manifest without its tasks, as JSON reads it back: the settings every entry was
+    checked against."""
+    return json.loads(json.dumps({key: value for key, value in manifest.items() if key != "tasks"}))
+
+
+def _record_key(record: dict[str, Any]) -> str:
+    """A task's manifest record as one string: entries with equal records are equal."""
+    return json.dumps(record, sort_keys=True)
+
+
+def _not_in_pool(name: object, tasks: list[str]) -> str:
+    return f"task {quote_name(name)} is not in the pool; {pool_has(tasks)}"
 
 
 def _check_fingerprint(fingerprint: dict, where: Path) -> None:

@@ -23,6 +23,7 @@ import re
 import secrets
 import stat
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -61,19 +62,8 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     temporary = f".{path.name}.{secrets.token_hex(8)}.tmp"
     directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        # The usual permissions (0o666 less the umask), as open() gives.
-        handle = os.open(
-            temporary,
-            os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o666,
-            dir_fd=directory,
-        )
+        files.write_synced_temporary(directory, temporary, data)
         try:
-            try:
-                _write_all(handle, data)
-                os.fsync(handle)
-            finally:
-                os.close(handle)
             os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
         except BaseException:
             try:
@@ -90,13 +80,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         raise OSError(error.errno, f"cannot write ({reason})", str(path)) from None
     finally:
         os.close(directory)
-
-
-def _write_all(handle: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(handle, view)
-        view = view[written:]
 
 
 def write_task_file(pool_dir: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
@@ -350,7 +333,7 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
 
 def stored_dtypes(name: str) -> tuple[torch.dtype, ...]:
     """The dtypes a task file may hold tensor ``name`` in: float32, and for selector
-    statistics also float16 (a covariance stored in half the bytes routes the same)."""
+    statistics also float16 (covariance factors stored in half the bytes route the same)."""
     if name.startswith("selector."):
         return (torch.float32, torch.float16)
     return (torch.float32,)
@@ -403,19 +386,51 @@ def required_tensors(generation: Generation | None) -> set[str]:
     return {"prompt"} if generation is not None else {"prompt", "head.weight", "head.bias"}
 
 
-def write_entries(pool_dir: Path, entries: list[TaskEntry]) -> list[dict]:
-    """Write each entry's task file (existing identical files are kept); their records."""
-    return [task_record(entry, *write_task_file(pool_dir, entry.tensors())) for entry in entries]
+def write_entries(
+    pool_dir: Path,
+    entries: list[TaskEntry],
+    saved: Callable[[TaskEntry], dict | None] | None = None,
+) -> list[dict]:
+    """Write each entry's task file (existing identical files are kept); their records.
+
+    ``saved`` gives an entry's record when its file is known to be in ``pool_dir`` already (the
+    entry was read from there or written there): that entry is not serialised again, only
+    checked to have its file in place, so saving a pool of many tasks after adding one writes
+    that task's file alone.
+    """
+    records = []
+    for entry in entries:
+        record = saved(entry) if saved is not None else None
+        if record is None or not _is_regular_file(pool_dir / record["file"]):
+            record = task_record(entry, *write_task_file(pool_dir, entry.tensors()))
+        records.append(record)
+    return records
 
 
-def read_entries(pool_dir: str | os.PathLike, manifest: dict | None = None) -> list[TaskEntry]:
-    """Every task entry of a saved pool, checked against the manifest; no backbone needed."""
+def _is_regular_file(path: Path) -> bool:
+    try:
+        return stat.S_ISREG(path.lstat().st_mode)
+    except OSError:
+        return False
+
+
+def read_entries(
+    pool_dir: str | os.PathLike,
+    manifest: dict | None = None,
+    known: Callable[[dict], TaskEntry | None] | None = None,
+) -> list[TaskEntry]:
+    """Every task entry of a saved pool, checked against the manifest; no backbone needed.
+
+    ``known`` gives the entry already in memory for a manifest record (the same name, labels,
+    stats and file checksum), if any: that record's file is not read again.
+    """
     pool_dir = Path(pool_dir)
     manifest = manifest if manifest is not None else read_manifest(pool_dir)
-    return [
-        _entry_from_record(pool_dir, record, number)
-        for number, record in enumerate(manifest["tasks"])
-    ]
+    entries = []
+    for number, record in enumerate(manifest["tasks"]):
+        entry = known(record) if known is not None and isinstance(record, dict) else None
+        entries.append(entry or _entry_from_record(pool_dir, record, number))
+    return entries
 
 
 def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry:
@@ -534,15 +549,16 @@ def write_export_file(
     selector: dict,
     backbone: dict,
     generation: Generation | None = None,
+    force: bool = False,
 ) -> Path:
     """Write one task as a single safetensors file whose string metadata describes it.
 
     The tensors are the task's prompt, head (label tasks) and ``selector.*`` state; the
     metadata holds its name, labels, stats, the selector's config, the backbone fingerprint
     and a text-to-text task's ``generation`` settings, so the file can be checked against any
-    pool before it joins it. Written atomically.
+    pool before it joins it. ``path`` must be a new file outside any pool (with ``force``, an
+    existing regular file, replaced atomically): see `files.write_new_file`.
     """
-    path = Path(path)
     metadata = {
         "format": TASK_FORMAT,
         "format_version": TASK_FORMAT_VERSION,
@@ -558,8 +574,28 @@ def write_export_file(
     data = save_safetensors(
         {key: value.contiguous() for key, value in tensors.items()}, metadata=metadata
     )
-    atomic_write_bytes(path, data)
-    return path
+    return files.write_new_file(path, data, pool_folder_of=pool_folder_of, force=force)
+
+
+def pool_folder_of(folder: Path) -> Path | None:
+    """The pool folder ``folder`` is or lies in (links resolved), or None: a folder holding a
+    pool's manifest, or a lock beside a ``tasks/`` folder (a first save, interrupted)."""
+    resolved = Path(os.path.realpath(folder))
+    for candidate in (resolved, *resolved.parents):
+        if (candidate / LOCK).is_file() and (candidate / TASKS_DIR).is_dir():
+            return candidate  # a pool's first save, interrupted before its manifest
+        manifest = candidate / MANIFEST
+        if not manifest.is_file():
+            continue
+        try:
+            data = files.read_regular_file(
+                manifest, limit=files.MAX_MANIFEST_BYTES, follow_symlinks=False
+            )
+            if json.loads(data.decode("utf-8")).get("format") == FORMAT:
+                return candidate
+        except (ContinualError, ValueError, AttributeError, RecursionError):
+            continue
+    return None
 
 
 def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:

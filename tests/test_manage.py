@@ -174,6 +174,7 @@ def test_cli_remove(pool_dir, backbone):
 def test_cli_export_import_round_trip_into_a_fresh_pool(pool_dir, backbone, tmp_path):
     original = PromptPool.load(pool_dir, backbone)
     out_file = tmp_path / "exports" / "animals.safetensors"
+    out_file.parent.mkdir()  # export creates no folder
     code, out, err = invoke("export", pool_dir, "--task", "animals", "--out", out_file)
     assert code == 0, err
     assert json.loads(out)["file"] == str(out_file) and out_file.is_file()
@@ -310,7 +311,7 @@ def test_export_file_is_checked_field_by_field(saved, backbone, tmp_path):
             backbone=info["backbone"],
         )
         meta[field] = value
-        bad = write_export_file(tmp_path / f"bad-{field}.safetensors", tensors, **meta)
+        bad = write_export_file(tmp_path / f"bad-{field}.safetensors", tensors, **meta, force=True)
         with pytest.raises(PoolFormatError, match=message) as caught:
             read_export_file(bad)
         assert str(bad) in str(caught.value)
@@ -323,6 +324,8 @@ def test_export_file_is_checked_field_by_field(saved, backbone, tmp_path):
         ["import", "POOL", "FILE", "--wait", "-1"],
         ["serve", "POOL", "--port", "70000"],
         ["serve", "POOL", "--poll", "nan"],
+        ["serve", "POOL", "--max-batch-tokens", "0"],
+        ["serve", "POOL", "--max-texts", "0"],
     ],
 )
 def test_numeric_options_out_of_range_are_one_line_exit_2(argv, tmp_path):

@@ -14,7 +14,7 @@ from continual import (
     PrototypeSelector,
     ViewGaussianSelector,
 )
-from continual.selector import UNKNOWN_TASK
+from continual.selector import UNKNOWN_TASK, scatter_of, summed_scatter
 
 
 def gaussian_clusters(count: int = 3, dim: int = 16, per_cluster: int = 60, seed: int = 0):
@@ -127,12 +127,65 @@ def test_gaussian_own_scores_are_cached_per_task_and_dropped_with_the_task():
         assert torch.allclose(scores, GaussianSelector().task_scores(test[0], [state])[:, 0])
         assert torch.equal(selector.own_scores(test[0], state), scores)  # from the cache
     assert len(selector._own) == 3
-    kept = [state["covariance"] for state in (states[0], states[2])]
+    kept = [state["mean"] for state in (states[0], states[2])]
     del states[1], state  # a task removed from the pool
     gc.collect()
-    assert len(selector._own) == 2 and all(covariance in selector._own for covariance in kept)
+    assert len(selector._own) == 2 and all(mean in selector._own for mean in kept)
     assert torch.equal(selector.own_scores(test[0], states[1]), own[2])
     copied = copy.deepcopy(selector)  # caches are not copied (nor pickled): they refill
-    assert len(copied._own) == 0 and copied._cache is None
+    assert len(copied._own) == 0 and copied._pooled is None
     assert torch.equal(copied.own_scores(test[0], states[1]), own[2])
     assert pickle.loads(pickle.dumps(selector)).shrinkage == selector.shrinkage
+
+
+def wide_clusters(count: int = 4, dim: int = 64, per_cluster: int = 80, seed: int = 1):
+    """Clusters with an anisotropic spread, wider than the rank kept."""
+    generator = torch.Generator().manual_seed(seed)
+    spread = torch.linspace(0.1, 2.0, dim)
+    centres = torch.randn(count, dim, generator=generator) * 3
+    return [
+        centre + spread * torch.randn(2 * per_cluster, dim, generator=generator)
+        for centre in centres
+    ]
+
+
+def test_low_rank_statistics_are_small_and_keep_each_tasks_total_variance():
+    points = wide_clusters(count=1)[0]
+    low = GaussianSelector(rank=8).fit_task(points, [])
+    dense = GaussianSelector(rank=None).fit_task(points, [])
+    assert low["basis"].shape == (8, 64) and low["variances"].shape == (8,)
+    assert low["residual"].shape == (1,) and float(low["residual"]) > 0
+    assert sum(t.numel() * t.element_size() for t in low.values()) < 64 * 64 * 2 / 3
+    assert torch.allclose(scatter_of(low).trace(), scatter_of(dense).trace(), rtol=1e-3)
+    # The kept directions are the top eigenvectors of the task's covariance.
+    top = torch.linalg.eigh(scatter_of(dense)).eigenvalues.flip(0)[:8]
+    assert torch.allclose(low["variances"].double(), top, rtol=1e-2)
+
+
+def test_pooled_statistics_are_updated_as_tasks_come_and_go():
+    data = wide_clusters()
+    selector = GaussianSelector(rank=8)
+    states = [selector.fit_task(points, []) for points in data]
+    queries = torch.cat(data)
+    for chosen in ([0, 1], [0, 1, 2], [0, 2], [0, 2, 3], [3]):
+        subset = [states[i] for i in chosen]
+        scores = selector.task_scores(queries, subset)
+        fresh = GaussianSelector(rank=8).task_scores(queries, subset)
+        assert torch.allclose(scores, fresh, rtol=1e-5, atol=1e-4), chosen
+        assert torch.allclose(selector._pooled.scatter, summed_scatter(subset))
+
+
+def test_dense_states_saved_before_are_read_beside_low_rank_ones():
+    data = wide_clusters(count=2)
+    dense = GaussianSelector(rank=None).fit_task(data[0], [])
+    low = GaussianSelector(rank=8).fit_task(data[1], [])
+    selector = GaussianSelector(rank=8)
+    assert selector.check_state(dense, 64) is None and selector.check_state(low, 64) is None
+    assert torch.equal(scatter_of(dense), dense["covariance"].double())
+    routed, _ = selector.route(torch.cat(data), [dense, low])
+    assert (routed[: len(data[0])] == 0).float().mean() > 0.9
+    assert (routed[len(data[0]) :] == 1).float().mean() > 0.9
+    broken = {**low, "variances": low["variances"][:3]}
+    assert "8 basis vectors and 3 variances" in selector.check_state(broken, 64)
+    with pytest.raises(ContinualError, match="rank"):
+        GaussianSelector(rank=0)

@@ -75,20 +75,25 @@ def server(setup, tiny_model_dir):
         max_body_bytes=4096,
         poll_interval=0.2,
     )
+    uvicorn_server, thread, port = start_server(app)
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=20) as client:
+        yield client
+    uvicorn_server.should_exit = True
+    thread.join(timeout=10)
+    assert not thread.is_alive()
+
+
+def start_server(app, **limits):
+    """A real uvicorn server for ``app`` on a free port, in a thread: (server, thread, port)."""
     sock = bind("127.0.0.1", 0)
-    uvicorn_server = build_server(app, sock)
+    uvicorn_server = build_server(app, sock, **limits)
     thread = threading.Thread(target=uvicorn_server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 20
     while not uvicorn_server.started:
         assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
         time.sleep(0.05)
-    base = f"http://127.0.0.1:{sock.getsockname()[1]}"
-    with httpx.Client(base_url=base, timeout=20) as client:
-        yield client
-    uvicorn_server.should_exit = True
-    thread.join(timeout=10)
-    assert not thread.is_alive()
+    return uvicorn_server, thread, sock.getsockname()[1]
 
 
 def expected(setup, texts, tasks=None, min_score=None, refuse=None) -> list[dict]:

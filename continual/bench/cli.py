@@ -18,7 +18,7 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--sequence",
         default="text4",
-        help="text4, gen3 (text-to-text on a language model), or a TOML file of tasks",
+        help="text4, long12, gen3 (text-to-text on a language model), or a TOML file of tasks",
     )
     parser.add_argument(
         "--methods",

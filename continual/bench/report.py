@@ -54,7 +54,7 @@ def render_report(summary: dict) -> str:
         "Routing %: for each task, the share of its final test inputs sent to its own "
         "prompt; averaged over tasks.",
         "Stored per task: bytes a new task adds (the pool: prompt, head and the selector's "
-        "statistics, of which the Gaussian selector's covariance is most; full fine-tuning: a "
+        "statistics, of which the Gaussian selector's covariance factors are most; full fine-tuning: a "
         "whole model copy). Trainable params: prompt and head for the pool. The prompt-pool "
         "rows share the same trained prompts (a task's prompt does not depend on earlier "
         "tasks); they differ only in routing, so their train seconds are one training, shown "

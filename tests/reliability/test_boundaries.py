@@ -689,13 +689,13 @@ def test_info_escapes_control_characters_in_names(pool_copy):
 
 
 def test_a_full_disk_names_the_file_and_leaves_the_pool(pool_copy, data, model_dir, monkeypatch):
-    import continual.storage
+    import continual.files
 
     def full(handle, data):
         raise OSError(errno.ENOSPC, "No space left on device")
 
     before = snapshot(pool_copy, skip=lambda r: r == ".lock")
-    monkeypatch.setattr(continual.storage, "_write_all", full)
+    monkeypatch.setattr(continual.files, "_write_all", full)
     line = one_line(
         *invoke(
             "learn",
@@ -882,6 +882,7 @@ def test_no_code_path_writes_or_deletes_outside_what_the_pool_made(
         ("remove an unknown task", ["remove", pool_copy, "--task", "nope"], 2),
         ("remove from outside/", ["remove", root / "outside", "--task", "x"], 2),
     ]
+    (root / "export").mkdir()  # export makes no folder
     for step, argv, expected in operations:
         code, _, err = finishes(invoke, *argv)
         assert code == expected, (step, err)
