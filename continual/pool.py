@@ -119,8 +119,10 @@ class PromptPool:
 
     Example:
         >>> pool = PromptPool(Backbone.load(), prompt_length=16)
-        >>> pool.learn(Task.from_files("tickets", "tickets.csv"))
+        >>> tickets = Task.from_files("tickets", "examples/data/tickets.csv")
+        >>> entry = pool.learn(tickets, progress=False)
         >>> pool.predict(["My invoice is wrong"])[0].label
+        'billing'
     """
 
     def __init__(

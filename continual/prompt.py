@@ -48,6 +48,8 @@ class SoftPrompt(nn.Module):
     Build one with `SoftPrompt.initialise`; calling it repeats it for a batch.
 
     Example:
+        >>> from continual import Backbone
+        >>> backbone = Backbone.load()
         >>> prompt = SoftPrompt.initialise(backbone, 16, "text", text="Classify the topic")
         >>> prompt.vectors.shape
         torch.Size([16, 384])

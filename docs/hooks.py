@@ -86,9 +86,7 @@ def _argument_row(action: argparse.Action) -> str:
         what += " **required**"
     default = action.default
     shown = (
-        ""
-        if default in (None, False, argparse.SUPPRESS) or action.nargs == 0
-        else f"`{default}`"
+        "" if default in (None, False, argparse.SUPPRESS) or action.nargs == 0 else f"`{default}`"
     )
     return f"| {name} | {_cell(what)} | {shown} |"
 
@@ -162,9 +160,7 @@ def on_files(files, config):
         if path.suffix not in RESULT_FILES or "cache" in path.parts or not path.is_file():
             continue
         relative = path.relative_to(ROOT).as_posix()
-        files.append(
-            File(relative, str(ROOT), config["site_dir"], config["use_directory_urls"])
-        )
+        files.append(File(relative, str(ROOT), config["site_dir"], config["use_directory_urls"]))
     return files
 
 

@@ -18,6 +18,7 @@ subprocess.run(
     [*continual, "learn", "pools/served", "--task", "tickets", "--train", str(data / "tickets.csv")]
     + ["--no-progress"],
     check=True,
+    stdout=subprocess.DEVNULL,  # its one JSON line: accuracy and training time
 )
 server = subprocess.Popen(
     [*continual, "serve", "pools/served", "--port", "0"], stderr=subprocess.PIPE, text=True
@@ -35,7 +36,9 @@ try:
 
     body = {"texts": ["I was charged twice", "The app crashes on start"], "task": None}
     request = urllib.request.Request(
-        f"{url}/predict", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        f"{url}/predict",
+        data=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
     )
     with urllib.request.urlopen(request) as response:
         for prediction in json.load(response)["predictions"]:

@@ -16,8 +16,9 @@ class PeakMemory:
 
     Example:
         >>> with PeakMemory() as memory:
-        ...     run_something()
-        >>> memory.megabytes
+        ...     block = b"x" * 64_000_000  # 64 MB, written, so resident
+        >>> memory.megabytes >= 64
+        True
     """
 
     def __init__(self) -> None:
