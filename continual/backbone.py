@@ -107,7 +107,7 @@ class Backbone(nn.Module):
             logits).
         gguf_sha256: the digest of the ``.gguf`` file the weights came from, if any.
 
-    Example:
+    Examples:
         >>> backbone = Backbone.load()                     # packaged all-MiniLM-L6-v2
         >>> backbone.query(["Shares rose"]).shape          # (B, H)
         torch.Size([1, 384])

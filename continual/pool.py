@@ -117,7 +117,7 @@ class PromptPool:
             ``"prototypes"``, ``"keys"``, ``"oracle"``, or a `Selector`.
         training: how each task is trained (`TrainingConfig`).
 
-    Example:
+    Examples:
         >>> pool = PromptPool(Backbone.load(), prompt_length=16)
         >>> tickets = Task.from_files("tickets", "examples/data/tickets.csv")
         >>> entry = pool.learn(tickets, progress=False)

@@ -47,7 +47,7 @@ class SoftPrompt(nn.Module):
 
     Build one with `SoftPrompt.initialise`; calling it repeats it for a batch.
 
-    Example:
+    Examples:
         >>> from continual import Backbone
         >>> backbone = Backbone.load()
         >>> prompt = SoftPrompt.initialise(backbone, 16, "text", text="Classify the topic")

@@ -26,27 +26,27 @@ def cli_reference() -> str:
     from continual.cli import _parser
 
     parser = _parser()
-    parts = [_parser_section(parser, "continual", level=2)]
-    for name, sub in subcommands(parser).items():
-        parts.append(_parser_section(sub, f"continual {name}", level=2))
+    parts = [_parser_section(parser, "continual", parser.description or "")]
+    for name, (sub, summary) in subcommands(parser).items():
+        parts.append(_parser_section(sub, f"continual {name}", summary))
     return "\n\n".join(parts) + "\n"
 
 
-def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
-    """The parser's subcommands, name → parser, in the order ``--help`` lists them."""
+def subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, str]]:
+    """The parser's subcommands, name → (parser, one-line help), in the order ``--help`` lists
+    them."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            return dict(action.choices)
+            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
+            return {name: (sub, helps.get(name, "")) for name, sub in action.choices.items()}
     return {}
 
 
-def _parser_section(parser: argparse.ArgumentParser, title: str, level: int) -> str:
-    lines = [f"{'#' * level} `{title}`", ""]
-    summary = parser.description or _subcommand_help(title)
+def _parser_section(parser: argparse.ArgumentParser, title: str, summary: str) -> str:
+    lines = [f"## `{title}`", ""]
     if summary:
         lines += [summary, ""]
-    usage = " ".join(parser.format_usage().split())
-    lines += ["```text", usage.removeprefix("usage: "), "```", ""]
+    lines += ["```text", parser.format_usage().removeprefix("usage: ").rstrip(), "```", ""]
     rows = [
         action
         for action in parser._actions
@@ -56,20 +56,6 @@ def _parser_section(parser: argparse.ArgumentParser, title: str, level: int) -> 
         lines += ["| argument | what | default |", "|---|---|---|"]
         lines += [_argument_row(action) for action in rows]
     return "\n".join(lines)
-
-
-_HELPS: dict[str, str] = {}
-
-
-def _subcommand_help(title: str) -> str:
-    if not _HELPS:
-        from continual.cli import _parser
-
-        for action in _parser()._actions:
-            if isinstance(action, argparse._SubParsersAction):
-                for choice in action._choices_actions:
-                    _HELPS[f"continual {choice.dest}"] = choice.help or ""
-    return _HELPS.get(title, "")
 
 
 def _argument_row(action: argparse.Action) -> str:
@@ -85,9 +71,9 @@ def _argument_row(action: argparse.Action) -> str:
     if action.required:
         what += " **required**"
     default = action.default
-    shown = (
-        "" if default in (None, False, argparse.SUPPRESS) or action.nargs == 0 else f"`{default}`"
-    )
+    # By identity: a default of 0 is shown; None, False and "not set" are not.
+    hidden = any(default is nothing for nothing in (None, False, argparse.SUPPRESS))
+    shown = "" if hidden or action.nargs == 0 else f"`{default}`"
     return f"| {name} | {_cell(what)} | {shown} |"
 
 
@@ -121,7 +107,8 @@ def http_reference(schema: dict) -> str:
                 lines += [operation["description"], ""]
             body = operation.get("requestBody", {}).get("content", {})
             for media, content in body.items():
-                lines += [f"Request body ({media}):", "", _schema_block(content, schema), ""]
+                body_schema = json.dumps(content.get("schema", {}), indent=2)
+                lines += [f"Request body ({media}):", "", "```json", body_schema, "```", ""]
             for status, response in operation.get("responses", {}).items():
                 lines.append(f"- **{status}** {response.get('description', '')}")
             lines.append("")
@@ -133,18 +120,18 @@ def http_reference(schema: dict) -> str:
     return "\n".join(lines)
 
 
-def _schema_block(content: dict, schema: dict) -> str:
-    return "```json\n" + json.dumps(content.get("schema", {}), indent=2) + "\n```"
-
-
 # -- benchmark reports -----------------------------------------------------------------------------
-def report(folder: str) -> str:
-    """A study's ``report.md`` with its headings one level down, then its plots."""
+def report(folder: str, up: str = "") -> str:
+    """A study's ``report.md`` with its headings one level down, then its plots.
+
+    ``up`` leads from the page that shows it to the site's root (``"../"`` per level).
+    """
     path = ROOT / folder
     text = (path / "report.md").read_text(encoding="utf-8")
     lines = [("#" + line) if line.startswith("#") else line for line in text.splitlines()]
-    for plot in sorted(path.glob("*.png")):
-        lines += ["", f"![{plot.stem.replace('_', ' ')}](/{folder}/{plot.name})"]
+    # The forgetting plot first: it is what a reader of a benchmark page looks for.
+    for plot in sorted(path.glob("*.png"), key=lambda plot: (plot.stem != "forgetting", plot.name)):
+        lines += ["", f"![{plot.stem.replace('_', ' ')}]({up}{folder}/{plot.name})"]
     return "\n".join(lines) + "\n"
 
 
@@ -171,7 +158,8 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
         source = Path(page.file.abs_src_path).with_name("openapi.json")
         schema = json.loads(source.read_text(encoding="utf-8"))
         markdown = markdown.replace("<!-- http-reference -->", http_reference(schema))
-    return REPORT.sub(lambda match: _relative_images(report(match.group(1)), page), markdown)
+    up = "../" * page.file.src_uri.count("/")
+    return REPORT.sub(lambda match: report(match.group(1), up), markdown)
 
 
 # Matrix indices such as R[T][j], in prose and in docstrings, read to Markdown as reference
@@ -181,9 +169,3 @@ INDEX_AUTOREF = re.compile(r'<autoref [^>]*identifier="(\w)"[^>]*>([^<]*)</autor
 
 def on_page_content(html: str, page, config, files) -> str:
     return INDEX_AUTOREF.sub(r"[\2][\1]", html)
-
-
-def _relative_images(markdown: str, page) -> str:
-    """Absolute ``/results/...`` image paths made relative to the page, as MkDocs checks them."""
-    depth = page.file.src_uri.count("/")
-    return markdown.replace("](/results/", "](" + "../" * depth + "results/")

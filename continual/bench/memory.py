@@ -14,7 +14,7 @@ class PeakMemory:
     earlier method freed is not counted as this one's; then the resident size is sampled every
     20 ms. Linux only (elsewhere it reports 0).
 
-    Example:
+    Examples:
         >>> with PeakMemory() as memory:
         ...     block = b"x" * 64_000_000  # 64 MB, written, so resident
         >>> memory.megabytes >= 64
