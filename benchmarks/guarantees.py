@@ -1,4 +1,4 @@
-"""The README's "Guarantees" figures: run the reliability suites several times and count.
+"""The figures of the Guarantees page (docs/concepts/guarantees.md): run the reliability suites several times and count.
 
 Each run is a fresh ``pytest tests/reliability`` with ``$CONTINUAL_COUNTS`` set, so every
 property-based module and the fault-injection test append what they checked (generated inputs,

@@ -196,7 +196,7 @@ def _parser() -> argparse.ArgumentParser:
         choices=list(PLACEMENTS),
         default="input",
         help="for a new pool: prompts before the input (default), or deep prompts from the "
-        "query layer on, routed in the same pass (cheaper to serve; see the README)",
+        "query layer on, routed in the same pass (cheaper to serve; see docs/how-to/placement.md)",
     )
     learn.add_argument(
         "--backbone",
