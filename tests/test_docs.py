@@ -195,3 +195,14 @@ def test_docstring_examples_run(name, monkeypatch):
     for test in tests:
         runner.run(test, out=out.write)
     assert runner.failures == 0, out.getvalue()
+
+
+# -- the README ------------------------------------------------------------------------------------
+def test_readme_is_a_landing_page_whose_links_resolve():
+    text = (REPO / "README.md").read_text(encoding="utf-8")
+    assert len(text.splitlines()) <= 150
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if "://" not in link]
+    assert local
+    missing = [link for link in local if not (REPO / link).exists()]
+    assert not missing, f"README.md links to missing files: {missing}"
