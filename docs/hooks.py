@@ -32,25 +32,41 @@ def cli_reference() -> str:
     return "\n\n".join(parts) + "\n"
 
 
-def subcommands(parser: argparse.ArgumentParser) -> dict[str, tuple[argparse.ArgumentParser, str]]:
+def subcommands(
+    parser: argparse.ArgumentParser,
+) -> dict[str, tuple[argparse.ArgumentParser, str]]:
     """The parser's subcommands, name → (parser, one-line help), in the order ``--help`` lists
     them."""
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
-            helps = {choice.dest: choice.help or "" for choice in action._choices_actions}
-            return {name: (sub, helps.get(name, "")) for name, sub in action.choices.items()}
+            helps = {
+                choice.dest: choice.help or ""
+                for choice in action._choices_actions
+            }
+            return {
+                name: (sub, helps.get(name, ""))
+                for name, sub in action.choices.items()
+            }
     return {}
 
 
-def _parser_section(parser: argparse.ArgumentParser, title: str, summary: str) -> str:
+def _parser_section(
+    parser: argparse.ArgumentParser, title: str, summary: str
+) -> str:
     lines = [f"## `{title}`", ""]
     if summary:
         lines += [summary, ""]
-    lines += ["```text", parser.format_usage().removeprefix("usage: ").rstrip(), "```", ""]
+    lines += [
+        "```text",
+        parser.format_usage().removeprefix("usage: ").rstrip(),
+        "```",
+        "",
+    ]
     rows = [
         action
         for action in parser._actions
-        if not isinstance(action, argparse._SubParsersAction) and action.help != argparse.SUPPRESS
+        if not isinstance(action, argparse._SubParsersAction)
+        and action.help != argparse.SUPPRESS
     ]
     if rows:
         lines += ["| argument | what | default |", "|---|---|---|"]
@@ -64,7 +80,9 @@ def _argument_row(action: argparse.Action) -> str:
         if action.nargs != 0:
             name += f" `{_metavar(action)}`"
     else:
-        name = f"`{action.metavar or action.dest}`" + (" ..." if action.nargs == "*" else "")
+        name = f"`{action.metavar or action.dest}`" + (
+            " ..." if action.nargs == "*" else ""
+        )
     what = (action.help or "").replace("%%", "%")
     if action.choices and not isinstance(action.choices, dict):
         what += f" (one of: {', '.join(f'`{choice}`' for choice in action.choices)})"
@@ -72,7 +90,9 @@ def _argument_row(action: argparse.Action) -> str:
         what += " **required**"
     default = action.default
     # By identity: a default of 0 is shown; None, False and "not set" are not.
-    hidden = any(default is nothing for nothing in (None, False, argparse.SUPPRESS))
+    hidden = any(
+        default is nothing for nothing in (None, False, argparse.SUPPRESS)
+    )
     shown = "" if hidden or action.nargs == 0 else f"`{default}`"
     return f"| {name} | {_cell(what)} | {shown} |"
 
@@ -108,15 +128,31 @@ def http_reference(schema: dict) -> str:
             body = operation.get("requestBody", {}).get("content", {})
             for media, content in body.items():
                 body_schema = json.dumps(content.get("schema", {}), indent=2)
-                lines += [f"Request body ({media}):", "", "```json", body_schema, "```", ""]
+                lines += [
+                    f"Request body ({media}):",
+                    "",
+                    "```json",
+                    body_schema,
+                    "```",
+                    "",
+                ]
             for status, response in operation.get("responses", {}).items():
-                lines.append(f"- **{status}** {response.get('description', '')}")
+                lines.append(
+                    f"- **{status}** {response.get('description', '')}"
+                )
             lines.append("")
     components = schema.get("components", {}).get("schemas", {})
     if components:
         lines += ["### Schemas", ""]
         for name, component in components.items():
-            lines += [f"#### `{name}`", "", "```json", json.dumps(component, indent=2), "```", ""]
+            lines += [
+                f"#### `{name}`",
+                "",
+                "```json",
+                json.dumps(component, indent=2),
+                "```",
+                "",
+            ]
     return "\n".join(lines)
 
 
@@ -128,10 +164,19 @@ def report(folder: str, up: str = "") -> str:
     """
     path = ROOT / folder
     text = (path / "report.md").read_text(encoding="utf-8")
-    lines = [("#" + line) if line.startswith("#") else line for line in text.splitlines()]
+    lines = [
+        ("#" + line) if line.startswith("#") else line
+        for line in text.splitlines()
+    ]
     # The forgetting plot first: it is what a reader of a benchmark page looks for.
-    for plot in sorted(path.glob("*.png"), key=lambda plot: (plot.stem != "forgetting", plot.name)):
-        lines += ["", f"![{plot.stem.replace('_', ' ')}]({up}{folder}/{plot.name})"]
+    for plot in sorted(
+        path.glob("*.png"),
+        key=lambda plot: (plot.stem != "forgetting", plot.name),
+    ):
+        lines += [
+            "",
+            f"![{plot.stem.replace('_', ' ')}]({up}{folder}/{plot.name})",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -144,10 +189,21 @@ def on_files(files, config):
     from mkdocs.structure.files import File
 
     for path in sorted((ROOT / "results").rglob("*")):
-        if path.suffix not in RESULT_FILES or "cache" in path.parts or not path.is_file():
+        if (
+            path.suffix not in RESULT_FILES
+            or "cache" in path.parts
+            or not path.is_file()
+        ):
             continue
         relative = path.relative_to(ROOT).as_posix()
-        files.append(File(relative, str(ROOT), config["site_dir"], config["use_directory_urls"]))
+        files.append(
+            File(
+                relative,
+                str(ROOT),
+                config["site_dir"],
+                config["use_directory_urls"],
+            )
+        )
     return files
 
 
@@ -157,14 +213,18 @@ def on_page_markdown(markdown: str, page, config, files) -> str:
     if "<!-- http-reference -->" in markdown:
         source = Path(page.file.abs_src_path).with_name("openapi.json")
         schema = json.loads(source.read_text(encoding="utf-8"))
-        markdown = markdown.replace("<!-- http-reference -->", http_reference(schema))
+        markdown = markdown.replace(
+            "<!-- http-reference -->", http_reference(schema)
+        )
     up = "../" * page.file.src_uri.count("/")
     return REPORT.sub(lambda match: report(match.group(1), up), markdown)
 
 
 # Matrix indices such as R[T][j], in prose and in docstrings, read to Markdown as reference
 # links; autorefs turns them into cross-references to "j". Put them back as text.
-INDEX_AUTOREF = re.compile(r'<autoref [^>]*identifier="(\w)"[^>]*>([^<]*)</autoref>')
+INDEX_AUTOREF = re.compile(
+    r'<autoref [^>]*identifier="(\w)"[^>]*>([^<]*)</autoref>'
+)
 
 
 def on_page_content(html: str, page, config, files) -> str:

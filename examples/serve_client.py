@@ -1,8 +1,9 @@
-"""A client of ``continual serve``: learn a task on the command line, serve it, ask over HTTP.
+"""A client of ``continual serve``: learn a task on the command line, serve
+it, ask over HTTP.
 
-The script starts the server itself (``--port 0``: any free port, read back from the line the
-server prints) and stops it at the end. Run: ``python examples/serve_client.py``. Needs the
-server's packages, FastAPI and uvicorn (``pip install -e '.[serve]'`` where that extra exists).
+The script starts the server itself (``--port 0``: any free port, read back
+from the line the server prints) and stops it at the end.
+Run: ``python examples/serve_client.py``.
 """
 
 import json
@@ -12,29 +13,35 @@ import urllib.request
 from pathlib import Path
 
 data = Path(__file__).parent / "data"
-continual = [sys.executable, "-m", "continual.cli"]  # the `continual` command of this Python
+# The `continual` command, run by this Python.
+continual = [sys.executable, "-m", "continual.cli"]
+train = str(data / "tickets.csv")
 
+learn = ["learn", "pools/served", "--task", "tickets", "--train", train]
 subprocess.run(
-    [*continual, "learn", "pools/served", "--task", "tickets", "--train", str(data / "tickets.csv")]
-    + ["--no-progress"],
+    [*continual, *learn],
     check=True,
-    stdout=subprocess.DEVNULL,  # its one JSON line: accuracy and training time
+    stdout=subprocess.DEVNULL,  # its JSON line: accuracy and training time
 )
 server = subprocess.Popen(
-    [*continual, "serve", "pools/served", "--port", "0"], stderr=subprocess.PIPE, text=True
+    [*continual, "serve", "pools/served", "--port", "0"],
+    stderr=subprocess.PIPE,
+    text=True,
 )
 try:
     line = ""
-    while "serving" not in line:  # "serving POOL (1 task(s): tickets) on http://127.0.0.1:PORT"
+    # Until "serving POOL (1 task(s): tickets) on http://127.0.0.1:PORT"
+    while "serving" not in line:
         line = server.stderr.readline()
         if not line and server.poll() is not None:
             sys.exit(f"the server exited with code {server.returncode}")
     url = line.split(" on ")[-1].strip()
 
     with urllib.request.urlopen(f"{url}/tasks") as response:
-        print(json.load(response))  # {'tasks': [{'name': 'tickets', 'labels': [...]}]}
+        print(json.load(response))  # {'tasks': [{'name': ..., 'labels': ...}]}
 
-    body = {"texts": ["I was charged twice", "The app crashes on start"], "task": None}
+    texts = ["I was charged twice", "The app crashes on start"]
+    body = {"texts": texts, "task": None}  # task None: route each text
     request = urllib.request.Request(
         f"{url}/predict",
         data=json.dumps(body).encode(),
@@ -42,7 +49,8 @@ try:
     )
     with urllib.request.urlopen(request) as response:
         for prediction in json.load(response)["predictions"]:
-            print(prediction["text"], "->", prediction["task"], prediction["label"])
+            task, label = prediction["task"], prediction["label"]
+            print(prediction["text"], "->", task, label)
 finally:
     server.terminate()
     server.wait(timeout=30)
