@@ -2,7 +2,7 @@
 
 Two experiences (the shipped example tasks), class-incremental: no task
 label is given at evaluation, the pool's selector routes every input.
-Run: ``python examples/avalanche_loop.py``.
+Run: ``python examples/avalanche_loop.py`` (needs the ``avalanche`` extra).
 """
 
 from pathlib import Path

@@ -3,7 +3,7 @@ it, ask over HTTP.
 
 The script starts the server itself (``--port 0``: any free port, read back
 from the line the server prints) and stops it at the end.
-Run: ``python examples/serve_client.py``.
+Run: ``python examples/serve_client.py`` (needs the ``serve`` extra).
 """
 
 import json

@@ -3,8 +3,9 @@ after each one.
 
 Row i of the accuracy matrix holds every task's test accuracy after
 learning task i; forgetting is how far each earlier task fell from its
-best. Run: ``python examples/toml_sequence.py``. The same file runs every
-benchmark method: ``continual run --sequence examples/data/sequence.toml``.
+best. Run: ``python examples/toml_sequence.py`` (on Python 3.10, with the
+``bench`` extra). The same file runs every benchmark method:
+``continual run --sequence examples/data/sequence.toml``.
 """
 
 from math import nan
