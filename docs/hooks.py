@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-REPORT = re.compile(r"<!-- report: (results/[\w.-]+) -->")
+REPORT = re.compile(r"<!-- report: (results/[\w./-]+) -->")
 
 
 # -- the command line ------------------------------------------------------------------------------
