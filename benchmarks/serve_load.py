@@ -496,7 +496,7 @@ def reliability_report(results: dict) -> str:
             f"{fair['large_request']['characters_each']:,} characters, while "
             f"{fair['one_text_clients']} clients send one-text requests (0.1 s apart per "
             f"client), server with {fair['torch_threads']} torch threads and its default "
-            "batch bounds (64 texts, 512 tokens).",
+            "batch bounds (64 texts, 256 tokens).",
             "",
             f"- the large request: {fair['large_status']}, {fair['large_predictions']} "
             f"predictions in {fair['large_seconds']} s",

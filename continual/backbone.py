@@ -57,6 +57,9 @@ _OFFSET_POSITIONS = frozenset(
         "data2vec-text",
     }
 )
+# A text is cut at a space before this many characters a token of max_length before it is
+# tokenized: a fast tokenizer encodes the whole string before it truncates.
+CHARACTERS_PER_TOKEN = 16
 
 
 def default_model_path() -> Path:
@@ -318,19 +321,45 @@ class Backbone(nn.Module):
     # -- tokens and embeddings -------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids and attention mask, padded on the right to the longest text, truncated to
-        max_length."""
-        batch = self.tokenizer(
-            list(texts),
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
+        max_length.
+
+        A text longer than `CHARACTERS_PER_TOKEN` characters a token is cut at a space before
+        that bound first (words after the cut cannot change the words before it); where the
+        cut text falls short of max_length tokens (very long words), the whole text is used,
+        so the tokens are always those of the whole text.
+        """
+        texts = list(texts)
+        heads = [self._head(text) for text in texts]
+        batch = self._encode_texts(heads)
+        lengths = batch["attention_mask"].sum(dim=1).tolist()
+        short = [n for n, (head, text) in enumerate(zip(heads, texts)) if head is not text]
+        short = [n for n in short if lengths[n] < self.max_length]
+        if short:
+            for number in short:
+                heads[number] = texts[number]
+            batch = self._encode_texts(heads)
         device = self.device
         return {
             "input_ids": batch["input_ids"].to(device),
             "attention_mask": batch["attention_mask"].to(device),
         }
+
+    def _head(self, text: str) -> str:
+        """``text`` up to the last space before the character bound, or all of it."""
+        bound = CHARACTERS_PER_TOKEN * self.max_length
+        if len(text) <= bound or self.tokenizer.truncation_side != "right":
+            return text
+        space = text.rfind(" ", 0, bound)
+        return text[:space] if space > 0 else text
+
+    def _encode_texts(self, texts: list[str]) -> Any:
+        return self.tokenizer(
+            texts,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of token ids: (B, n) → (B, n, H), in float32."""

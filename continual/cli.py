@@ -620,7 +620,7 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
     serve.add_argument(
         "--max-batch-tokens",
         type=int,
-        default=512,
+        default=256,
         help="tokens per shared forward pass at most: a large request is split into batches "
         "this size, taken in turn with other requests' texts",
     )

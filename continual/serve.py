@@ -1,7 +1,7 @@
 """Serve a pool over HTTP: one loaded backbone, every task, micro-batched forward passes.
 
     continual serve POOL [--host 127.0.0.1] [--port 8000] [--max-batch 64]
-        [--max-batch-tokens 512] [--max-wait-ms 5] [--docs]
+        [--max-batch-tokens 256] [--max-wait-ms 5] [--docs]
 
 Endpoints:
 
@@ -185,11 +185,15 @@ class _Job:
 def token_counts(tokenizer, texts: list[str], max_length: int) -> list[int]:
     """How many tokens each text becomes, at most ``max_length`` (the backbone truncates there).
 
-    A text of more than 16 characters a token is not tokenized here (that would cost as much
-    as a 20,000-character text's whole tokenization): it counts as ``max_length``, a bound.
+    A text of more than `CHARACTERS_PER_TOKEN` characters a token is not tokenized here (that
+    would cost as much as a 20,000-character text's whole tokenization): it counts as
+    ``max_length``, a bound.
     """
+    from .backbone import CHARACTERS_PER_TOKEN
+
     counts = [max_length] * len(texts)
-    short = [number for number, text in enumerate(texts) if len(text) <= 16 * max_length]
+    bound = CHARACTERS_PER_TOKEN * max_length
+    short = [number for number, text in enumerate(texts) if len(text) <= bound]
     if short:
         encoded = tokenizer(
             [texts[number] for number in short], truncation=True, max_length=max_length
@@ -212,7 +216,7 @@ class MicroBatcher:
     """
 
     def __init__(
-        self, max_batch: int = 64, max_wait: float = 0.005, max_batch_tokens: int = 512
+        self, max_batch: int = 64, max_wait: float = 0.005, max_batch_tokens: int = 256
     ) -> None:
         if max_batch < 1:
             raise ContinualError(f"max_batch must be at least 1, got {max_batch}")
@@ -470,7 +474,7 @@ def create_app(
     device: str = "cpu",
     dtype: str | None = None,
     max_batch: int = 64,
-    max_batch_tokens: int = 512,
+    max_batch_tokens: int = 256,
     max_wait: float = 0.005,
     max_texts: int = 256,
     max_chars: int = 20_000,

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from continual import Backbone, ContinualError
+from continual.backbone import CHARACTERS_PER_TOKEN
 
 TEXTS = ["the red and the blue", "a dog", "the lion and the tiger and the bear were here today"]
 
@@ -125,6 +126,23 @@ def test_tokenize_truncates_to_max_length(tiny_backbone):
     batch = tiny_backbone.tokenize(["word " * 100, "short"])
     assert batch["input_ids"].shape == (2, 32)
     assert batch["attention_mask"][1].sum().item() < 32
+
+
+def test_long_texts_tokenize_as_the_whole_text_would(tiny_backbone):
+    bound = CHARACTERS_PER_TOKEN * tiny_backbone.max_length
+    texts = [
+        "the quick brown fox jumps. " * 200,  # cut at a space before the bound
+        "x" * 150 + " " + "y" * (2 * bound),  # long words: the cut text is too short
+        "z" * (2 * bound),  # no space to cut at
+        "a short one",
+    ]
+    whole = tiny_backbone.tokenizer(
+        texts, padding=True, truncation=True, max_length=tiny_backbone.max_length
+    )
+    batch = tiny_backbone.tokenize(texts)
+    assert batch["input_ids"].tolist() == whole["input_ids"]
+    assert batch["attention_mask"].tolist() == whole["attention_mask"]
+    assert tiny_backbone._head(texts[0]) != texts[0]  # the first text was really cut
 
 
 def test_fingerprint_changes_when_embedding_weights_change(tiny_backbone):
