@@ -370,7 +370,7 @@ class _Reached(Exception):
 
 @torch.inference_mode()
 def _our_test_accuracy(backbone: Any, prompt: Any, head: nn.Linear, task: Any) -> float:
-    from continual.prompt import prompted_features
+    from continual.placement import prompted_features
 
     correct = 0
     for start in range(0, len(task.test), 64):

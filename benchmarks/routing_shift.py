@@ -25,7 +25,7 @@ from pathlib import Path
 
 from continual.backbone import Backbone
 from continual.bench.sequences import load_sequence
-from continual.prompt import PLACEMENTS
+from continual.placement import PLACEMENTS
 from continual.selector import DEFAULT_SELECTOR, build_selector, first_sentence
 from continual.storage import atomic_write_bytes
 

@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from .errors import ContinualError
 from .extras import require
 from .metrics import TASK_METRICS
-from .prompt import PLACEMENTS
+from .placement import PLACEMENTS
 from .selector import DEFAULT_SELECTOR, SELECTORS
 
 EXIT_USAGE = 2
@@ -571,7 +571,7 @@ def _explain(args: argparse.Namespace) -> int:
     print("prompt similarity (cosine):")
     for name, row in zip(pool.tasks, similarity.tolist()):
         print(f"  {_printable(name):>16}: " + " ".join(f"{value:5.2f}" for value in row))
-    if args.tokens and pool.placement != "input":
+    if args.tokens and pool.placement.deep:
         print("nearest tokens: not for deep prompts (their vectors are middle-layer states)")
     elif args.tokens:
         for name in pool.tasks:

@@ -16,7 +16,7 @@ from pathlib import Path
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
 from .format import entry_from_export, pool_has, quote_name
-from .prompt import prompt_shape
+from .placement import Placement
 from .selector import build_selector
 from .storage import (
     FORMAT,
@@ -117,7 +117,7 @@ def import_task(
                 "backbone": info["backbone"],
                 "hidden_size": info["backbone"]["hidden_size"],
                 "prompt_length": int(tensors["prompt"].shape[-2]),
-                "placement": "query_layer" if tensors["prompt"].dim() == 3 else "input",
+                "placement": Placement.of_prompt(tensors["prompt"]).name,
                 "selector": info["selector_config"],
                 "training": TrainingConfig().to_dict(),
                 "tasks": [],
@@ -133,9 +133,8 @@ def import_task(
             info,
             name=name,
             backbone=manifest["backbone"],
-            prompt_shape=prompt_shape(
+            prompt_shape=Placement(manifest.get("placement", "input")).prompt_shape(
                 manifest["prompt_length"],
-                manifest.get("placement", "input"),
                 hidden=manifest["hidden_size"],
                 num_layers=manifest["backbone"].get("num_layers"),
                 query_layer=manifest["backbone"].get("query_layer"),

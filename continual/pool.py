@@ -47,7 +47,7 @@ from .format import (
 from .generate import Generated, Sampling, generate
 from .learner import TrainingConfig, train_task
 from .metrics import Score, task_metric_scores
-from .prompt import PLACEMENTS, Placement, prompt_shape, prompted_features
+from .placement import Placement, deep_pass
 from .selector import UNKNOWN_TASK, Selector, build_selector, default_selector
 from .storage import (
     FORMAT,
@@ -130,28 +130,18 @@ class PromptPool:
         backbone: Backbone,
         *,
         prompt_length: int = 16,
-        placement: Placement = "input",
+        placement: str | Placement = "input",
         selector: str | dict[str, Any] | Selector | None = None,
         training: TrainingConfig | None = None,
     ) -> None:
-        if placement not in PLACEMENTS:
-            raise ContinualError(f"unknown placement {placement!r}; use 'input' or 'query_layer'")
         self.backbone = backbone
         self.prompt_length = prompt_length
-        self.placement: Placement = placement
+        self.placement = Placement.of(placement)
         self.selector = build_selector(
-            default_selector(placement) if selector is None else selector
+            default_selector(self.placement.deep) if selector is None else selector
         )
-        if placement == "query_layer" and (
-            backbone.layers is None or backbone.query_layer >= backbone.num_layers
-        ):
-            raise ContinualError(
-                f"placement 'query_layer' needs a layer above the query layer and a findable "
-                f"layer list; backbone {backbone.name!r} has query_layer {backbone.query_layer} "
-                f"of {backbone.num_layers} layers"
-                + ("" if backbone.layers is not None else " and no layer list")
-            )
-        if placement == "query_layer" and self.selector.with_last:
+        self.placement.check_backbone(backbone)
+        if self.placement.deep and self.selector.with_last:
             raise ContinualError(
                 f"selector {self.selector.name!r} routes on the last layer too, which a pass "
                 "with the prompt at the query layer does not have before the prompt; use "
@@ -182,9 +172,8 @@ class PromptPool:
     def prompt_shape(self) -> tuple[int, ...]:
         """One task's prompt: (L, H) at the input, (D, L, H) from the query layer."""
         backbone = self.backbone
-        return prompt_shape(
+        return self.placement.prompt_shape(
             self.prompt_length,
-            self.placement,
             hidden=backbone.hidden_size,
             num_layers=backbone.num_layers,
             query_layer=backbone.query_layer,
@@ -289,11 +278,10 @@ class PromptPool:
             raise PoolFormatError(f"task {entry.name!r}: {problem}")
         if entry.generation is not None:
             self.backbone.check_generative()
-            if self.placement != "input":
-                raise PoolFormatError(
-                    f"task {entry.name!r} is text-to-text: it needs a pool whose prompts go "
-                    f"before the input (placement 'input'), not {self.placement!r}"
-                )
+            try:
+                self.placement.check_input(f"task {entry.name!r} is text-to-text: it")
+            except ContinualError as error:
+                raise PoolFormatError(str(error)) from None
         if len(set(entry.labels)) != len(entry.labels):
             raise PoolFormatError(f"task {entry.name!r}: duplicate labels {entry.labels}")
         problem = _calibration_problem(entry.stats.get("calibration"))
@@ -308,7 +296,7 @@ class PromptPool:
 
     def _queries(self, texts: Sequence[str]) -> torch.Tensor:
         """The selector's features of ``texts``, as the prediction pass sees them."""
-        prefix = self.prompt_length if self.placement == "query_layer" else 0
+        prefix = self.placement.query_prefix(self.prompt_length)
         return self.backbone.query(list(texts), with_last=self.selector.with_last, prefix=prefix)
 
     def task_scores(self, texts: Sequence[str]) -> torch.Tensor:
@@ -412,7 +400,7 @@ class PromptPool:
         labels: list[str | None] = [None] * len(texts)
         outputs: list[str | None] = [None] * len(texts)
         scores = [0.0] * len(texts)
-        one_pass = self.placement == "query_layer"
+        one_pass = self.placement.deep
         open_rows = [i for i in range(len(texts)) if forced[i] == UNKNOWN_TASK]
         if open_rows and not one_pass:
             self._settle(open_rows, self._queries([texts[i] for i in open_rows]), routing)
@@ -563,8 +551,8 @@ class PromptPool:
             chosen.append(index)
             return prompts[index]
 
-        features = self.backbone.prompted_hidden(
-            input_ids, attention_mask, length, self.backbone.query_layer, prompts_for
+        features = deep_pass(
+            self.backbone, input_ids, attention_mask, length, self.backbone.query_layer, prompts_for
         )
         index = chosen[0]
         return torch.einsum("bh,bch->bc", features, weights[index]) + biases[index]
@@ -579,7 +567,7 @@ class PromptPool:
         missing classes get -inf.
         """
         prompts, weights, biases = self._stack()
-        features = prompted_features(self.backbone, prompts[tasks], input_ids, attention_mask)
+        features = self.placement.features(self.backbone, prompts[tasks], input_ids, attention_mask)
         return torch.einsum("bh,bch->bc", features, weights[tasks]) + biases[tasks]  # (B, C)
 
     def _stack(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -668,7 +656,7 @@ class PromptPool:
             "backbone": self.backbone.fingerprint(),
             "hidden_size": self.backbone.hidden_size,
             "prompt_length": self.prompt_length,
-            "placement": self.placement,
+            "placement": self.placement.name,
             "selector": self.selector.config(),
             "training": self.training.to_dict(),
             "tasks": records,

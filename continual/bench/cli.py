@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..extras import require
-from ..prompt import PLACEMENTS
+from ..placement import PLACEMENTS
 from .config import QUICK_METHODS, BenchmarkConfig, quick
 from .methods import METHODS
 

@@ -110,7 +110,7 @@ class TrainedPrompts:
                 self.training,
                 seed=self.config.seed,
                 progress=self.progress,
-                placement=self.config.placement,  # type: ignore[arg-type]
+                placement=self.config.placement,
             )
             if self.cache is not None:
                 records = write_entries(self.cache, list(self.entries.values()))
@@ -153,7 +153,7 @@ class PoolMethod:
         self.pool = PromptPool(
             context.backbone,
             prompt_length=context.config.prompt_length,
-            placement=context.config.placement,  # type: ignore[arg-type]
+            placement=context.config.placement,
             selector=selector,
             training=context.prompts.training,
         )

@@ -167,7 +167,7 @@ class PromptPoolStrategy(SupervisedTemplate):
         refuse_plugins(plugins or ())
         if isinstance(pool.selector, OracleSelector) and task_labels is False:
             raise ContinualError("the oracle selector needs task labels; pass task_labels=True")
-        if pool.placement != "input":
+        if pool.placement.deep:
             raise ContinualError(
                 f"PromptPoolStrategy trains prompts at the input; this pool's placement is "
                 f"{pool.placement!r} (use PromptPool.learn for deep prompts)"
