@@ -30,7 +30,8 @@ def main() -> int:
 
     from continual.backbone import Backbone
     from continual.bench.sequences import load_sequence
-    from continual.learner import _LowerStates, train_step
+    from continual.classifier import train_step
+    from continual.prompt import LowerStates
 
     torch.set_num_threads(2)
     backbone = Backbone.load(max_length=perf.MAX_LENGTH, query_layer=perf.QUERY_LAYER)
@@ -50,7 +51,7 @@ def main() -> int:
     steps = {}
     for placement in perf.PLACEMENTS:
         prompt, head, optimizer = perf.our_trainer(backbone, classes, placement)
-        saved = _LowerStates.build(backbone, prompt, texts, perf.BATCH)
+        saved = LowerStates.build(backbone, prompt, texts, perf.BATCH)
         lower = None if saved is None else saved.batch(texts, mask)
         steps[f"ours_{placement}"] = lambda p=prompt, h=head, o=optimizer, lo=lower: train_step(
             backbone, p, h, o, ids, mask, targets, lower=lo

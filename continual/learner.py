@@ -4,7 +4,8 @@ before the language model for a text-to-text task (`train_text_task`).
 Only the new prompt and head receive gradients; the backbone and every earlier task are out of
 reach of the optimizer. `train_task` runs the shared loop (`continual.trainer.Trainer`: seeded,
 early stopping on the validation split, progress, data-parallel under torchrun or Accelerate)
-with this module's `ClassifierSteps`: the prompted pass's logits, cross-entropy, accuracy.
+with `continual.classifier.ClassifierSteps`: the prompted pass's logits, cross-entropy,
+accuracy.
 `new_classifier`, `param_groups`, `entry_stats` and `classifier_entry` are the parts the
 Avalanche strategy shares, so that an entry made there is made as here.
 """
@@ -19,17 +20,18 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
 from .backbone import Backbone
-from .data import Example, Generation, Task
+from .classifier import ClassifierSteps, PromptedClassifier
+from .data import Generation, Task
 from .entry import TaskEntry
-from .errors import ContinualError, TaskDataError
-from .generate import PromptedLanguageModel, TextToTextSteps, default_max_new_tokens
+from .errors import ContinualError
+from .generate import default_max_new_tokens
 from .placement import Placement
 from .prompt import LowerStates, PromptInit, SoftPrompt
+from .text_training import PromptedLanguageModel, TextToTextSteps
 from .trainer import (
     Hook,
     ProgressHook,
@@ -37,7 +39,6 @@ from .trainer import (
     TrainingResult,
     check_seed,
     trainable_parameters,
-    weighted_loss,
 )
 
 
@@ -211,7 +212,7 @@ def train_text_task(
     """Train a soft prompt before the language model for a text-to-text ``task``.
 
     The same loop as `train_task` (seeded, early-stopped, data-parallel) with
-    `continual.generate.TextToTextSteps`: teacher forcing, the loss on the target's tokens, and
+    `continual.text_training.TextToTextSteps`: teacher forcing, the loss on the target's tokens, and
     validation by the task's metric on greedy answers. The entry has no head; its
     ``generation`` settings are the task's, ``max_new_tokens`` filled in from the training
     targets where the task left it open. ``on_epoch`` gets None for the head.
@@ -354,117 +355,6 @@ def classifier_entry(
     )
 
 
-@dataclass
-class ClassifierBatch:
-    """A tokenized training batch: ids and mask (B, n), class indices (B,), and a deep
-    prompt's saved lower-layer states (B, n, H) or None."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    targets: torch.Tensor
-    lower: torch.Tensor | None = None
-
-
-class ClassifierSteps:
-    """A classification task's `TaskSteps`: logits of the prompted pass, cross-entropy, and
-    validation accuracy.
-
-    Args:
-        backbone: the frozen backbone.
-        module: the task's prompt and head.
-        labels: the task's labels; an example's target is its label's index.
-        batch_size: rows per validation batch.
-        lower: a deep prompt's saved lower-layer states (`LowerStates`), or None.
-    """
-
-    def __init__(
-        self,
-        backbone: Backbone,
-        module: PromptedClassifier,
-        labels: Sequence[str],
-        batch_size: int,
-        lower: LowerStates | None = None,
-    ) -> None:
-        self.backbone = backbone
-        self.module = module
-        self.index = {label: number for number, label in enumerate(labels)}
-        self.batch_size = batch_size
-        self.lower = lower
-
-    def batch(self, examples: Sequence[Example]) -> ClassifierBatch:
-        texts = [text for text, _ in examples]
-        tokens = self.backbone.tokenize(texts)
-        mask = tokens["attention_mask"]
-        return ClassifierBatch(
-            tokens["input_ids"],
-            mask,
-            self.targets(examples),
-            None if self.lower is None else self.lower.batch(texts, mask),
-        )
-
-    def targets(self, examples: Sequence[Example]) -> torch.Tensor:
-        """Each example's label index (B,), on the device."""
-        try:
-            indices = [self.index[label] for _, label in examples]
-        except KeyError as error:
-            raise TaskDataError(
-                f"label {error.args[0]!r} is not one of {list(self.index)}"
-            ) from None
-        return torch.tensor(indices, device=self.backbone.device)
-
-    def forward(self, model: nn.Module, batch: ClassifierBatch) -> torch.Tensor:
-        return model(batch.input_ids, batch.attention_mask, batch.lower)
-
-    def loss(
-        self,
-        output: torch.Tensor,
-        batch: ClassifierBatch,
-        row_weights: torch.Tensor | None,
-    ) -> torch.Tensor:
-        per_row = F.cross_entropy(output, batch.targets, reduction="none")
-        return weighted_loss(per_row, row_weights)
-
-    def score(self, examples: Sequence[Example]) -> tuple[float, int]:
-        """Examples labelled right, and examples seen."""
-        correct = 0
-        for first in range(0, len(examples), self.batch_size):
-            batch = self.batch(examples[first : first + self.batch_size])
-            predicted = self.module(batch.input_ids, batch.attention_mask, batch.lower).argmax(1)
-            correct += int((predicted == batch.targets).sum())
-        return correct, len(examples)
-
-
-def train_step(
-    backbone: Backbone,
-    prompt: SoftPrompt,
-    head: nn.Linear,
-    optimizer: torch.optim.Optimizer,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    lower: torch.Tensor | None = None,
-) -> float:
-    """One optimizer step of `train_task`'s loop on one tokenized batch; returns the loss.
-
-    Only ``prompt`` and ``head`` get gradients: the frozen backbone's weights never need them,
-    and with a deep prompt nothing below the query layer is differentiated at all. ``lower``
-    (deep prompts only): the batch's saved states at the prompt's first layer, so the layers
-    below are not run either (`LowerStates`). Benchmarks time this step alone.
-    """
-    steps = ClassifierSteps(backbone, PromptedClassifier(backbone, prompt, head), [], 1)
-    trainer = Trainer(
-        steps,
-        optimizer,
-        epochs=1,
-        batch_size=len(input_ids),
-        patience=0,
-        generator=torch.Generator(),
-        device=backbone.device,
-    )
-    return trainer.training_step(ClassifierBatch(input_ids, attention_mask, targets, lower))
-
-
 class _EpochCallback(Hook):
     """`train_task`'s ``on_epoch(epoch, prompt, head)`` as a hook."""
 
@@ -475,36 +365,6 @@ class _EpochCallback(Hook):
         module = trainer.steps.module
         assert isinstance(module, (PromptedClassifier, PromptedLanguageModel))
         self.callback(epoch, module.prompt, getattr(module, "head", None))
-
-
-class PromptedClassifier(nn.Module):
-    """One task's trainable part as a module: logits of a batch under ``prompt`` and ``head``.
-
-    The frozen backbone is held but not registered as a submodule, so that
-    `DistributedDataParallel` broadcasts and synchronises the prompt and head alone, not the
-    backbone's weights, which every process loads identically and never changes.
-    """
-
-    backbone: Backbone
-
-    def __init__(self, backbone: Backbone, prompt: SoftPrompt, head: nn.Linear) -> None:
-        super().__init__()
-        object.__setattr__(self, "backbone", backbone)  # bypasses submodule registration
-        self.prompt = prompt
-        self.head = head
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        lower: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits (B, C) of a tokenized batch (``lower``: see `train_step`)."""
-        prompts = self.prompt(len(input_ids))
-        features = self.prompt.placement.features(
-            self.backbone, prompts, input_ids, attention_mask, lower
-        )
-        return self.head(features)
 
 
 def _new_head(hidden: int, classes: int, generator: torch.Generator) -> nn.Linear:

@@ -18,8 +18,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ...classifier import PromptedClassifier
 from ...errors import ContinualError, TaskDataError
-from ...learner import PromptedClassifier
 from ...placement import INPUT
 from ...pool import PromptPool
 from ...selector import UNKNOWN_TASK, OracleSelector

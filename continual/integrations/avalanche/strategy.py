@@ -20,14 +20,10 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ...classifier import ClassifierBatch
 from ...data import Task
 from ...errors import ContinualError, TaskDataError
-from ...learner import (
-    ClassifierBatch,
-    classifier_entry,
-    entry_stats,
-    new_classifier,
-)
+from ...learner import classifier_entry, entry_stats, new_classifier
 from ...pool import PromptPool
 from ...selector import OracleSelector
 from ...trainer import Trainer, TrainingResult
