@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+import perf  # the sibling script (run as benchmarks/profile_step.py): same set-ups
 import torch
 from torch.profiler import ProfilerActivity, profile
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import perf  # the sibling benchmark: same set-ups
 
 
 def main() -> int:

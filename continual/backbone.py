@@ -51,6 +51,8 @@ __all__ = [
     "POOLINGS",
     "Backbone",
     "default_model_path",
+    "last_pool",
+    "mean_pool",
     "resolve_device",
     "resolve_dtype",
 ]
@@ -316,8 +318,8 @@ class Backbone(nn.Module):
     ) -> torch.Tensor:
         hidden = hidden.float()
         if self.pooling == "last":
-            return _last_pool(hidden, attention_mask)
-        return _mean_pool(hidden, attention_mask if pool_mask is None else pool_mask)
+            return last_pool(hidden, attention_mask)
+        return mean_pool(hidden, attention_mask if pool_mask is None else pool_mask)
 
     @_exclusive
     @torch.no_grad()
@@ -482,12 +484,13 @@ class Backbone(nn.Module):
         self.lock = threading.RLock()
 
 
-def _mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of the hidden states (B, n, H) at the positions in ``mask`` (B, n): (B, H)."""
     weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, n, 1)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
 
-def _last_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+def last_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """The hidden state of each row's last attended position (right padding)."""
     positions = torch.arange(mask.shape[1], device=mask.device)
     last = (positions * (mask > 0)).argmax(dim=1)  # (B,)
