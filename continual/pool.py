@@ -18,7 +18,6 @@ import itertools
 import json
 import math
 import os
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,17 +28,17 @@ import numpy as np
 import torch
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .backbone import DEFAULT_MODEL_NAME, Backbone
+from .backbone import Backbone
 from .data import Example, Task
 from .entry import State, TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
 from .format import (
-    FEATURES,
-    IDENTITY,
-    RECORDED,
-    RECORDED_FEATURES,
+    PoolConfig,
     check_task_name,
     entry_from_export,
+    fingerprint_mismatch,
+    is_setting,
+    load_backbone,
     pool_has,
     quote_name,
     some_names,
@@ -50,8 +49,6 @@ from .metrics import Score, task_metric_scores
 from .placement import Placement, deep_pass
 from .selector import UNKNOWN_TASK, Selector, build_selector, default_selector
 from .storage import (
-    FORMAT,
-    FORMAT_VERSION,
     MANIFEST,
     PoolLock,
     check_pool_folder,
@@ -61,10 +58,6 @@ from .storage import (
     write_entries,
     write_manifest,
 )
-
-# A hub model name a manifest may name for automatic loading: "org/name", nothing path-like.
-_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
-
 
 # Shares of a task's held-out inputs at which its calibration records the own-match score.
 CALIBRATION_LEVELS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 21))
@@ -648,19 +641,16 @@ class PromptPool:
         return [entry.bytes for entry in self.entries]
 
     # -- persistence ------------------------------------------------------------------------------
-    def manifest(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """The manifest that names ``records`` (one per entry, from `storage.write_entries`)."""
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "backbone": self.backbone.fingerprint(),
-            "hidden_size": self.backbone.hidden_size,
-            "prompt_length": self.prompt_length,
-            "placement": self.placement.name,
-            "selector": self.selector.config(),
-            "training": self.training.to_dict(),
-            "tasks": records,
-        }
+    def config(self) -> PoolConfig:
+        """What a saved manifest records of this pool besides its tasks."""
+        return PoolConfig(
+            backbone=self.backbone.fingerprint(),
+            hidden_size=self.backbone.hidden_size,
+            prompt_length=self.prompt_length,
+            placement=self.placement.name,
+            selector=self.selector.config(),
+            training=self.training.to_dict(),
+        )
 
     def save(self, path: str | os.PathLike, *, lock: bool = True, wait: float = 0.0) -> Path:
         """Save atomically: task files first, then the manifest in one rename.
@@ -675,7 +665,7 @@ class PromptPool:
             check_pool_folder(pool_dir)  # again, now that no other writer can change it
             folder = _folder_key(pool_dir)
             records = write_entries(pool_dir, self.entries, lambda e: self._record_in(folder, e))
-            manifest = self.manifest(records)
+            manifest = self.config().to_manifest(records)
             write_manifest(pool_dir, manifest)
             remove_unreferenced(pool_dir, {record["file"] for record in records})
             self._remember(folder, manifest, self.entries)
@@ -689,7 +679,7 @@ class PromptPool:
     def _remember(self, folder: str, manifest: dict[str, Any], entries: list[TaskEntry]) -> None:
         for entry, record in zip(entries, manifest["tasks"], strict=True):
             self._saved[entry] = (folder, record)
-        self._source = (folder, _settings(manifest))
+        self._source = (folder, PoolConfig.from_manifest(manifest, Path(folder)).settings())
 
     @classmethod
     def load(
@@ -711,35 +701,24 @@ class PromptPool:
         """
         pool_dir = Path(path)
         manifest = read_manifest(pool_dir)
-        saved = manifest["backbone"]
         where = pool_dir / MANIFEST
-        _check_fingerprint(saved, where)
+        saved = PoolConfig.from_manifest(manifest, where).backbone
         if backbone is None or not isinstance(backbone, Backbone):
-            backbone = _backbone_for(saved, where, backbone, device, dtype)
+            backbone = load_backbone(saved, where, backbone, device, dtype)
         current = backbone.fingerprint()
-        for key in RECORDED_FEATURES:
-            if key in saved and saved[key] != current.get(key):
-                raise PoolFormatError(
-                    f"{where}: the pool was built with {key}={saved[key]!r}, the backbone "
-                    f"has {current.get(key)!r}; load it with Backbone.load(..., {key}="
-                    f"{saved[key]!r})"
-                )
-        for key in IDENTITY + RECORDED:
-            if key in RECORDED and key not in saved:
-                continue
-            if saved.get(key) != current.get(key):
-                raise PoolFormatError(
-                    f"{where}: the pool was built on backbone {saved.get('name')!r} and this is "
-                    f"{current.get('name')!r} ({key} differs: {saved.get(key)!r} vs "
-                    f"{current.get(key)!r}); load the backbone the pool was built on"
-                )
-        for key in FEATURES:
-            if saved.get(key) != current.get(key):
-                raise PoolFormatError(
-                    f"{where}: the pool was built with {key}={saved.get(key)!r}, the backbone "
-                    f"has {current.get(key)!r}; load it with Backbone.load(..., {key}="
-                    f"{saved.get(key)!r})"
-                )
+        key = fingerprint_mismatch(saved, current)
+        if key is not None and is_setting(key):
+            raise PoolFormatError(
+                f"{where}: the pool was built with {key}={saved.get(key)!r}, the backbone "
+                f"has {current.get(key)!r}; load it with Backbone.load(..., {key}="
+                f"{saved.get(key)!r})"
+            )
+        if key is not None:
+            raise PoolFormatError(
+                f"{where}: the pool was built on backbone {saved.get('name')!r} and this is "
+                f"{current.get('name')!r} ({key} differs: {saved.get(key)!r} vs "
+                f"{current.get(key)!r}); load the backbone the pool was built on"
+            )
         if manifest["hidden_size"] != backbone.hidden_size:
             raise PoolFormatError(
                 f"{where}: hidden_size {manifest['hidden_size']} does not match "
@@ -857,7 +836,7 @@ class PromptPool:
         pool_dir = Path(path)
         folder = _folder_key(pool_dir)
         manifest = read_manifest(pool_dir)
-        if self._source != (folder, _settings(manifest)):
+        if self._source != (folder, PoolConfig.from_manifest(manifest, pool_dir).settings()):
             return type(self).load(path, self.backbone)
         known = {}
         for entry in self.entries:
@@ -874,12 +853,6 @@ def _folder_key(pool_dir: Path) -> str:
     return str(Path(pool_dir).resolve())
 
 
-def _settings(manifest: dict[str, Any]) -> dict[str, Any]:
-    """A manifest without its tasks, as JSON reads it back: the settings every entry was
-    checked against."""
-    return json.loads(json.dumps({key: value for key, value in manifest.items() if key != "tasks"}))
-
-
 def _record_key(record: dict[str, Any]) -> str:
     """A task's manifest record as one string: entries with equal records are equal."""
     return json.dumps(record, sort_keys=True)
@@ -887,78 +860,6 @@ def _record_key(record: dict[str, Any]) -> str:
 
 def _not_in_pool(name: object, tasks: list[str]) -> str:
     return f"task {quote_name(name)} is not in the pool; {pool_has(tasks)}"
-
-
-def _check_fingerprint(fingerprint: dict, where: Path) -> None:
-    """Each backbone field the manifest holds has the right type and range (a missing one is
-    reported by the comparison with the backbone)."""
-
-    def bad(key: str, expected: str) -> PoolFormatError:
-        return PoolFormatError(
-            f"{where}: field 'backbone.{key}' must be {expected}, got {fingerprint[key]!r}"
-        )
-
-    for key in ("name", "model_type"):
-        if key in fingerprint and (
-            not isinstance(fingerprint[key], str) or not fingerprint[key].strip()
-        ):
-            raise bad(key, "a non-empty string")
-    for key in ("hidden_size", "num_layers", "vocab_size", "max_length"):
-        if key in fingerprint and (type(fingerprint[key]) is not int or fingerprint[key] < 1):
-            raise bad(key, "a positive integer")
-    if (
-        "query_layer" in fingerprint
-        and fingerprint["query_layer"] is not None
-        and (type(fingerprint["query_layer"]) is not int or fingerprint["query_layer"] < 1)
-    ):
-        raise bad("query_layer", "a positive integer or null")
-    if "weights_sha256" in fingerprint and not (
-        isinstance(fingerprint["weights_sha256"], str)
-        and re.fullmatch(r"[0-9a-f]{64}", fingerprint["weights_sha256"])
-    ):
-        raise bad("weights_sha256", "64 lowercase hex digits")
-
-
-def _backbone_for(
-    fingerprint: dict,
-    where: Path,
-    given: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    dtype: str | None = None,
-) -> Backbone:
-    name = fingerprint.get("name")
-    options: dict[str, Any] = {
-        "max_length": fingerprint.get("max_length", 128),
-        "query_layer": fingerprint.get("query_layer"),
-        "device": device,
-        "dtype": dtype or fingerprint.get("dtype", "float32"),
-        "pooling": fingerprint.get("pooling"),
-    }
-    if given is not None:
-        load: str | os.PathLike | None = given
-    elif name == DEFAULT_MODEL_NAME:
-        load = None  # the packaged copy, offline
-    elif (
-        isinstance(name, str)
-        and _HUB_NAME.fullmatch(name)
-        and ".." not in name
-        and not os.path.lexists(name)
-    ):
-        load = name
-    else:
-        raise PoolFormatError(
-            f"{where}: the pool was built on backbone {name!r}, which is not the packaged "
-            "default nor a hub name 'org/name'; a pool does not load a local model by itself: "
-            "give the backbone (continual ... --backbone PATH, or PromptPool.load(path, "
-            "backbone=PATH))"
-        )
-    try:
-        return Backbone.load(load, **options)
-    except ContinualError as error:
-        shown = name if given is None else os.fspath(given)
-        raise PoolFormatError(
-            f"{where}: cannot load the pool's backbone {shown!r}: {error}"
-        ) from None
 
 
 def _calibration_problem(calibration: object) -> str | None:

@@ -35,9 +35,8 @@ from . import files
 from .data import Generation
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, PoolLockedError
+from .format import FORMAT, PoolConfig
 
-FORMAT = "continual-pool"
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TASKS_DIR = "tasks"
 LOCK = ".lock"
@@ -239,36 +238,7 @@ def read_manifest(pool_dir: str | os.PathLike) -> dict:
         raise PoolFormatError(
             f"{path}: not valid JSON ({error}); the manifest is corrupt"
         ) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PoolFormatError(f"{path}: not a continual pool manifest (field 'format')")
-    version = manifest.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise PoolFormatError(
-            f"{path}: format_version {version!r} is not supported (this version reads "
-            f"{FORMAT_VERSION}); use the continual release that wrote it"
-        )
-    for field, kind in (
-        ("backbone", dict),
-        ("tasks", list),
-        ("prompt_length", int),
-        ("hidden_size", int),
-        ("selector", dict),
-    ):
-        if not isinstance(manifest.get(field), kind):
-            raise PoolFormatError(f"{path}: field {field!r} is missing or not a {kind.__name__}")
-    placement = manifest.get("placement", "input")  # older pools: prompts at the input
-    if placement not in ("input", "query_layer"):
-        raise PoolFormatError(
-            f"{path}: field 'placement' must be 'input' or 'query_layer', got {placement!r}"
-        )
-    if placement == "query_layer":
-        for key in ("num_layers", "query_layer"):
-            value = manifest["backbone"].get(key)
-            if type(value) is not int or value < 1:
-                raise PoolFormatError(
-                    f"{path}: field 'backbone.{key}' must be a positive integer for a pool "
-                    f"whose prompts sit at the query layer, got {value!r}"
-                )
+    PoolConfig.from_manifest(manifest, path)
     return manifest
 
 
