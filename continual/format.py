@@ -142,8 +142,9 @@ class PoolConfig:
         return Placement(self.placement).prompt_shape(
             self.prompt_length,
             hidden=self.hidden_size,
-            num_layers=self.backbone.get("num_layers"),
-            query_layer=self.backbone.get("query_layer"),
+            # a deep pool's are checked by from_manifest; an input prompt's shape needs neither
+            num_layers=int(self.backbone.get("num_layers") or 0),
+            query_layer=int(self.backbone.get("query_layer") or 0),
         )
 
 

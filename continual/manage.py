@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
@@ -105,7 +106,7 @@ def import_task(
     pool_dir, file = check_pool_folder(pool_dir), Path(file)
     tensors, info = read_export_file(file)
     with PoolLock(pool_dir, timeout=wait):
-        records: list[dict] = []
+        records: list[Any] = []
         if (pool_dir / MANIFEST).exists():
             manifest = read_manifest(pool_dir)
             read_entries(pool_dir, manifest)  # the pool must be intact before it is rewritten

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import json
-import math
 import os
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +44,18 @@ from .generate import Generated, Sampling, generate
 from .learner import TrainingConfig, train_task
 from .metrics import Score, task_metric_scores
 from .placement import Placement, deep_pass
+from .routing import (
+    CALIBRATION_LEVELS,
+    Prediction,
+    Routing,
+    calibration_problem,
+    per_text,
+    refusal_levels,
+    refusal_thresholds,
+)
+from .routing import (
+    thresholds as score_thresholds,
+)
 from .selector import UNKNOWN_TASK, Selector, build_selector, default_selector
 from .storage import (
     MANIFEST,
@@ -58,41 +67,6 @@ from .storage import (
     write_entries,
     write_manifest,
 )
-
-# Shares of a task's held-out inputs at which its calibration records the own-match score.
-CALIBRATION_LEVELS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 21))
-
-
-@dataclass
-class _Routing:
-    """Where one `predict` call collects each row's task and routing score."""
-
-    routed: torch.Tensor  # (N,) task index, UNKNOWN_TASK for open or refused rows
-    scores: torch.Tensor  # (N,)
-    thresholds: list[float | None] | None  # min_score per row
-    refuse: list[list[float] | None] | None  # per row: each task's own-score threshold
-
-
-@dataclass
-class Prediction:
-    """One input's answer: the routed task, its label or generated text, and how sure each
-    step was."""
-
-    text: str
-    task: str | None  # None when the selector refused the input
-    label: str | None  # a label task's answer
-    score: float  # probability of ``label``, or the mean probability of ``output``'s tokens
-    routing_score: float  # the selector's match score for ``task``
-    output: str | None = None  # a text-to-text task's answer
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "task": self.task,
-            "label": self.label,
-            "output": self.output,
-            "score": round(self.score, 6),
-        }
 
 
 class PromptPool:
@@ -277,7 +251,7 @@ class PromptPool:
                 raise PoolFormatError(str(error)) from None
         if len(set(entry.labels)) != len(entry.labels):
             raise PoolFormatError(f"task {entry.name!r}: duplicate labels {entry.labels}")
-        problem = _calibration_problem(entry.stats.get("calibration"))
+        problem = calibration_problem(entry.stats.get("calibration"))
         if problem:
             raise PoolFormatError(f"task {entry.name!r}: field 'stats.calibration' {problem}")
         self.entries.append(entry)
@@ -312,17 +286,19 @@ class PromptPool:
         if not self.entries:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
         texts = list(texts)
-        thresholds = _thresholds(min_score, len(texts)) if min_score is not None else None
-        routing = _Routing(
+        thresholds = score_thresholds(min_score, len(texts)) if min_score is not None else None
+        routing = Routing(
             torch.full((len(texts),), UNKNOWN_TASK, dtype=torch.long),
             torch.zeros(len(texts)),
             thresholds,
             None
             if refuse is None
-            else self._refusal_levels(_per_text(refuse, len(texts), "refuse")),
+            else refusal_levels(
+                self.selector, self.entries, per_text(refuse, len(texts), "refuse")
+            ),
         )
         if texts:
-            self._settle(range(len(texts)), self._queries(texts), routing)
+            routing.settle(self.selector, self._states(), range(len(texts)), self._queries(texts))
         return routing.routed, routing.scores
 
     @torch.no_grad()
@@ -379,24 +355,29 @@ class PromptPool:
                 [UNKNOWN_TASK if name is None else positions[name] for name in names],
                 dtype=torch.long,
             )
-        thresholds = _thresholds(min_score, len(texts)) if min_score is not None else None
+        thresholds = score_thresholds(min_score, len(texts)) if min_score is not None else None
         shares = None
         if refuse is not None:  # rows whose task is given are never refused
             shares = [
                 None if forced[i] != UNKNOWN_TASK else share
-                for i, share in enumerate(_per_text(refuse, len(texts), "refuse"))
+                for i, share in enumerate(per_text(refuse, len(texts), "refuse"))
             ]
-        levels = self._refusal_levels(shares)
+        levels = refusal_levels(self.selector, self.entries, shares)
         routed = forced.clone()
         route_scores = torch.ones(len(texts))
-        routing = _Routing(routed, route_scores, thresholds, levels)
+        routing = Routing(routed, route_scores, thresholds, levels)
         labels: list[str | None] = [None] * len(texts)
         outputs: list[str | None] = [None] * len(texts)
         scores = [0.0] * len(texts)
         one_pass = self.placement.deep
         open_rows = [i for i in range(len(texts)) if forced[i] == UNKNOWN_TASK]
         if open_rows and not one_pass:
-            self._settle(open_rows, self._queries([texts[i] for i in open_rows]), routing)
+            routing.settle(
+                self.selector,
+                self._states(),
+                open_rows,
+                self._queries([texts[i] for i in open_rows]),
+            )
         # Similar lengths in one batch waste less compute on padding.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         if not one_pass:  # refused rows need no prompted pass
@@ -460,70 +441,19 @@ class PromptPool:
             beams,
         )
 
-    def _settle(self, rows: Sequence[int], queries: torch.Tensor, routing: _Routing) -> None:
-        """Route ``rows`` on their query features (len(rows), F) and write the answers into
-        ``routing``, refusing below a given ``min_score`` or the calibrated threshold."""
-        found, found_scores = self.selector.route(queries, self._states())
-        own = None
-        if routing.refuse is not None and any(routing.refuse[row] is not None for row in rows):
-            own = torch.full((len(rows),), float("inf"))
-            for task_index in set(found.tolist()) - {UNKNOWN_TASK}:
-                at = (found == task_index).nonzero().flatten()
-                state = self.entries[task_index].selector_state
-                own[at] = self.selector.own_scores(queries[at], state).float()
-        for k, (row, task_index, score) in enumerate(
-            zip(rows, found.tolist(), found_scores.tolist())
-        ):
-            threshold = None if routing.thresholds is None else routing.thresholds[row]
-            refused = threshold is not None and score < threshold
-            levels = None if routing.refuse is None else routing.refuse[row]
-            if own is not None and levels is not None and task_index != UNKNOWN_TASK:
-                refused = refused or float(own[k]) < levels[task_index]
-            routing.routed[row] = UNKNOWN_TASK if refused else int(task_index)
-            routing.scores[row] = float(score)
-
-    def _refusal_levels(self, shares: list[Any] | None) -> list[list[float] | None] | None:
-        """Per text, each task's own-score threshold for its ``refuse`` share (or None)."""
-        if shares is None:
-            return None
-        found: dict[float, list[float]] = {}
-        for share in shares:
-            if share is None or (type(share) in (int, float) and share in found):
-                continue
-            found[share] = self.refusal_thresholds(share)  # checks the share first
-        return [None if share is None else found[share] for share in shares]
-
     def refusal_thresholds(self, share: float) -> list[float]:
         """Each task's own-score threshold for calibrated refusal at ``share`` (0.01 to 0.2).
 
         Raises `TaskDataError` for a share out of range or a task without calibration.
         """
-        low, high = CALIBRATION_LEVELS[0], CALIBRATION_LEVELS[-1]
-        if (
-            isinstance(share, bool)
-            or not isinstance(share, (int, float))
-            or not low <= share <= high
-        ):
-            raise TaskDataError(f"refuse must be a share from {low} to {high}, got {share!r}")
-        if self.selector.name == "oracle":
-            raise TaskDataError("the oracle selector does not route, so it refuses nothing")
-        levels = []
-        for entry in self.entries:
-            calibration = entry.stats.get("calibration")
-            if calibration is None:
-                raise TaskDataError(
-                    f"task {entry.name!r} has no routing calibration (it was learned by an "
-                    "older version); learn it again, or use min_score"
-                )
-            levels.append(float(np.interp(share, CALIBRATION_LEVELS, calibration["scores"])))
-        return levels
+        return refusal_thresholds(self.selector, self.entries, share)
 
     def _one_pass_logits(
         self,
         rows: list[int],
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor,
-        routing: _Routing,
+        routing: Routing,
     ) -> torch.Tensor:
         """Logits (B, C) of one pass that routes at the query layer and runs the routed prompts.
 
@@ -539,7 +469,9 @@ class PromptPool:
             open_at = [k for k, row in enumerate(rows) if routing.routed[row] == UNKNOWN_TASK]
             if open_at:
                 queries = self.backbone.pool(hidden[open_at, length:], attention_mask[open_at])
-                self._settle([rows[k] for k in open_at], queries.cpu(), routing)
+                routing.settle(
+                    self.selector, self._states(), [rows[k] for k in open_at], queries.cpu()
+                )
             index = routing.routed[rows].clamp(min=0).to(prompts.device)
             chosen.append(index)
             return prompts[index]
@@ -860,46 +792,3 @@ def _record_key(record: dict[str, Any]) -> str:
 
 def _not_in_pool(name: object, tasks: list[str]) -> str:
     return f"task {quote_name(name)} is not in the pool; {pool_has(tasks)}"
-
-
-def _calibration_problem(calibration: object) -> str | None:
-    """Why a recorded calibration cannot be used, or None (also when there is none)."""
-    if calibration is None:
-        return None
-    if not isinstance(calibration, dict):
-        return "must be an object"
-    scores = calibration.get("scores")
-    if (
-        not isinstance(scores, list)
-        or len(scores) != len(CALIBRATION_LEVELS)
-        or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in scores
-        )
-    ):
-        return f"must hold 'scores': {len(CALIBRATION_LEVELS)} finite numbers"
-    if any(a > b for a, b in itertools.pairwise(scores)):
-        return "must hold 'scores' that rise with the share"
-    return None
-
-
-def _thresholds(min_score: object, count: int) -> list[float | None]:
-    """One routing-score threshold (or None) per text from a number or a per-text list."""
-
-    def check(value: object) -> float | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise TaskDataError(f"min_score must be a number, got {value!r}")
-        return float(value)
-
-    return [check(value) for value in _per_text(min_score, count, "min_score")]
-
-
-def _per_text(value: object, count: int, name: str) -> list[Any]:
-    """``value`` for each of ``count`` texts: a list of that length as given, else repeated."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != count:
-            raise TaskDataError(f"{len(value)} {name} values for {count} texts")
-        return list(value)
-    return [value] * count
