@@ -12,9 +12,7 @@ are answered by one batched generation (`continual.generate`), each row under it
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -23,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
 from .backbone import Backbone
 from .data import Example, Task
@@ -33,17 +30,15 @@ from .format import (
     PoolConfig,
     check_task_name,
     entry_from_export,
-    fingerprint_mismatch,
-    is_setting,
-    load_backbone,
     pool_has,
     quote_name,
     some_names,
 )
-from .generate import Generated, Sampling, generate
+from .generate import Sampling
 from .learner import TrainingConfig, train_task
 from .metrics import Score, task_metric_scores
-from .placement import Placement, deep_pass
+from .placement import Placement
+from .pool_files import PoolFiles, naming_the_manifest, open_pool, saved_entries
 from .routing import (
     CALIBRATION_LEVELS,
     Prediction,
@@ -57,15 +52,9 @@ from .routing import (
     thresholds as score_thresholds,
 )
 from .selector import UNKNOWN_TASK, Selector, build_selector, default_selector
+from .stacked import StackedEntries
 from .storage import (
-    MANIFEST,
-    PoolLock,
-    check_pool_folder,
-    read_entries,
     read_manifest,
-    remove_unreferenced,
-    write_entries,
-    write_manifest,
 )
 
 
@@ -116,11 +105,8 @@ class PromptPool:
             )
         self.training = training or TrainingConfig()
         self.entries: list[TaskEntry] = []
-        self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        # Where each entry's file lies, as (folder, manifest record), once read from or written
-        # to a folder, and that folder's settings then: `save` and `reload` skip those files.
-        self._saved: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self._source: tuple[str, dict[str, Any]] | None = None
+        self._stacked: StackedEntries | None = None
+        self._files = PoolFiles()  # which entries' files are in which folder already
         if (
             isinstance(prompt_length, bool)
             or not isinstance(prompt_length, int)
@@ -385,15 +371,22 @@ class PromptPool:
             writes = [i for i in order if self.entries[int(routed[i])].generation is not None]
             for start in range(0, len(writes), batch_size):
                 rows = writes[start : start + batch_size]
-                for row, answer in zip(rows, self._generate(rows, texts, routed, sampling, beams)):
+                answers = self._stack().answers(rows, texts, routed, sampling, beams)
+                for row, answer in zip(rows, answers):
                     outputs[row], scores[row] = answer.text, answer.score
             order = [i for i in order if self.entries[int(routed[i])].generation is None]
         for start in range(0, len(order), batch_size):
             rows = order[start : start + batch_size]
             batch = self.backbone.tokenize([texts[i] for i in rows])
             if one_pass:
-                logits = self._one_pass_logits(
-                    rows, batch["input_ids"], batch["attention_mask"], routing
+                logits = self._stack().one_pass_logits(
+                    rows,
+                    batch["input_ids"],
+                    batch["attention_mask"],
+                    routed,
+                    lambda open_rows, queries: routing.settle(
+                        self.selector, self._states(), open_rows, queries
+                    ),
                 )
             else:
                 index = routed[rows].to(self.backbone.device)
@@ -417,70 +410,12 @@ class PromptPool:
             for i, text in enumerate(texts)
         ]
 
-    def _generate(
-        self,
-        rows: list[int],
-        texts: Sequence[str],
-        routed: torch.Tensor,
-        sampling: Sampling | None = None,
-        beams: int = 1,
-    ) -> list[Generated]:
-        """Answers of ``rows``, each routed to a text-to-text task, in one batched generation."""
-        entries = [self.entries[int(routed[row])] for row in rows]
-        settings = [entry.generation for entry in entries]
-        batch = self.backbone.tokenize([texts[row] for row in rows])
-        prompts = self._stack()[0][routed[rows].to(self.backbone.device)]
-        return generate(
-            self.backbone,
-            prompts,
-            batch["input_ids"],
-            batch["attention_mask"],
-            [s.max_new_tokens or 1 for s in settings if s is not None],
-            [s.stop for s in settings if s is not None],
-            sampling,
-            beams,
-        )
-
     def refusal_thresholds(self, share: float) -> list[float]:
         """Each task's own-score threshold for calibrated refusal at ``share`` (0.01 to 0.2).
 
         Raises `TaskDataError` for a share out of range or a task without calibration.
         """
         return refusal_thresholds(self.selector, self.entries, share)
-
-    def _one_pass_logits(
-        self,
-        rows: list[int],
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        routing: Routing,
-    ) -> torch.Tensor:
-        """Logits (B, C) of one pass that routes at the query layer and runs the routed prompts.
-
-        Rows whose task is already set in ``routed`` keep it; the others are routed on the
-        query layer's states in the middle of the pass (written back into ``routed`` and
-        ``route_scores``). Refused rows run under the first task's prompt, their answer unused.
-        """
-        prompts, weights, biases = self._stack()
-        length = self.prompt_length
-        chosen: list[torch.Tensor] = []
-
-        def prompts_for(hidden: torch.Tensor) -> torch.Tensor:
-            open_at = [k for k, row in enumerate(rows) if routing.routed[row] == UNKNOWN_TASK]
-            if open_at:
-                queries = self.backbone.pool(hidden[open_at, length:], attention_mask[open_at])
-                routing.settle(
-                    self.selector, self._states(), [rows[k] for k in open_at], queries.cpu()
-                )
-            index = routing.routed[rows].clamp(min=0).to(prompts.device)
-            chosen.append(index)
-            return prompts[index]
-
-        features = deep_pass(
-            self.backbone, input_ids, attention_mask, length, self.backbone.query_layer, prompts_for
-        )
-        index = chosen[0]
-        return torch.einsum("bh,bch->bc", features, weights[index]) + biases[index]
 
     @torch.no_grad()
     def task_logits(
@@ -491,26 +426,13 @@ class PromptPool:
         ``tasks`` (B,) holds entry indices; C is the most labels of any task, and a task's
         missing classes get -inf.
         """
-        prompts, weights, biases = self._stack()
-        features = self.placement.features(self.backbone, prompts[tasks], input_ids, attention_mask)
-        return torch.einsum("bh,bch->bc", features, weights[tasks]) + biases[tasks]  # (B, C)
+        return self._stack().logits(tasks, input_ids, attention_mask)
 
-    def _stack(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompts (T, L, H), head weights (T, C, H) and biases (T, C), padded to C classes."""
-        if self._stacked is not None and self._stacked[0].device != self.backbone.device:
+    def _stack(self) -> StackedEntries:
+        if self._stacked is not None and self._stacked.prompts.device != self.backbone.device:
             self._stacked = None  # the backbone moved to another device since they were stacked
         if self._stacked is None:
-            classes = max(1, *(len(entry.labels) for entry in self.entries))
-            hidden = self.backbone.hidden_size
-            count = len(self.entries)
-            device = self.backbone.device
-            weights = torch.zeros(count, classes, hidden, device=device)
-            biases = torch.full((count, classes), float("-inf"), device=device)
-            for t, entry in enumerate(self.entries):
-                weights[t, : len(entry.labels)] = entry.head_weight
-                biases[t, : len(entry.labels)] = entry.head_bias
-            prompts = torch.stack([entry.prompt for entry in self.entries]).to(device)
-            self._stacked = (prompts, weights, biases)
+            self._stacked = StackedEntries(self.backbone, self.placement, self.entries)
         return self._stacked
 
     def evaluate(
@@ -589,29 +511,10 @@ class PromptPool:
 
         A crash at any point leaves the previously saved pool loadable. The pool's lock is held
         while saving (`PoolLockedError` if another process holds it longer than ``wait``
-        seconds); pass ``lock=False`` when the caller already holds it.
+        seconds); pass ``lock=False`` when the caller already holds it. Files of entries read
+        from or saved to this folder before are not written again.
         """
-        pool_dir = check_pool_folder(path)  # never a folder that holds what the pool did not make
-        pool_dir.mkdir(parents=True, exist_ok=True)
-        with PoolLock(pool_dir, timeout=wait) if lock else contextlib.nullcontext():
-            check_pool_folder(pool_dir)  # again, now that no other writer can change it
-            folder = _folder_key(pool_dir)
-            records = write_entries(pool_dir, self.entries, lambda e: self._record_in(folder, e))
-            manifest = self.config().to_manifest(records)
-            write_manifest(pool_dir, manifest)
-            remove_unreferenced(pool_dir, {record["file"] for record in records})
-            self._remember(folder, manifest, self.entries)
-        return pool_dir
-
-    def _record_in(self, folder: str, entry: TaskEntry) -> dict[str, Any] | None:
-        """The manifest record of ``entry``'s file in ``folder``, if it was read or written there."""
-        saved = self._saved.get(entry)
-        return saved[1] if saved is not None and saved[0] == folder else None
-
-    def _remember(self, folder: str, manifest: dict[str, Any], entries: list[TaskEntry]) -> None:
-        for entry, record in zip(entries, manifest["tasks"], strict=True):
-            self._saved[entry] = (folder, record)
-        self._source = (folder, PoolConfig.from_manifest(manifest, Path(folder)).settings())
+        return self._files.save(path, self.config(), self.entries, lock=lock, wait=wait)
 
     @classmethod
     def load(
@@ -632,38 +535,7 @@ class PromptPool:
         a mismatch); a pool built on a GPU loads on a CPU (entries are stored on the CPU).
         """
         pool_dir = Path(path)
-        manifest = read_manifest(pool_dir)
-        where = pool_dir / MANIFEST
-        saved = PoolConfig.from_manifest(manifest, where).backbone
-        if backbone is None or not isinstance(backbone, Backbone):
-            backbone = load_backbone(saved, where, backbone, device, dtype)
-        current = backbone.fingerprint()
-        key = fingerprint_mismatch(saved, current)
-        if key is not None and is_setting(key):
-            raise PoolFormatError(
-                f"{where}: the pool was built with {key}={saved.get(key)!r}, the backbone "
-                f"has {current.get(key)!r}; load it with Backbone.load(..., {key}="
-                f"{saved.get(key)!r})"
-            )
-        if key is not None:
-            raise PoolFormatError(
-                f"{where}: the pool was built on backbone {saved.get('name')!r} and this is "
-                f"{current.get('name')!r} ({key} differs: {saved.get(key)!r} vs "
-                f"{current.get(key)!r}); load the backbone the pool was built on"
-            )
-        if manifest["hidden_size"] != backbone.hidden_size:
-            raise PoolFormatError(
-                f"{where}: hidden_size {manifest['hidden_size']} does not match "
-                f"the backbone's {backbone.hidden_size}"
-            )
-        try:
-            training = TrainingConfig(**manifest.get("training", {}))
-        except (TypeError, ContinualError) as error:
-            raise PoolFormatError(f"{where}: bad field 'training' ({error})") from None
-        try:
-            selector = build_selector(manifest["selector"])
-        except Exception as error:
-            raise PoolFormatError(f"{where}: bad field 'selector' ({error})") from None
+        backbone, manifest, selector, training = open_pool(pool_dir, backbone, device, dtype)
         return cls._filled(backbone, pool_dir, manifest, selector, training)
 
     @classmethod
@@ -676,9 +548,8 @@ class PromptPool:
         training: TrainingConfig,
         known: dict[str, TaskEntry] | None = None,
     ) -> PromptPool:
-        """A pool with the manifest's settings and entries; those in ``known`` (by
-        `_record_key`) are reused, the others read from their files."""
-        try:
+        """A pool with the manifest's settings and entries (those in ``known`` reused)."""
+        with naming_the_manifest(pool_dir):
             pool = cls(
                 backbone,
                 prompt_length=manifest["prompt_length"],
@@ -686,16 +557,9 @@ class PromptPool:
                 selector=selector,
                 training=training,
             )
-            entries = read_entries(
-                pool_dir, manifest, None if known is None else lambda r: known.get(_record_key(r))
-            )
-            for entry in entries:
+            for entry in saved_entries(pool_dir, manifest, known):
                 pool.add(entry)
-        except ContinualError as error:
-            message = str(error)
-            prefix = "" if message.startswith(str(pool_dir)) else f"{pool_dir / MANIFEST}: "
-            raise PoolFormatError(f"{prefix}{message}") from None
-        pool._remember(_folder_key(pool_dir), manifest, entries)
+        pool._files.remember(pool_dir, manifest, pool.entries)
         return pool
 
     # -- managing tasks -----------------------------------------------------------------------
@@ -766,28 +630,13 @@ class PromptPool:
         and removed, not rebuilt. Otherwise the pool is loaded whole, as `load` does.
         """
         pool_dir = Path(path)
-        folder = _folder_key(pool_dir)
         manifest = read_manifest(pool_dir)
-        if self._source != (folder, PoolConfig.from_manifest(manifest, pool_dir).settings()):
+        known = self._files.known(pool_dir, manifest, self.entries)
+        if known is None:
             return type(self).load(path, self.backbone)
-        known = {}
-        for entry in self.entries:
-            record = self._record_in(folder, entry)
-            if record is not None:
-                known[_record_key(record)] = entry
         return type(self)._filled(
             self.backbone, pool_dir, manifest, self.selector, self.training, known
         )
-
-
-def _folder_key(pool_dir: Path) -> str:
-    """One name per pool folder, however the path to it is written."""
-    return str(Path(pool_dir).resolve())
-
-
-def _record_key(record: dict[str, Any]) -> str:
-    """A task's manifest record as one string: entries with equal records are equal."""
-    return json.dumps(record, sort_keys=True)
 
 
 def _not_in_pool(name: object, tasks: list[str]) -> str:
