@@ -337,3 +337,36 @@ def load_backbone(
         raise PoolFormatError(
             f"{where}: cannot load the pool's backbone {shown!r}: {error}"
         ) from None
+
+
+def check_entry(
+    entry: TaskEntry,
+    prompt_shape: tuple[int, ...],
+    hidden: int,
+    selector: Selector,
+    placement: Placement,
+) -> None:
+    """A `PoolFormatError` naming ``entry``'s task where it does not fit a pool of these
+    shapes, selector and placement."""
+    if tuple(entry.prompt.shape) != prompt_shape:
+        raise PoolFormatError(
+            f"task {entry.name!r}: prompt shape {tuple(entry.prompt.shape)}, expected "
+            f"{prompt_shape} (placement {placement!r})"
+        )
+    if tuple(entry.head_weight.shape) != (len(entry.labels), hidden) or tuple(
+        entry.head_bias.shape
+    ) != (len(entry.labels),):
+        raise PoolFormatError(
+            f"task {entry.name!r}: head shape {tuple(entry.head_weight.shape)} does not fit "
+            f"{len(entry.labels)} labels of width {hidden}"
+        )
+    problem = selector.check_state(entry.selector_state, hidden)
+    if problem:
+        raise PoolFormatError(f"task {entry.name!r}: {problem}")
+    if entry.generation is not None:
+        try:
+            placement.check_input(f"task {entry.name!r} is text-to-text: it")
+        except ContinualError as error:
+            raise PoolFormatError(str(error)) from None
+    if len(set(entry.labels)) != len(entry.labels):
+        raise PoolFormatError(f"task {entry.name!r}: duplicate labels {entry.labels}")

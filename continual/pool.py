@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -28,25 +27,33 @@ from .entry import State, TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
 from .format import (
     PoolConfig,
+    check_entry,
     check_task_name,
-    entry_from_export,
     pool_has,
     quote_name,
-    some_names,
 )
 from .generate import Sampling
 from .learner import TrainingConfig, train_task
-from .metrics import Score, task_metric_scores
+from .metrics import Score
 from .placement import Placement
-from .pool_files import PoolFiles, naming_the_manifest, open_pool, saved_entries
+from .pool_files import (
+    PoolFiles,
+    export_entry,
+    naming_the_manifest,
+    open_pool,
+    read_exported,
+    saved_entries,
+)
 from .routing import (
     CALIBRATION_LEVELS,
     Prediction,
     Routing,
     calibration_problem,
+    forced_tasks,
     per_text,
     refusal_levels,
     refusal_thresholds,
+    score_predictions,
 )
 from .routing import (
     thresholds as score_thresholds,
@@ -213,30 +220,11 @@ class PromptPool:
         check_task_name(entry.name)
         if entry.name in self.tasks:
             raise TaskDataError(f"task {quote_name(entry.name)} is already in the pool")
-        hidden = self.backbone.hidden_size
-        if tuple(entry.prompt.shape) != self.prompt_shape:
-            raise PoolFormatError(
-                f"task {entry.name!r}: prompt shape {tuple(entry.prompt.shape)}, expected "
-                f"{self.prompt_shape} (placement {self.placement!r})"
-            )
-        if tuple(entry.head_weight.shape) != (len(entry.labels), hidden) or tuple(
-            entry.head_bias.shape
-        ) != (len(entry.labels),):
-            raise PoolFormatError(
-                f"task {entry.name!r}: head shape {tuple(entry.head_weight.shape)} does not fit "
-                f"{len(entry.labels)} labels of width {hidden}"
-            )
-        problem = self.selector.check_state(entry.selector_state, hidden)
-        if problem:
-            raise PoolFormatError(f"task {entry.name!r}: {problem}")
         if entry.generation is not None:
             self.backbone.check_generative()
-            try:
-                self.placement.check_input(f"task {entry.name!r} is text-to-text: it")
-            except ContinualError as error:
-                raise PoolFormatError(str(error)) from None
-        if len(set(entry.labels)) != len(entry.labels):
-            raise PoolFormatError(f"task {entry.name!r}: duplicate labels {entry.labels}")
+        check_entry(
+            entry, self.prompt_shape, self.backbone.hidden_size, self.selector, self.placement
+        )
         problem = calibration_problem(entry.stats.get("calibration"))
         if problem:
             raise PoolFormatError(f"task {entry.name!r}: field 'stats.calibration' {problem}")
@@ -324,23 +312,7 @@ class PromptPool:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
         if not texts:
             return []
-        forced = torch.full((len(texts),), UNKNOWN_TASK, dtype=torch.long)
-        if tasks is not None:
-            names = [tasks] * len(texts) if isinstance(tasks, str) else list(tasks)
-            if len(names) != len(texts):
-                raise TaskDataError(f"{len(names)} task names for {len(texts)} texts")
-            unknown = sorted(
-                {name for name in names if name is not None} - set(self.tasks), key=repr
-            )
-            if unknown:
-                raise TaskDataError(
-                    f"unknown task(s) {some_names(unknown)}; {pool_has(self.tasks)}"
-                )
-            positions = {name: index for index, name in enumerate(self.tasks)}
-            forced = torch.tensor(
-                [UNKNOWN_TASK if name is None else positions[name] for name in names],
-                dtype=torch.long,
-            )
+        forced = forced_tasks(tasks, self.tasks, len(texts))
         thresholds = score_thresholds(min_score, len(texts)) if min_score is not None else None
         shares = None
         if refuse is not None:  # rows whose task is given are never refused
@@ -462,32 +434,8 @@ class PromptPool:
                     f"task {name!r}, example {row}: label {gold!r} is not one of "
                     f"the task's labels {sorted(labels)}"
                 )
-        texts = [text for text, _ in examples]
-        predictions = self.predict(texts, tasks=name if oracle else None)
-        routed = sum(p.task == name for p in predictions)
-        if entry.generation is None:
-            points = [
-                100.0 * (p.task == name and p.label == gold)
-                for p, (_, gold) in zip(predictions, examples)
-            ]
-        else:
-            mine = [i for i, p in enumerate(predictions) if p.task == name]
-            points = [0.0] * len(examples)
-            found = task_metric_scores(
-                entry.generation.metric,
-                [predictions[i].output or "" for i in mine],
-                [examples[i][1] for i in mine],
-            )
-            for i, value in zip(mine, found):
-                points[i] = value
-        return Score(
-            task=name,
-            examples=len(examples),
-            accuracy=sum(points) / len(examples),
-            routing_accuracy=None if oracle else 100.0 * routed / len(examples),
-            routed_to={} if oracle else dict(Counter(p.task for p in predictions)),
-            metric="accuracy" if entry.generation is None else entry.generation.metric,
-        )
+        predictions = self.predict([text for text, _ in examples], tasks=name if oracle else None)
+        return score_predictions(entry, examples, predictions, oracle=oracle)
 
     # -- size -------------------------------------------------------------------------------------
     def bytes_per_task(self) -> list[int]:
@@ -580,22 +528,11 @@ class PromptPool:
         ``path`` must be a new file outside any pool folder; ``force`` replaces an existing
         regular file (atomically). Devices, FIFOs and symbolic links are always refused.
         """
-        from .storage import write_export_file
-
         if name not in self.tasks:
             raise TaskDataError(_not_in_pool(name, self.tasks))
         entry = self.entries[self.tasks.index(name)]
-        return write_export_file(
-            path,
-            entry.tensors(),
-            name=entry.name,
-            labels=entry.labels,
-            stats=entry.stats,
-            selector=self.selector.config(),
-            backbone=self.backbone.fingerprint(),
-            generation=entry.generation,
-            force=force,
-        )
+        config = self.selector.config()
+        return export_entry(entry, path, config, self.backbone.fingerprint(), force=force)
 
     def import_task(self, path: str | os.PathLike, *, name: str | None = None) -> TaskEntry:
         """Add a task from a file written by `export_task` (in memory; `save` makes it stick).
@@ -604,18 +541,8 @@ class PromptPool:
         or a state this selector cannot use, a prompt of another length, or a name already in
         the pool (pass ``name`` to import it under another one).
         """
-        from .storage import read_export_file
-
-        tensors, info = read_export_file(path)
-        entry = entry_from_export(
-            Path(path),
-            tensors,
-            info,
-            name=name,
-            backbone=self.backbone.fingerprint(),
-            prompt_shape=self.prompt_shape,
-            selector=self.selector,
-            tasks=self.tasks,
+        entry = read_exported(
+            path, name, self.backbone.fingerprint(), self.prompt_shape, self.selector, self.tasks
         )
         self.add(entry)
         return entry

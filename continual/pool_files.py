@@ -16,7 +16,13 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .backbone import Backbone
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError
-from .format import PoolConfig, fingerprint_mismatch, is_setting, load_backbone
+from .format import (
+    PoolConfig,
+    entry_from_export,
+    fingerprint_mismatch,
+    is_setting,
+    load_backbone,
+)
 from .learner import TrainingConfig
 from .selector import Selector, build_selector
 from .storage import (
@@ -24,9 +30,11 @@ from .storage import (
     PoolLock,
     check_pool_folder,
     read_entries,
+    read_export_file,
     read_manifest,
     remove_unreferenced,
     write_entries,
+    write_export_file,
     write_manifest,
 )
 
@@ -159,3 +167,47 @@ def folder_key(pool_dir: Path) -> str:
 def record_key(record: dict[str, Any]) -> str:
     """A task's manifest record as one string: entries with equal records are equal."""
     return json.dumps(record, sort_keys=True)
+
+
+def export_entry(
+    entry: TaskEntry,
+    path: str | os.PathLike,
+    selector_config: dict[str, Any],
+    fingerprint: dict[str, Any],
+    *,
+    force: bool,
+) -> Path:
+    """``entry`` as one self-describing safetensors file (see `PromptPool.export_task`)."""
+    return write_export_file(
+        path,
+        entry.tensors(),
+        name=entry.name,
+        labels=entry.labels,
+        stats=entry.stats,
+        selector=selector_config,
+        backbone=fingerprint,
+        generation=entry.generation,
+        force=force,
+    )
+
+
+def read_exported(
+    path: str | os.PathLike,
+    name: str | None,
+    fingerprint: dict[str, Any],
+    prompt_shape: tuple[int, ...],
+    selector: Selector,
+    tasks: list[str],
+) -> TaskEntry:
+    """The entry an exported task file makes in a pool (see `PromptPool.import_task`)."""
+    tensors, info = read_export_file(path)
+    return entry_from_export(
+        Path(path),
+        tensors,
+        info,
+        name=name,
+        backbone=fingerprint,
+        prompt_shape=prompt_shape,
+        selector=selector,
+        tasks=tasks,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -12,8 +13,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from .data import Example
 from .entry import State, TaskEntry
 from .errors import TaskDataError
+from .format import pool_has, some_names
+from .metrics import Score, task_metric_scores
 from .selector import UNKNOWN_TASK, Selector
 
 # Shares of a task's held-out inputs at which its calibration records the own-match score.
@@ -155,3 +159,58 @@ def per_text(value: object, count: int, name: str) -> list[Any]:
             raise TaskDataError(f"{len(value)} {name} values for {count} texts")
         return list(value)
     return [value] * count
+
+
+def forced_tasks(
+    tasks: Sequence[str | None] | str | None, names: Sequence[str], count: int
+) -> torch.Tensor:
+    """Each of ``count`` texts' given task as an index into ``names`` (the pool's tasks), or
+    `UNKNOWN_TASK` where it is to be routed: ``tasks`` is one name, one per text, or None."""
+    if tasks is None:
+        return torch.full((count,), UNKNOWN_TASK, dtype=torch.long)
+    given = [tasks] * count if isinstance(tasks, str) else list(tasks)
+    if len(given) != count:
+        raise TaskDataError(f"{len(given)} task names for {count} texts")
+    unknown = sorted({name for name in given if name is not None} - set(names), key=repr)
+    if unknown:
+        raise TaskDataError(f"unknown task(s) {some_names(unknown)}; {pool_has(list(names))}")
+    positions = {name: index for index, name in enumerate(names)}
+    return torch.tensor(
+        [UNKNOWN_TASK if name is None else positions[name] for name in given], dtype=torch.long
+    )
+
+
+def score_predictions(
+    entry: TaskEntry,
+    examples: Sequence[Example],
+    predictions: Sequence[Prediction],
+    *,
+    oracle: bool,
+) -> Score:
+    """`PromptPool.evaluate`'s score of ``predictions`` of ``entry``'s task on ``examples``: an
+    input counts only if routed to the task; text-to-text answers score by the task's metric."""
+    name = entry.name
+    routed = sum(p.task == name for p in predictions)
+    if entry.generation is None:
+        points = [
+            100.0 * (p.task == name and p.label == gold)
+            for p, (_, gold) in zip(predictions, examples)
+        ]
+    else:
+        mine = [i for i, p in enumerate(predictions) if p.task == name]
+        points = [0.0] * len(examples)
+        found = task_metric_scores(
+            entry.generation.metric,
+            [predictions[i].output or "" for i in mine],
+            [examples[i][1] for i in mine],
+        )
+        for i, value in zip(mine, found):
+            points[i] = value
+    return Score(
+        task=name,
+        examples=len(examples),
+        accuracy=sum(points) / len(examples),
+        routing_accuracy=None if oracle else 100.0 * routed / len(examples),
+        routed_to={} if oracle else dict(Counter(p.task for p in predictions)),
+        metric="accuracy" if entry.generation is None else entry.generation.metric,
+    )
