@@ -370,3 +370,16 @@ def check_entry(
             raise PoolFormatError(str(error)) from None
     if len(set(entry.labels)) != len(entry.labels):
         raise PoolFormatError(f"task {entry.name!r}: duplicate labels {entry.labels}")
+
+
+def check_prompt_length(prompt_length: object, backbone: Backbone) -> None:
+    """A `ContinualError` unless ``prompt_length`` is a positive integer that fits, with the
+    backbone's ``max_length``, in its positions."""
+    if isinstance(prompt_length, bool) or not isinstance(prompt_length, int) or prompt_length < 1:
+        raise ContinualError(f"prompt_length must be a positive integer, got {prompt_length!r}")
+    limit = backbone.position_limit
+    if limit is not None and prompt_length + backbone.max_length > limit:
+        raise ContinualError(
+            f"prompt_length {prompt_length} + max_length {backbone.max_length} exceeds the "
+            f"model's {limit} positions"
+        )

@@ -25,6 +25,7 @@ from torch import nn
 
 from .backbone import Backbone
 from .errors import ContinualError
+from .selector import Selector
 
 PLACEMENTS: tuple[str, ...] = ("input", "query_layer")
 
@@ -92,6 +93,16 @@ class Placement:
                 f"layer list; backbone {backbone.name!r} has query_layer {backbone.query_layer} "
                 f"of {backbone.num_layers} layers"
                 + ("" if backbone.layers is not None else " and no layer list")
+            )
+
+    def check_selector(self, selector: Selector) -> None:
+        """A `ContinualError` where ``selector`` reads a query this placement's pass lacks: a
+        deep pass has no last layer before the prompt."""
+        if self.deep and selector.with_last:
+            raise ContinualError(
+                f"selector {selector.name!r} routes on the last layer too, which a pass "
+                "with the prompt at the query layer does not have before the prompt; use "
+                "placement='input' or a selector on the query layer alone"
             )
 
     def check_input(self, what: str) -> None:

@@ -18,16 +18,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .backbone import Backbone
 from .data import Example, Task
 from .entry import State, TaskEntry
-from .errors import ContinualError, PoolFormatError, TaskDataError
+from .errors import PoolFormatError, TaskDataError
 from .format import (
     PoolConfig,
     check_entry,
+    check_prompt_length,
     check_task_name,
     pool_has,
     quote_name,
@@ -45,18 +45,13 @@ from .pool_files import (
     saved_entries,
 )
 from .routing import (
-    CALIBRATION_LEVELS,
     Prediction,
     Routing,
     calibration_problem,
+    calibration_record,
     forced_tasks,
-    per_text,
-    refusal_levels,
     refusal_thresholds,
     score_predictions,
-)
-from .routing import (
-    thresholds as score_thresholds,
 )
 from .selector import UNKNOWN_TASK, Selector, build_selector, default_selector
 from .stacked import StackedEntries
@@ -73,7 +68,7 @@ class PromptPool:
         prompt_length: soft prompt vectors per task.
         placement: ``"input"`` (each prompt before the input embeddings; routing is a separate
             pass) or ``"query_layer"`` (a deep prompt from the query layer on; one pass routes
-            on the query layer and finishes with each row's prompt). See `continual.prompt`.
+            on the query layer and finishes with each row's prompt). See `continual.placement`.
         selector: by default ``"gaussian_views"`` (fitted on each text and its first sentence;
             on the query and last layers for ``input`` placement, the query layer alone for
             ``query_layer``: see `ViewGaussianSelector`), or ``"gaussian"``,
@@ -104,28 +99,12 @@ class PromptPool:
             default_selector(self.placement.deep) if selector is None else selector
         )
         self.placement.check_backbone(backbone)
-        if self.placement.deep and self.selector.with_last:
-            raise ContinualError(
-                f"selector {self.selector.name!r} routes on the last layer too, which a pass "
-                "with the prompt at the query layer does not have before the prompt; use "
-                "placement='input' or a selector on the query layer alone"
-            )
+        self.placement.check_selector(self.selector)
         self.training = training or TrainingConfig()
         self.entries: list[TaskEntry] = []
         self._stacked: StackedEntries | None = None
         self._files = PoolFiles()  # which entries' files are in which folder already
-        if (
-            isinstance(prompt_length, bool)
-            or not isinstance(prompt_length, int)
-            or prompt_length < 1
-        ):
-            raise ContinualError(f"prompt_length must be a positive integer, got {prompt_length!r}")
-        limit = backbone.position_limit
-        if limit is not None and prompt_length + backbone.max_length > limit:
-            raise ContinualError(
-                f"prompt_length {prompt_length} + max_length {backbone.max_length} exceeds the "
-                f"model's {limit} positions"
-            )
+        check_prompt_length(prompt_length, backbone)
 
     # -- growing ------------------------------------------------------------------------------
     @property
@@ -204,15 +183,10 @@ class PromptPool:
         known inputs then runs above the asked share). Scores judged by the task's state alone
         never change as tasks are added, so the entry stays as it was learned.
         """
-        source = "validation" if task.validation else "train"
         examples = task.validation if task.validation else task.train
         texts = self.selector.training_texts([text for text, _ in examples])
-        own = self.selector.own_scores(self._queries(texts), state).double().numpy()
-        return {
-            "source": source,
-            "examples": len(texts),
-            "scores": [round(float(np.quantile(own, level)), 6) for level in CALIBRATION_LEVELS],
-        }
+        own = self.selector.own_scores(self._queries(texts), state)
+        return calibration_record("validation" if task.validation else "train", own)
 
     def add(self, entry: TaskEntry) -> None:
         """Add a ready-made entry (from a file, or trained elsewhere), checking its name and
@@ -260,17 +234,8 @@ class PromptPool:
         if not self.entries:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
         texts = list(texts)
-        thresholds = score_thresholds(min_score, len(texts)) if min_score is not None else None
-        routing = Routing(
-            torch.full((len(texts),), UNKNOWN_TASK, dtype=torch.long),
-            torch.zeros(len(texts)),
-            thresholds,
-            None
-            if refuse is None
-            else refusal_levels(
-                self.selector, self.entries, per_text(refuse, len(texts), "refuse")
-            ),
-        )
+        forced = forced_tasks(None, self.tasks, len(texts))
+        routing = Routing.start(forced, min_score, refuse, self.selector, self.entries)
         if texts:
             routing.settle(self.selector, self._states(), range(len(texts)), self._queries(texts))
         return routing.routed, routing.scores
@@ -313,20 +278,8 @@ class PromptPool:
         if not texts:
             return []
         forced = forced_tasks(tasks, self.tasks, len(texts))
-        thresholds = score_thresholds(min_score, len(texts)) if min_score is not None else None
-        shares = None
-        if refuse is not None:  # rows whose task is given are never refused
-            shares = [
-                None if forced[i] != UNKNOWN_TASK else share
-                for i, share in enumerate(per_text(refuse, len(texts), "refuse"))
-            ]
-        levels = refusal_levels(self.selector, self.entries, shares)
-        routed = forced.clone()
-        route_scores = torch.ones(len(texts))
-        routing = Routing(routed, route_scores, thresholds, levels)
-        labels: list[str | None] = [None] * len(texts)
-        outputs: list[str | None] = [None] * len(texts)
-        scores = [0.0] * len(texts)
+        routing = Routing.start(forced, min_score, refuse, self.selector, self.entries)
+        routed = routing.routed
         one_pass = self.placement.deep
         open_rows = [i for i in range(len(texts)) if forced[i] == UNKNOWN_TASK]
         if open_rows and not one_pass:
@@ -336,47 +289,24 @@ class PromptPool:
                 open_rows,
                 self._queries([texts[i] for i in open_rows]),
             )
-        # Similar lengths in one batch waste less compute on padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        if not one_pass:  # refused rows need no prompted pass
-            order = [i for i in order if routed[i] != UNKNOWN_TASK]
-            writes = [i for i in order if self.entries[int(routed[i])].generation is not None]
-            for start in range(0, len(writes), batch_size):
-                rows = writes[start : start + batch_size]
-                answers = self._stack().answers(rows, texts, routed, sampling, beams)
-                for row, answer in zip(rows, answers):
-                    outputs[row], scores[row] = answer.text, answer.score
-            order = [i for i in order if self.entries[int(routed[i])].generation is None]
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = self.backbone.tokenize([texts[i] for i in rows])
-            if one_pass:
-                logits = self._stack().one_pass_logits(
-                    rows,
-                    batch["input_ids"],
-                    batch["attention_mask"],
-                    routed,
-                    lambda open_rows, queries: routing.settle(
-                        self.selector, self._states(), open_rows, queries
-                    ),
-                )
-            else:
-                index = routed[rows].to(self.backbone.device)
-                logits = self.task_logits(index, batch["input_ids"], batch["attention_mask"])
-            probabilities = logits.softmax(dim=1)  # padded classes have bias -inf: probability 0
-            best, choice = probabilities.max(dim=1)
-            for row, label_index, probability in zip(rows, choice.tolist(), best.tolist()):
-                task_index = int(routed[row])
-                if task_index != UNKNOWN_TASK:
-                    labels[row] = self.entries[task_index].labels[label_index]
-                    scores[row] = probability
+        labels, outputs, scores = self._stack().answer(
+            texts,
+            routed,
+            batch_size,
+            one_pass=one_pass,
+            settle=lambda rows, queries: routing.settle(
+                self.selector, self._states(), rows, queries
+            ),
+            sampling=sampling,
+            beams=beams,
+        )
         return [
             Prediction(
                 text=text,
                 task=None if routed[i] == UNKNOWN_TASK else self.tasks[int(routed[i])],
                 label=labels[i],
                 score=scores[i],
-                routing_score=float(route_scores[i]),
+                routing_score=float(routing.scores[i]),
                 output=outputs[i],
             )
             for i, text in enumerate(texts)
@@ -437,7 +367,6 @@ class PromptPool:
         predictions = self.predict([text for text, _ in examples], tasks=name if oracle else None)
         return score_predictions(entry, examples, predictions, oracle=oracle)
 
-    # -- size -------------------------------------------------------------------------------------
     def bytes_per_task(self) -> list[int]:
         """Bytes each task's tensors take as stored (selector statistics may be float16)."""
         return [entry.bytes for entry in self.entries]

@@ -55,6 +55,31 @@ class Routing:
     thresholds: list[float | None] | None  # min_score per row
     refuse: list[list[float] | None] | None  # per row: each task's own-score threshold
 
+    @classmethod
+    def start(
+        cls,
+        forced: torch.Tensor,
+        min_score: object,
+        refuse: object,
+        selector: Selector,
+        entries: Sequence[TaskEntry],
+    ) -> Routing:
+        """The routing of texts whose given tasks are ``forced`` (N,) (`UNKNOWN_TASK`: to be
+        routed), with ``min_score`` and ``refuse`` as `PromptPool.predict` takes them."""
+        count = len(forced)
+        shares = None
+        if refuse is not None:  # rows whose task is given are never refused
+            shares = [
+                None if forced[i] != UNKNOWN_TASK else share
+                for i, share in enumerate(per_text(refuse, count, "refuse"))
+            ]
+        return cls(
+            forced.clone(),
+            torch.ones(count),
+            thresholds(min_score, count) if min_score is not None else None,
+            refusal_levels(selector, entries, shares),
+        )
+
     def settle(
         self, selector: Selector, states: list[State], rows: Sequence[int], queries: torch.Tensor
     ) -> None:
@@ -214,3 +239,14 @@ def score_predictions(
         routed_to={} if oracle else dict(Counter(p.task for p in predictions)),
         metric="accuracy" if entry.generation is None else entry.generation.metric,
     )
+
+
+def calibration_record(source: str, own: torch.Tensor) -> dict[str, Any]:
+    """A task's calibration from its held-out inputs' own-match scores ``own`` (N,): the score
+    at each share of `CALIBRATION_LEVELS`, and where the inputs came from."""
+    scores = own.double().numpy()
+    return {
+        "source": source,
+        "examples": len(scores),
+        "scores": [round(float(np.quantile(scores, level)), 6) for level in CALIBRATION_LEVELS],
+    }

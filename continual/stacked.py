@@ -96,3 +96,51 @@ class StackedEntries:
             sampling,
             beams,
         )
+
+    def answer(
+        self,
+        texts: Sequence[str],
+        routed: torch.Tensor,
+        batch_size: int,
+        *,
+        one_pass: bool,
+        settle: Callable[[list[int], torch.Tensor], None],
+        sampling: Sampling | None,
+        beams: int,
+    ) -> tuple[list[str | None], list[str | None], list[float]]:
+        """Each text's label, written answer and its probability under its routed task
+        (``routed`` (N,), `UNKNOWN_TASK` where refused: no answer), in batches of
+        ``batch_size``. ``one_pass``: the rows still open are routed inside the pass
+        (`one_pass_logits`)."""
+        labels: list[str | None] = [None] * len(texts)
+        outputs: list[str | None] = [None] * len(texts)
+        scores = [0.0] * len(texts)
+        # Similar lengths in one batch waste less compute on padding.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        if not one_pass:  # refused rows need no prompted pass
+            order = [i for i in order if routed[i] != UNKNOWN_TASK]
+            writes = [i for i in order if self.entries[int(routed[i])].generation is not None]
+            for start in range(0, len(writes), batch_size):
+                rows = writes[start : start + batch_size]
+                answers = self.answers(rows, texts, routed, sampling, beams)
+                for row, answer in zip(rows, answers):
+                    outputs[row], scores[row] = answer.text, answer.score
+            order = [i for i in order if self.entries[int(routed[i])].generation is None]
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            batch = self.backbone.tokenize([texts[i] for i in rows])
+            if one_pass:
+                logits = self.one_pass_logits(
+                    rows, batch["input_ids"], batch["attention_mask"], routed, settle
+                )
+            else:
+                index = routed[rows].to(self.backbone.device)
+                logits = self.logits(index, batch["input_ids"], batch["attention_mask"])
+            probabilities = logits.softmax(dim=1)  # padded classes have bias -inf: probability 0
+            best, choice = probabilities.max(dim=1)
+            for row, label_index, probability in zip(rows, choice.tolist(), best.tolist()):
+                task_index = int(routed[row])
+                if task_index != UNKNOWN_TASK:
+                    labels[row] = self.entries[task_index].labels[label_index]
+                    scores[row] = probability
+        return labels, outputs, scores
