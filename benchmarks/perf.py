@@ -779,9 +779,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     from continual.classifier import train_step
     from continual.data import Task
     from continual.entry import TaskEntry
+    from continual.files import atomic_write_bytes
     from continual.pool import PromptPool
     from continual.prompt import LowerStates, SoftPrompt
-    from continual.storage import atomic_write_bytes
 
     torch.set_num_threads(2)
     started = time.perf_counter()

@@ -25,9 +25,9 @@ from pathlib import Path
 
 from continual.backbone import Backbone
 from continual.bench.sequences import load_sequence
+from continual.files import atomic_write_bytes
 from continual.placement import PLACEMENTS
 from continual.selector import DEFAULT_SELECTOR, build_selector, first_sentence
-from continual.storage import atomic_write_bytes
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 

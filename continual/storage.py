@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Callable
@@ -50,37 +49,6 @@ TASK_TEMPORARY = re.compile(_TEMPORARY.format(name=r"task-[0-9a-f]{32}\.safetens
 MANIFEST_TEMPORARY = re.compile(_TEMPORARY.format(name=re.escape(MANIFEST)))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file and an atomic rename.
-
-    The temporary is created with ``O_EXCL | O_NOFOLLOW`` and the rename replaces whatever
-    ``path`` was (a symbolic link there is replaced, never followed). An error names ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = f".{path.name}.{secrets.token_hex(8)}.tmp"
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        files.write_synced_temporary(directory, temporary, data)
-        try:
-            os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
-        except BaseException:
-            try:
-                os.unlink(temporary, dir_fd=directory)
-            except OSError:
-                pass
-            raise
-        # The rename is durable only once the directory entry is on disk.
-        os.fsync(directory)
-    except OSError as error:
-        # os.write and fsync errors (a full disk) name no file, os.open only the temporary:
-        # name the file being written.
-        reason = error.strerror or str(error)
-        raise OSError(error.errno, f"cannot write ({reason})", str(path)) from None
-    finally:
-        os.close(directory)
-
-
 def write_task_file(pool_dir: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
     """Store one task's tensors; returns (relative file name, sha256). Existing files are kept."""
     data = save_safetensors({key: value.contiguous() for key, value in tensors.items()})
@@ -89,7 +57,7 @@ def write_task_file(pool_dir: Path, tensors: dict[str, torch.Tensor]) -> tuple[s
     target = pool_dir / relative
     _own_tasks_dir(pool_dir, create=True)
     if not _same_regular_file(target, digest):
-        atomic_write_bytes(target, data)
+        files.atomic_write_bytes(target, data)
     return relative, digest
 
 
@@ -128,7 +96,7 @@ def _own_tasks_dir(pool_dir: Path, *, create: bool = False) -> Path | None:
 def write_manifest(pool_dir: Path, manifest: dict) -> None:
     """Atomically replace the manifest: the moment a save becomes visible."""
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-    atomic_write_bytes(pool_dir / MANIFEST, text.encode("utf-8"))
+    files.atomic_write_bytes(pool_dir / MANIFEST, text.encode("utf-8"))
 
 
 def remove_unreferenced(pool_dir: Path, referenced: set[str]) -> None:

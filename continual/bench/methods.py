@@ -20,11 +20,12 @@ import numpy as np
 from ..backbone import Backbone
 from ..data import Task
 from ..entry import TaskEntry
+from ..files import atomic_write_bytes
 from ..learner import TrainingConfig, train_task
 from ..metrics import Score
 from ..pool import PromptPool
 from ..selector import DEFAULT_SELECTOR
-from ..storage import atomic_write_bytes, read_entries, write_entries
+from ..storage import read_entries, write_entries
 from .config import BenchmarkConfig
 from .results import Cost
 
