@@ -16,6 +16,7 @@ from typing import Any
 
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
+from .exported import read_export_file, write_export_file
 from .format import PoolConfig, entry_from_export, pool_has, quote_name
 from .placement import Placement
 from .selector import build_selector
@@ -25,13 +26,11 @@ from .storage import (
     check_labels,
     check_pool_folder,
     read_entries,
-    read_export_file,
     read_generation,
     read_manifest,
     read_task_file,
     remove_unreferenced,
     task_record,
-    write_export_file,
     write_manifest,
     write_task_file,
 )

@@ -16,6 +16,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .backbone import Backbone
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError
+from .exported import read_export_file, write_export_file
 from .format import (
     PoolConfig,
     entry_from_export,
@@ -30,11 +31,9 @@ from .storage import (
     PoolLock,
     check_pool_folder,
     read_entries,
-    read_export_file,
     read_manifest,
     remove_unreferenced,
     write_entries,
-    write_export_file,
     write_manifest,
 )
 
