@@ -620,9 +620,9 @@ def generation_benchmark(out: Path, quick: bool, backbone_name: str | None, comm
     from continual.bench.packaged_lm import smollm2_gguf
     from continual.data import Generation, Task
     from continual.entry import TaskEntry
+    from continual.files import atomic_write_bytes
     from continual.pool import PromptPool
     from continual.prompt import SoftPrompt
-    from continual.storage import atomic_write_bytes
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()

@@ -21,10 +21,11 @@ import torch
 from torch import nn
 
 from ..backbone import Backbone
-from ..generate import generate, target_token_ids, teacher_forced_loss
+from ..generate import generate, target_token_ids
 from ..metrics import task_metric_scores
 from ..progress import Progress
 from ..prompt import SoftPrompt
+from ..text_training import teacher_forced_loss
 from .generative_corpora import EXACT_MATCH, GenerativeTask, Pair
 from .results import Cost
 

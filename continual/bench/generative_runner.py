@@ -22,9 +22,8 @@ from .. import metrics
 from ..backbone import Backbone
 from ..entry import TaskEntry
 from ..errors import ContinualError
-from ..files import sha256_file
+from ..files import atomic_write_bytes, sha256_file
 from ..progress import say
-from ..storage import atomic_write_bytes
 from .generative_corpora import GenerativeTask, Sizes, load_generative_sequence
 from .generative_methods import (
     FineTuned,
