@@ -22,9 +22,9 @@ from continual.bench import plots
 from continual.bench.baselines import ClassIncremental
 from continual.bench.corpora import load_corpus
 from continual.data import Task
+from continual.files import atomic_write_bytes
 from continual.learner import TrainingConfig
 from continual.pool import PromptPool
-from continual.storage import atomic_write_bytes
 
 METHODS = ("prompt-tuning", "linear-probe", "fine-tuning")
 

@@ -22,7 +22,7 @@ import xml.etree.ElementTree as ElementTree
 from collections import defaultdict
 from pathlib import Path
 
-from continual.storage import atomic_write_bytes
+from continual.files import atomic_write_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 

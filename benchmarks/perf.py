@@ -3,7 +3,7 @@
 On the packaged MiniLM (max_length 64, query layer 3), 2 threads, real texts. In one run:
 
 1. one train step (forward, backward, optimizer step) on the identical padded batch (32 BBC
-   texts padded to 64 tokens, prompt length 16): ours (`continual.learner.train_step`, set up
+   texts padded to 64 tokens, prompt length 16): ours (`continual.classifier.train_step`, set up
    as `train_task` does, for both placements, with the frozen weights in float32 and in
    bfloat16), PEFT ``PromptTuningConfig(SEQ_CLS, 16 virtual tokens)`` with Adam, and full
    fine-tuning with AdamW;
@@ -370,7 +370,7 @@ class _Reached(Exception):
 
 @torch.inference_mode()
 def _our_test_accuracy(backbone: Any, prompt: Any, head: nn.Linear, task: Any) -> float:
-    from continual.prompt import prompted_features
+    from continual.placement import prompted_features
 
     correct = 0
     for start in range(0, len(task.test), 64):
@@ -620,9 +620,9 @@ def generation_benchmark(out: Path, quick: bool, backbone_name: str | None, comm
     from continual.bench.packaged_lm import smollm2_gguf
     from continual.data import Generation, Task
     from continual.entry import TaskEntry
+    from continual.files import atomic_write_bytes
     from continual.pool import PromptPool
     from continual.prompt import SoftPrompt
-    from continual.storage import atomic_write_bytes
 
     torch.set_num_threads(1)
     load_before = os.getloadavg()
@@ -776,12 +776,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     from continual.backbone import Backbone
     from continual.bench.memory import PeakMemory
     from continual.bench.sequences import load_sequence
+    from continual.classifier import train_step
     from continual.data import Task
     from continual.entry import TaskEntry
-    from continual.learner import _LowerStates, train_step
+    from continual.files import atomic_write_bytes
     from continual.pool import PromptPool
-    from continual.prompt import SoftPrompt
-    from continual.storage import atomic_write_bytes
+    from continual.prompt import LowerStates, SoftPrompt
 
     torch.set_num_threads(2)
     started = time.perf_counter()
@@ -826,7 +826,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             prompt, head, optimizer = our_trainer(model, classes, placement)
             # As train_task runs it: a deep prompt's steps start from each text's saved states
             # at the query layer (computed once per task, before the first epoch).
-            saved = _LowerStates.build(model, prompt, [text for text, _ in rows], BATCH)
+            saved = LowerStates.build(model, prompt, [text for text, _ in rows], BATCH)
             lower = None if saved is None else saved.batch([text for text, _ in rows], mask)
 
             def ours(model=model, prompt=prompt, head=head, optimizer=optimizer, lower=lower):

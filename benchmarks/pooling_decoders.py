@@ -15,7 +15,7 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from continual import Backbone
-from continual.backbone import _last_pool, _mean_pool
+from continual.backbone import last_pool, mean_pool
 from continual.bench.sequences import load_sequence
 from continual.selector import build_selector
 
@@ -38,8 +38,8 @@ def features(texts):
             ).hidden_states
         for key, layer in layers.items():
             states = hidden[layer].float()
-            out[f"mean@{key}"].append(_mean_pool(states, batch["attention_mask"]))
-            out[f"last@{key}"].append(_last_pool(states, batch["attention_mask"]))
+            out[f"mean@{key}"].append(mean_pool(states, batch["attention_mask"]))
+            out[f"last@{key}"].append(last_pool(states, batch["attention_mask"]))
     return {key: torch.cat(value) for key, value in out.items()}
 
 

@@ -14,13 +14,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
+import perf  # the sibling script (run as benchmarks/profile_step.py): same set-ups
 import torch
 from torch.profiler import ProfilerActivity, profile
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import perf  # the sibling benchmark: same set-ups
 
 
 def main() -> int:
@@ -30,7 +27,8 @@ def main() -> int:
 
     from continual.backbone import Backbone
     from continual.bench.sequences import load_sequence
-    from continual.learner import _LowerStates, train_step
+    from continual.classifier import train_step
+    from continual.prompt import LowerStates
 
     torch.set_num_threads(2)
     backbone = Backbone.load(max_length=perf.MAX_LENGTH, query_layer=perf.QUERY_LAYER)
@@ -50,7 +48,7 @@ def main() -> int:
     steps = {}
     for placement in perf.PLACEMENTS:
         prompt, head, optimizer = perf.our_trainer(backbone, classes, placement)
-        saved = _LowerStates.build(backbone, prompt, texts, perf.BATCH)
+        saved = LowerStates.build(backbone, prompt, texts, perf.BATCH)
         lower = None if saved is None else saved.batch(texts, mask)
         steps[f"ours_{placement}"] = lambda p=prompt, h=head, o=optimizer, lo=lower: train_step(
             backbone, p, h, o, ids, mask, targets, lower=lo

@@ -26,9 +26,9 @@ import torch
 
 from continual import Backbone, PromptPool, TaskEntry
 from continual.bench.sequences import load_sequence
+from continual.files import atomic_write_bytes
 from continual.prompt import SoftPrompt
 from continual.selector import UNKNOWN_TASK, first_sentence
-from continual.storage import atomic_write_bytes
 
 SHARES = (0.01, 0.02, 0.05, 0.1, 0.2)
 

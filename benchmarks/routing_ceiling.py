@@ -28,8 +28,8 @@ import torch
 
 from continual.backbone import Backbone
 from continual.bench.sequences import load_sequence
+from continual.files import atomic_write_bytes
 from continual.selector import DEFAULT_SELECTOR, build_selector, default_selector, first_sentence
-from continual.storage import atomic_write_bytes
 
 
 def ceiling_routing(

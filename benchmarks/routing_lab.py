@@ -18,12 +18,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from routing_shift import first_sentence, sentences
+from routing_shift import sentences  # the sibling script (run as benchmarks/routing_lab.py)
 
 from continual.backbone import Backbone
 from continual.bench.sequences import load_sequence
+from continual.selector import first_sentence
 
 HERE = Path(__file__).resolve().parent
 CACHE = HERE.parent / "results" / "routing_lab" / "cache" / "features.pt"
@@ -370,14 +369,14 @@ def cost(argv):
     today: query layers 1..3, then the prompted full pass; deep: query layers 1..6, then the same
     prompted pass. Interleaved repeats, medians.
     """
-    from continual.backbone import _truncated
+    from continual.families import truncated
 
     repeats = int(argv[0]) if argv else 15
     backbone = Backbone.load(max_length=64, query_layer=3)
     ids = torch.randint(1000, 20000, (32, 64))
     ids[:, 0], ids[:, -1] = 101, 102
     mask = torch.ones_like(ids)
-    shallow, deep = _truncated(backbone.model, 3), _truncated(backbone.model, 6)
+    shallow, deep = truncated(backbone.model, 3), truncated(backbone.model, 6)
     prompt = torch.randn(16, backbone.hidden_size) * 0.02
 
     def query(model):

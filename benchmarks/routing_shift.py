@@ -25,9 +25,9 @@ from pathlib import Path
 
 from continual.backbone import Backbone
 from continual.bench.sequences import load_sequence
-from continual.prompt import PLACEMENTS
+from continual.files import atomic_write_bytes
+from continual.placement import PLACEMENTS, Placement
 from continual.selector import DEFAULT_SELECTOR, build_selector, first_sentence
-from continual.storage import atomic_write_bytes
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -114,11 +114,12 @@ def main() -> int:
         test_per_label=args.test_per_label,
         validation_per_label=16,
     )
-    prefix = 16 if args.placement == "query_layer" else 0  # the pool's default prompt length
+    placement = Placement(args.placement)
+    prefix = placement.query_prefix(16)  # the pool's default prompt length
     rows = []
     for selector_name in args.selectors:
         for spans in args.spans:
-            query_only = args.placement == "query_layer" or args.query_layer_only
+            query_only = placement.deep or args.query_layer_only
             selector = build_selector(
                 {"name": selector_name, "last_layer": False}
                 if query_only and selector_name == DEFAULT_SELECTOR

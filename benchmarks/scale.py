@@ -48,9 +48,10 @@ import torch
 from continual import Backbone, PromptPool, TrainingConfig
 from continual.bench.memory import PeakMemory
 from continual.bench.sequences import load_sequence
+from continual.exported import read_export_file, write_export_file
+from continual.files import atomic_write_bytes
 from continual.learner import train_task
 from continual.manage import import_task
-from continual.storage import atomic_write_bytes, read_export_file, write_export_file
 
 BATCH = 32
 

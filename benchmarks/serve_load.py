@@ -591,7 +591,7 @@ def main() -> int:
 
 
 def write(path: Path, text: str) -> None:
-    from continual.storage import atomic_write_bytes
+    from continual.files import atomic_write_bytes
 
     atomic_write_bytes(path, text.encode("utf-8"))
 

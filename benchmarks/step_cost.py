@@ -27,9 +27,10 @@ from continual.backbone import Backbone
 from continual.bench.corpora import load_corpus
 from continual.data import Task
 from continual.entry import TaskEntry
+from continual.files import atomic_write_bytes
+from continual.placement import prompted_features
 from continual.pool import PromptPool
-from continual.prompt import SoftPrompt, prompted_features
-from continual.storage import atomic_write_bytes
+from continual.prompt import SoftPrompt
 
 
 def main() -> int:

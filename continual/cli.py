@@ -21,7 +21,7 @@ from typing import Any, NoReturn
 from .errors import ContinualError
 from .extras import require
 from .metrics import TASK_METRICS
-from .prompt import PLACEMENTS
+from .options import add_device_options, add_placement_option, add_run_options
 from .selector import DEFAULT_SELECTOR, SELECTORS
 
 EXIT_USAGE = 2
@@ -184,20 +184,13 @@ def _parser() -> argparse.ArgumentParser:
         type=int,
         help="training epochs at most for this task (default: the pool's, 6 for a new pool)",
     )
-    learn.add_argument("--seed", type=int, default=0)
     learn.add_argument("--prompt-length", type=int, default=16, help="for a new pool")
     learn.add_argument(
         "--selector",
         choices=[name for name in SELECTORS if name != "oracle"],
         help=f"for a new pool (default: {DEFAULT_SELECTOR})",
     )
-    learn.add_argument(
-        "--placement",
-        choices=list(PLACEMENTS),
-        default="input",
-        help="for a new pool: prompts before the input (default), or deep prompts from the "
-        "query layer on, routed in the same pass (cheaper to serve; see docs/how-to/placement.md)",
-    )
+    add_placement_option(learn, default="input", what="a new pool")
     learn.add_argument(
         "--backbone",
         help="HF model name, folder or .gguf file for a new pool "
@@ -248,12 +241,12 @@ def _parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="text-to-text tasks: a text that ends an answer (repeatable)",
     )
-    _add_device_arguments(learn)
+    add_device_options(learn, dtype_default=None)
     learn.add_argument(
         "--resume", action="store_true", help="skip, without error, a task the pool already holds"
     )
     _add_wait_argument(learn)
-    learn.add_argument("--no-progress", action="store_true")
+    add_run_options(learn)
     learn.set_defaults(handler=_learn)
 
     predict = commands.add_parser(
@@ -280,7 +273,7 @@ def _parser() -> argparse.ArgumentParser:
         "(0.01 to 0.2) of the task's own held-out inputs did",
     )
     predict.add_argument("--backbone", help=backbone_help)
-    _add_device_arguments(predict)
+    add_device_options(predict, dtype_default=None)
     predict.set_defaults(handler=_predict)
 
     evaluate = commands.add_parser(
@@ -292,7 +285,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--backbone", help=backbone_help)
     evaluate.add_argument("--oracle", action="store_true", help="give the task id (no routing)")
     evaluate.add_argument("--json", action="store_true")
-    _add_device_arguments(evaluate)
+    add_device_options(evaluate, dtype_default=None)
     evaluate.set_defaults(handler=_evaluate)
 
     info = commands.add_parser("info", help="tasks, labels and sizes of a pool", parents=[common])
@@ -314,7 +307,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also show the N vocabulary tokens nearest each prompt vector",
     )
     explain.add_argument("--backbone", help=backbone_help)
-    _add_device_arguments(explain)
+    add_device_options(explain, dtype_default=None)
     explain.set_defaults(handler=_explain)
 
     from .bench.cli import add_run_arguments
@@ -334,18 +327,6 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _add_device_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--device", default="cpu", help="cpu, cuda, cuda:1... or auto (the GPU if there is one)"
-    )
-    parser.add_argument(
-        "--dtype",
-        choices=["float32", "bfloat16", "float16"],
-        help="precision of the frozen backbone (prompts and heads stay "
-        "float32); default float32 for a new pool, else the pool's own",
-    )
-
-
 def _load_pool(args: argparse.Namespace):
     from .pool import PromptPool
 
@@ -362,7 +343,7 @@ def _learn(args: argparse.Namespace) -> int:
     task data-parallel and rank 0 alone writes the pool (see `continual.distributed`)."""
     from . import distributed
     from .format import check_task_name
-    from .learner import check_seed
+    from .trainer import check_seed
 
     check_task_name(args.task, "--task")
     check_seed(args.seed, "--seed")
@@ -571,7 +552,7 @@ def _explain(args: argparse.Namespace) -> int:
     print("prompt similarity (cosine):")
     for name, row in zip(pool.tasks, similarity.tolist()):
         print(f"  {_printable(name):>16}: " + " ".join(f"{value:5.2f}" for value in row))
-    if args.tokens and pool.placement != "input":
+    if args.tokens and pool.placement.deep:
         print("nearest tokens: not for deep prompts (their vectors are middle-layer states)")
     elif args.tokens:
         for name in pool.tasks:
@@ -608,7 +589,7 @@ def _add_manage_parsers(commands: Any, common: argparse.ArgumentParser) -> None:
         "--backbone",
         help="the model the pool was built on, where it is not the packaged default or a hub name",
     )
-    _add_device_arguments(serve)
+    add_device_options(serve, dtype_default=None)
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=8000)
     serve.add_argument(

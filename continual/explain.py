@@ -23,7 +23,7 @@ def nearest_tokens(pool: PromptPool, task: str, k: int = 5) -> list[list[tuple[s
     which vocabulary embeddings do not describe.
     """
     entry = pool.entries[_index(pool, task)]
-    if entry.prompt.dim() != 2:
+    if pool.placement.deep:
         from .errors import TaskDataError
 
         raise TaskDataError(

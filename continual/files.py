@@ -203,6 +203,37 @@ def _check_target(path: Path, force: bool, error: type[ContinualError]) -> None:
         raise error(f"{path}: already exists; pass --force to replace it")
 
 
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a synced temporary file and an atomic rename.
+
+    The temporary is created with ``O_EXCL | O_NOFOLLOW`` and the rename replaces whatever
+    ``path`` was (a symbolic link there is replaced, never followed). An error names ``path``.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = f".{path.name}.{secrets.token_hex(8)}.tmp"
+    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        write_synced_temporary(directory, temporary, data)
+        try:
+            os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
+        except BaseException:
+            try:
+                os.unlink(temporary, dir_fd=directory)
+            except OSError:
+                pass
+            raise
+        # The rename is durable only once the directory entry is on disk.
+        os.fsync(directory)
+    except OSError as error:
+        # os.write and fsync errors (a full disk) name no file, os.open only the temporary:
+        # name the file being written.
+        reason = error.strerror or str(error)
+        raise OSError(error.errno, f"cannot write ({reason})", str(path)) from None
+    finally:
+        os.close(directory)
+
+
 def write_synced_temporary(directory: int, name: str, data: bytes) -> None:
     """Create ``name`` (new, not through a link) in the open ``directory``, write ``data`` and
     sync it; removed again if anything fails."""

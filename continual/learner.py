@@ -4,7 +4,8 @@ before the language model for a text-to-text task (`train_text_task`).
 Only the new prompt and head receive gradients; the backbone and every earlier task are out of
 reach of the optimizer. `train_task` runs the shared loop (`continual.trainer.Trainer`: seeded,
 early stopping on the validation split, progress, data-parallel under torchrun or Accelerate)
-with this module's `ClassifierSteps`: the prompted pass's logits, cross-entropy, accuracy.
+with `continual.classifier.ClassifierSteps`: the prompted pass's logits, cross-entropy,
+accuracy.
 `new_classifier`, `param_groups`, `entry_stats` and `classifier_entry` are the parts the
 Avalanche strategy shares, so that an entry made there is made as here.
 """
@@ -19,16 +20,18 @@ from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from . import distributed
 from .backbone import Backbone
-from .data import Example, Generation, Task
+from .classifier import ClassifierSteps, PromptedClassifier
+from .data import Generation, Task
 from .entry import TaskEntry
-from .errors import ContinualError, TaskDataError
-from .generate import PromptedLanguageModel, TextToTextSteps, default_max_new_tokens
-from .prompt import Placement, PromptInit, SoftPrompt, prompted_features
+from .errors import ContinualError
+from .generate import default_max_new_tokens
+from .placement import Placement
+from .prompt import LowerStates, PromptInit, SoftPrompt
+from .text_training import PromptedLanguageModel, TextToTextSteps
 from .trainer import (
     Hook,
     ProgressHook,
@@ -36,7 +39,6 @@ from .trainer import (
     TrainingResult,
     check_seed,
     trainable_parameters,
-    weighted_loss,
 )
 
 
@@ -111,7 +113,7 @@ def train_task(
     *,
     seed: int = 0,
     progress: bool = True,
-    placement: Placement = "input",
+    placement: str | Placement = "input",
     on_epoch: Callable[[int, SoftPrompt, nn.Linear], None] | None = None,
 ) -> TaskEntry:
     """Train a soft prompt and a linear head for ``task``.
@@ -145,15 +147,11 @@ def train_task(
     start = time.perf_counter()
     # A deep prompt's training texts (and validation texts) go through the layers below it
     # once, here, rather than once per epoch.
-    lower = (
-        _LowerStates.build(
-            backbone,
-            classifier.prompt,
-            [text for text, _ in (*task.train, *task.validation)],
-            config.batch_size,
-        )
-        if placement == "query_layer"
-        else None
+    lower = LowerStates.build(
+        backbone,
+        classifier.prompt,
+        [text for text, _ in (*task.train, *task.validation)],
+        config.batch_size,
     )
     steps = ClassifierSteps(backbone, classifier, task.labels, config.batch_size, lower)
     stats = _fit(steps, optimizer, task, config, generator, progress, on_epoch, config.head, seed)
@@ -208,13 +206,13 @@ def train_text_task(
     *,
     seed: int = 0,
     progress: bool = True,
-    placement: Placement = "input",
+    placement: str | Placement = "input",
     on_epoch: Callable[[int, SoftPrompt, Any], None] | None = None,
 ) -> TaskEntry:
     """Train a soft prompt before the language model for a text-to-text ``task``.
 
     The same loop as `train_task` (seeded, early-stopped, data-parallel) with
-    `continual.generate.TextToTextSteps`: teacher forcing, the loss on the target's tokens, and
+    `continual.text_training.TextToTextSteps`: teacher forcing, the loss on the target's tokens, and
     validation by the task's metric on greedy answers. The entry has no head; its
     ``generation`` settings are the task's, ``max_new_tokens`` filled in from the training
     targets where the task left it open. ``on_epoch`` gets None for the head.
@@ -245,18 +243,14 @@ def train_text_task(
 
 
 def _generation_for(
-    backbone: Backbone, task: Task, prompt_length: int, placement: Placement
+    backbone: Backbone, task: Task, prompt_length: int, placement: str | Placement
 ) -> Generation:
     """A text-to-text task's generation settings, ``max_new_tokens`` filled in; refused on a
     backbone that cannot write text, with a prompt not at the input, or where the prompt,
     input and answer do not fit the model's positions."""
     backbone.check_generative()
     assert task.generation is not None
-    if placement != "input":
-        raise ContinualError(
-            f"task {task.name!r} is text-to-text: its prompt goes before the input "
-            "(placement 'input'), not at the query layer"
-        )
+    Placement.of(placement).check_input(f"task {task.name!r} is text-to-text: it")
     generation = task.generation
     if generation.max_new_tokens is None:
         longest = default_max_new_tokens(backbone, [target for _, target in task.train])
@@ -280,7 +274,7 @@ def new_classifier(
     config: TrainingConfig,
     generator: torch.Generator,
     *,
-    placement: Placement = "input",
+    placement: str | Placement = "input",
 ) -> PromptedClassifier:
     """A new task's prompt and head on the backbone's device, drawn from ``generator``.
 
@@ -361,117 +355,6 @@ def classifier_entry(
     )
 
 
-@dataclass
-class ClassifierBatch:
-    """A tokenized training batch: ids and mask (B, n), class indices (B,), and a deep
-    prompt's saved lower-layer states (B, n, H) or None."""
-
-    input_ids: torch.Tensor
-    attention_mask: torch.Tensor
-    targets: torch.Tensor
-    lower: torch.Tensor | None = None
-
-
-class ClassifierSteps:
-    """A classification task's `TaskSteps`: logits of the prompted pass, cross-entropy, and
-    validation accuracy.
-
-    Args:
-        backbone: the frozen backbone.
-        module: the task's prompt and head.
-        labels: the task's labels; an example's target is its label's index.
-        batch_size: rows per validation batch.
-        lower: a deep prompt's saved lower-layer states (`_LowerStates`), or None.
-    """
-
-    def __init__(
-        self,
-        backbone: Backbone,
-        module: PromptedClassifier,
-        labels: Sequence[str],
-        batch_size: int,
-        lower: _LowerStates | None = None,
-    ) -> None:
-        self.backbone = backbone
-        self.module = module
-        self.index = {label: number for number, label in enumerate(labels)}
-        self.batch_size = batch_size
-        self.lower = lower
-
-    def batch(self, examples: Sequence[Example]) -> ClassifierBatch:
-        texts = [text for text, _ in examples]
-        tokens = self.backbone.tokenize(texts)
-        mask = tokens["attention_mask"]
-        return ClassifierBatch(
-            tokens["input_ids"],
-            mask,
-            self.targets(examples),
-            None if self.lower is None else self.lower.batch(texts, mask),
-        )
-
-    def targets(self, examples: Sequence[Example]) -> torch.Tensor:
-        """Each example's label index (B,), on the device."""
-        try:
-            indices = [self.index[label] for _, label in examples]
-        except KeyError as error:
-            raise TaskDataError(
-                f"label {error.args[0]!r} is not one of {list(self.index)}"
-            ) from None
-        return torch.tensor(indices, device=self.backbone.device)
-
-    def forward(self, model: nn.Module, batch: ClassifierBatch) -> torch.Tensor:
-        return model(batch.input_ids, batch.attention_mask, batch.lower)
-
-    def loss(
-        self,
-        output: torch.Tensor,
-        batch: ClassifierBatch,
-        row_weights: torch.Tensor | None,
-    ) -> torch.Tensor:
-        per_row = F.cross_entropy(output, batch.targets, reduction="none")
-        return weighted_loss(per_row, row_weights)
-
-    def score(self, examples: Sequence[Example]) -> tuple[float, int]:
-        """Examples labelled right, and examples seen."""
-        correct = 0
-        for first in range(0, len(examples), self.batch_size):
-            batch = self.batch(examples[first : first + self.batch_size])
-            predicted = self.module(batch.input_ids, batch.attention_mask, batch.lower).argmax(1)
-            correct += int((predicted == batch.targets).sum())
-        return correct, len(examples)
-
-
-def train_step(
-    backbone: Backbone,
-    prompt: SoftPrompt,
-    head: nn.Linear,
-    optimizer: torch.optim.Optimizer,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    targets: torch.Tensor,
-    *,
-    lower: torch.Tensor | None = None,
-) -> float:
-    """One optimizer step of `train_task`'s loop on one tokenized batch; returns the loss.
-
-    Only ``prompt`` and ``head`` get gradients: the frozen backbone's weights never need them,
-    and with a deep prompt nothing below the query layer is differentiated at all. ``lower``
-    (deep prompts only): the batch's saved states at the prompt's first layer, so the layers
-    below are not run either (`_LowerStates`). Benchmarks time this step alone.
-    """
-    steps = ClassifierSteps(backbone, PromptedClassifier(backbone, prompt, head), [], 1)
-    trainer = Trainer(
-        steps,
-        optimizer,
-        epochs=1,
-        batch_size=len(input_ids),
-        patience=0,
-        generator=torch.Generator(),
-        device=backbone.device,
-    )
-    return trainer.training_step(ClassifierBatch(input_ids, attention_mask, targets, lower))
-
-
 class _EpochCallback(Hook):
     """`train_task`'s ``on_epoch(epoch, prompt, head)`` as a hook."""
 
@@ -482,107 +365,6 @@ class _EpochCallback(Hook):
         module = trainer.steps.module
         assert isinstance(module, (PromptedClassifier, PromptedLanguageModel))
         self.callback(epoch, module.prompt, getattr(module, "head", None))
-
-
-class PromptedClassifier(nn.Module):
-    """One task's trainable part as a module: logits of a batch under ``prompt`` and ``head``.
-
-    The frozen backbone is held but not registered as a submodule, so that
-    `DistributedDataParallel` broadcasts and synchronises the prompt and head alone, not the
-    backbone's weights, which every process loads identically and never changes.
-    """
-
-    backbone: Backbone
-
-    def __init__(self, backbone: Backbone, prompt: SoftPrompt, head: nn.Linear) -> None:
-        super().__init__()
-        object.__setattr__(self, "backbone", backbone)  # bypasses submodule registration
-        self.prompt = prompt
-        self.head = head
-
-    def forward(
-        self,
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        lower: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Logits (B, C) of a tokenized batch (``lower``: see `train_step`)."""
-        features = prompted_features(
-            self.backbone, self.prompt(len(input_ids)), input_ids, attention_mask, lower
-        )
-        return self.head(features)
-
-
-# Saved lower-layer states take (tokens x hidden) numbers per text; above this many bytes for
-# a task they are not kept and training runs every layer, as it would without them.
-LOWER_STATES_BYTES = 1 << 30
-
-
-class _LowerStates:
-    """Each text's states at a deep prompt's first layer, computed once for the whole training.
-
-    The layers below a deep prompt see only the text and placeholders that every prompt shares
-    (`Backbone.with_placeholders`), so their output for a text is the same in every epoch;
-    with it saved, a step runs (forward and backward) only the layers the prompt is in.
-    Measured on the packaged MiniLM (query layer 3 of 6): see benchmarks/perf.py.
-    """
-
-    def __init__(self, backbone: Backbone, rows: dict[str, torch.Tensor]) -> None:
-        self.backbone = backbone
-        self.rows = rows
-
-    @classmethod
-    def build(
-        cls, backbone: Backbone, prompt: SoftPrompt, texts: Sequence[str], batch_size: int
-    ) -> _LowerStates | None:
-        """The states of ``texts``; None where saving them is not worth it or not exact."""
-        if prompt.vectors.dim() != 3 or not texts:
-            return None
-        unique = list(dict.fromkeys(texts))
-        tokens = backbone.tokenizer(unique, truncation=True, max_length=backbone.max_length)
-        itemsize = torch.finfo(backbone.dtype).bits // 8
-        size = sum(len(ids) for ids in tokens["input_ids"]) * backbone.hidden_size * itemsize
-        if size > LOWER_STATES_BYTES:
-            return None
-        start = backbone.num_layers - prompt.vectors.shape[0]
-        rows: dict[str, torch.Tensor] = {}
-        for first in range(0, len(unique), batch_size):
-            chunk = unique[first : first + batch_size]
-            batch = backbone.tokenize(chunk)
-            states = backbone.lower_states(
-                batch["input_ids"], batch["attention_mask"], prompt.length, start
-            )
-            for text, row, count in zip(chunk, states, batch["attention_mask"].sum(1).tolist()):
-                rows[text] = row[: int(count)].clone()  # its own storage: padding not kept
-        saved = cls(backbone, rows)
-        return saved if saved._agrees(prompt, unique[:batch_size]) else None
-
-    def batch(self, texts: Sequence[str], attention_mask: torch.Tensor) -> torch.Tensor:
-        """(B, n, H) for a batch tokenized to ``attention_mask`` (B, n); padding rows are
-        zeros (their keys are masked out and their outputs are not pooled)."""
-        first = self.rows[texts[0]]
-        out = first.new_zeros(len(texts), attention_mask.shape[1], first.shape[-1])
-        for i, text in enumerate(texts):
-            row = self.rows[text]
-            out[i, : row.shape[0]] = row
-        return out
-
-    @torch.no_grad()
-    def _agrees(self, prompt: SoftPrompt, texts: Sequence[str]) -> bool:
-        """Whether a pass from the saved states gives the full pass's features. A family whose
-        lower layers hand more than hidden states up (T5's position bias from its first
-        block) would not: its training then runs every layer."""
-        batch = self.backbone.tokenize(texts)
-        ids, mask = batch["input_ids"], batch["attention_mask"]
-        prompts = prompt(len(texts))
-        try:
-            skipped = prompted_features(self.backbone, prompts, ids, mask, self.batch(texts, mask))
-        except Exception:
-            return False  # the narrowed layer list is not what this model's forward expects
-        full = prompted_features(self.backbone, prompts, ids, mask)
-        tolerance = 1e-3 if self.backbone.dtype == torch.float32 else 3e-2
-        scale = float(full.abs().max())
-        return bool((skipped - full).abs().max() <= tolerance * max(scale, 1.0))
 
 
 def _new_head(hidden: int, classes: int, generator: torch.Generator) -> nn.Linear:

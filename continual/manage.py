@@ -12,27 +12,25 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
-from .format import entry_from_export, pool_has, quote_name
-from .prompt import prompt_shape
+from .exported import read_export_file, write_export_file
+from .format import PoolConfig, entry_from_export, pool_has, quote_name
+from .placement import Placement
 from .selector import build_selector
 from .storage import (
-    FORMAT,
-    FORMAT_VERSION,
     MANIFEST,
     PoolLock,
     check_labels,
     check_pool_folder,
     read_entries,
-    read_export_file,
     read_generation,
     read_manifest,
     read_task_file,
     remove_unreferenced,
     task_record,
-    write_export_file,
     write_manifest,
     write_task_file,
 )
@@ -107,43 +105,37 @@ def import_task(
     pool_dir, file = check_pool_folder(pool_dir), Path(file)
     tensors, info = read_export_file(file)
     with PoolLock(pool_dir, timeout=wait):
+        records: list[Any] = []
         if (pool_dir / MANIFEST).exists():
             manifest = read_manifest(pool_dir)
             read_entries(pool_dir, manifest)  # the pool must be intact before it is rewritten
+            config = PoolConfig.from_manifest(manifest, pool_dir / MANIFEST)
+            records = manifest["tasks"]
         else:
-            manifest = {
-                "format": FORMAT,
-                "format_version": FORMAT_VERSION,
-                "backbone": info["backbone"],
-                "hidden_size": info["backbone"]["hidden_size"],
-                "prompt_length": int(tensors["prompt"].shape[-2]),
-                "placement": "query_layer" if tensors["prompt"].dim() == 3 else "input",
-                "selector": info["selector_config"],
-                "training": TrainingConfig().to_dict(),
-                "tasks": [],
-            }
+            config = PoolConfig(
+                backbone=info["backbone"],
+                hidden_size=info["backbone"]["hidden_size"],
+                prompt_length=int(tensors["prompt"].shape[-2]),
+                placement=Placement.of_prompt(tensors["prompt"]).name,
+                selector=info["selector_config"],
+                training=TrainingConfig().to_dict(),
+            )
         try:
-            selector = build_selector(manifest["selector"])
+            selector = build_selector(config.selector)
         except ContinualError as error:
-            where = pool_dir / MANIFEST if manifest["tasks"] else file
+            where = pool_dir / MANIFEST if records else file
             raise PoolFormatError(f"{where}: bad selector config ({error})") from None
         entry = entry_from_export(
             file,
             tensors,
             info,
             name=name,
-            backbone=manifest["backbone"],
-            prompt_shape=prompt_shape(
-                manifest["prompt_length"],
-                manifest.get("placement", "input"),
-                hidden=manifest["hidden_size"],
-                num_layers=manifest["backbone"].get("num_layers"),
-                query_layer=manifest["backbone"].get("query_layer"),
-            ),
+            backbone=config.backbone,
+            prompt_shape=config.prompt_shape(),
             selector=selector,
-            tasks=[record.get("name") for record in manifest["tasks"]],
+            tasks=[record.get("name") for record in records],
         )
-        manifest["tasks"].append(task_record(entry, *write_task_file(pool_dir, entry.tensors())))
-        write_manifest(pool_dir, manifest)
-        remove_unreferenced(pool_dir, {r["file"] for r in manifest["tasks"]})
+        records.append(task_record(entry, *write_task_file(pool_dir, entry.tensors())))
+        write_manifest(pool_dir, config.to_manifest(records))
+        remove_unreferenced(pool_dir, {r["file"] for r in records})
     return entry

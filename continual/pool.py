@@ -12,94 +12,52 @@ are answered by one batched generation (`continual.generate`), each row under it
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import itertools
-import json
-import math
 import os
-import re
-from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch.utils.weak import WeakIdKeyDictionary
 
-from .backbone import DEFAULT_MODEL_NAME, Backbone
+from .backbone import Backbone
 from .data import Example, Task
 from .entry import State, TaskEntry
-from .errors import ContinualError, PoolFormatError, TaskDataError
+from .errors import PoolFormatError, TaskDataError
 from .format import (
-    FEATURES,
-    IDENTITY,
-    RECORDED,
-    RECORDED_FEATURES,
+    PoolConfig,
+    check_entry,
+    check_prompt_length,
     check_task_name,
-    entry_from_export,
     pool_has,
     quote_name,
-    some_names,
 )
-from .generate import Generated, Sampling, generate
+from .generate import Sampling
 from .learner import TrainingConfig, train_task
-from .metrics import Score, task_metric_scores
-from .prompt import PLACEMENTS, Placement, prompt_shape, prompted_features
-from .selector import UNKNOWN_TASK, Selector, build_selector, default_selector
-from .storage import (
-    FORMAT,
-    FORMAT_VERSION,
-    MANIFEST,
-    PoolLock,
-    check_pool_folder,
-    read_entries,
-    read_manifest,
-    remove_unreferenced,
-    write_entries,
-    write_manifest,
+from .metrics import Score
+from .placement import Placement
+from .pool_files import (
+    PoolFiles,
+    export_entry,
+    naming_the_manifest,
+    open_pool,
+    read_exported,
+    saved_entries,
 )
-
-# A hub model name a manifest may name for automatic loading: "org/name", nothing path-like.
-_HUB_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,95}/[A-Za-z0-9][A-Za-z0-9_.-]{0,95}")
-
-
-# Shares of a task's held-out inputs at which its calibration records the own-match score.
-CALIBRATION_LEVELS: tuple[float, ...] = tuple(round(0.01 * k, 2) for k in range(1, 21))
-
-
-@dataclass
-class _Routing:
-    """Where one `predict` call collects each row's task and routing score."""
-
-    routed: torch.Tensor  # (N,) task index, UNKNOWN_TASK for open or refused rows
-    scores: torch.Tensor  # (N,)
-    thresholds: list[float | None] | None  # min_score per row
-    refuse: list[list[float] | None] | None  # per row: each task's own-score threshold
-
-
-@dataclass
-class Prediction:
-    """One input's answer: the routed task, its label or generated text, and how sure each
-    step was."""
-
-    text: str
-    task: str | None  # None when the selector refused the input
-    label: str | None  # a label task's answer
-    score: float  # probability of ``label``, or the mean probability of ``output``'s tokens
-    routing_score: float  # the selector's match score for ``task``
-    output: str | None = None  # a text-to-text task's answer
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "text": self.text,
-            "task": self.task,
-            "label": self.label,
-            "output": self.output,
-            "score": round(self.score, 6),
-        }
+from .routing import (
+    Prediction,
+    Routing,
+    calibration_problem,
+    calibration_record,
+    forced_tasks,
+    refusal_thresholds,
+    score_predictions,
+)
+from .selector import UNKNOWN_TASK, Selector, build_selector, default_selector
+from .stacked import StackedEntries
+from .storage import (
+    read_manifest,
+)
 
 
 class PromptPool:
@@ -110,7 +68,7 @@ class PromptPool:
         prompt_length: soft prompt vectors per task.
         placement: ``"input"`` (each prompt before the input embeddings; routing is a separate
             pass) or ``"query_layer"`` (a deep prompt from the query layer on; one pass routes
-            on the query layer and finishes with each row's prompt). See `continual.prompt`.
+            on the query layer and finishes with each row's prompt). See `continual.placement`.
         selector: by default ``"gaussian_views"`` (fitted on each text and its first sentence;
             on the query and last layers for ``input`` placement, the query layer alone for
             ``query_layer``: see `ViewGaussianSelector`), or ``"gaussian"``,
@@ -130,61 +88,31 @@ class PromptPool:
         backbone: Backbone,
         *,
         prompt_length: int = 16,
-        placement: Placement = "input",
+        placement: str | Placement = "input",
         selector: str | dict[str, Any] | Selector | None = None,
         training: TrainingConfig | None = None,
     ) -> None:
-        if placement not in PLACEMENTS:
-            raise ContinualError(f"unknown placement {placement!r}; use 'input' or 'query_layer'")
         self.backbone = backbone
         self.prompt_length = prompt_length
-        self.placement: Placement = placement
+        self.placement = Placement.of(placement)
         self.selector = build_selector(
-            default_selector(placement) if selector is None else selector
+            default_selector(self.placement.deep) if selector is None else selector
         )
-        if placement == "query_layer" and (
-            backbone.layers is None or backbone.query_layer >= backbone.num_layers
-        ):
-            raise ContinualError(
-                f"placement 'query_layer' needs a layer above the query layer and a findable "
-                f"layer list; backbone {backbone.name!r} has query_layer {backbone.query_layer} "
-                f"of {backbone.num_layers} layers"
-                + ("" if backbone.layers is not None else " and no layer list")
-            )
-        if placement == "query_layer" and self.selector.with_last:
-            raise ContinualError(
-                f"selector {self.selector.name!r} routes on the last layer too, which a pass "
-                "with the prompt at the query layer does not have before the prompt; use "
-                "placement='input' or a selector on the query layer alone"
-            )
+        self.placement.check_backbone(backbone)
+        self.placement.check_selector(self.selector)
         self.training = training or TrainingConfig()
         self.entries: list[TaskEntry] = []
-        self._stacked: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
-        # Where each entry's file lies, as (folder, manifest record), once read from or written
-        # to a folder, and that folder's settings then: `save` and `reload` skip those files.
-        self._saved: WeakIdKeyDictionary = WeakIdKeyDictionary()
-        self._source: tuple[str, dict[str, Any]] | None = None
-        if (
-            isinstance(prompt_length, bool)
-            or not isinstance(prompt_length, int)
-            or prompt_length < 1
-        ):
-            raise ContinualError(f"prompt_length must be a positive integer, got {prompt_length!r}")
-        limit = backbone.position_limit
-        if limit is not None and prompt_length + backbone.max_length > limit:
-            raise ContinualError(
-                f"prompt_length {prompt_length} + max_length {backbone.max_length} exceeds the "
-                f"model's {limit} positions"
-            )
+        self._stacked: StackedEntries | None = None
+        self._files = PoolFiles()  # which entries' files are in which folder already
+        check_prompt_length(prompt_length, backbone)
 
     # -- growing ------------------------------------------------------------------------------
     @property
     def prompt_shape(self) -> tuple[int, ...]:
         """One task's prompt: (L, H) at the input, (D, L, H) from the query layer."""
         backbone = self.backbone
-        return prompt_shape(
+        return self.placement.prompt_shape(
             self.prompt_length,
-            self.placement,
             hidden=backbone.hidden_size,
             num_layers=backbone.num_layers,
             query_layer=backbone.query_layer,
@@ -255,15 +183,10 @@ class PromptPool:
         known inputs then runs above the asked share). Scores judged by the task's state alone
         never change as tasks are added, so the entry stays as it was learned.
         """
-        source = "validation" if task.validation else "train"
         examples = task.validation if task.validation else task.train
         texts = self.selector.training_texts([text for text, _ in examples])
-        own = self.selector.own_scores(self._queries(texts), state).double().numpy()
-        return {
-            "source": source,
-            "examples": len(texts),
-            "scores": [round(float(np.quantile(own, level)), 6) for level in CALIBRATION_LEVELS],
-        }
+        own = self.selector.own_scores(self._queries(texts), state)
+        return calibration_record("validation" if task.validation else "train", own)
 
     def add(self, entry: TaskEntry) -> None:
         """Add a ready-made entry (from a file, or trained elsewhere), checking its name and
@@ -271,32 +194,12 @@ class PromptPool:
         check_task_name(entry.name)
         if entry.name in self.tasks:
             raise TaskDataError(f"task {quote_name(entry.name)} is already in the pool")
-        hidden = self.backbone.hidden_size
-        if tuple(entry.prompt.shape) != self.prompt_shape:
-            raise PoolFormatError(
-                f"task {entry.name!r}: prompt shape {tuple(entry.prompt.shape)}, expected "
-                f"{self.prompt_shape} (placement {self.placement!r})"
-            )
-        if tuple(entry.head_weight.shape) != (len(entry.labels), hidden) or tuple(
-            entry.head_bias.shape
-        ) != (len(entry.labels),):
-            raise PoolFormatError(
-                f"task {entry.name!r}: head shape {tuple(entry.head_weight.shape)} does not fit "
-                f"{len(entry.labels)} labels of width {hidden}"
-            )
-        problem = self.selector.check_state(entry.selector_state, hidden)
-        if problem:
-            raise PoolFormatError(f"task {entry.name!r}: {problem}")
         if entry.generation is not None:
             self.backbone.check_generative()
-            if self.placement != "input":
-                raise PoolFormatError(
-                    f"task {entry.name!r} is text-to-text: it needs a pool whose prompts go "
-                    f"before the input (placement 'input'), not {self.placement!r}"
-                )
-        if len(set(entry.labels)) != len(entry.labels):
-            raise PoolFormatError(f"task {entry.name!r}: duplicate labels {entry.labels}")
-        problem = _calibration_problem(entry.stats.get("calibration"))
+        check_entry(
+            entry, self.prompt_shape, self.backbone.hidden_size, self.selector, self.placement
+        )
+        problem = calibration_problem(entry.stats.get("calibration"))
         if problem:
             raise PoolFormatError(f"task {entry.name!r}: field 'stats.calibration' {problem}")
         self.entries.append(entry)
@@ -308,7 +211,7 @@ class PromptPool:
 
     def _queries(self, texts: Sequence[str]) -> torch.Tensor:
         """The selector's features of ``texts``, as the prediction pass sees them."""
-        prefix = self.prompt_length if self.placement == "query_layer" else 0
+        prefix = self.placement.query_prefix(self.prompt_length)
         return self.backbone.query(list(texts), with_last=self.selector.with_last, prefix=prefix)
 
     def task_scores(self, texts: Sequence[str]) -> torch.Tensor:
@@ -331,17 +234,10 @@ class PromptPool:
         if not self.entries:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
         texts = list(texts)
-        thresholds = _thresholds(min_score, len(texts)) if min_score is not None else None
-        routing = _Routing(
-            torch.full((len(texts),), UNKNOWN_TASK, dtype=torch.long),
-            torch.zeros(len(texts)),
-            thresholds,
-            None
-            if refuse is None
-            else self._refusal_levels(_per_text(refuse, len(texts), "refuse")),
-        )
+        forced = forced_tasks(None, self.tasks, len(texts))
+        routing = Routing.start(forced, min_score, refuse, self.selector, self.entries)
         if texts:
-            self._settle(range(len(texts)), self._queries(texts), routing)
+            routing.settle(self.selector, self._states(), range(len(texts)), self._queries(texts))
         return routing.routed, routing.scores
 
     @torch.no_grad()
@@ -381,193 +277,47 @@ class PromptPool:
             raise TaskDataError("the pool has no task yet: learn one before predicting")
         if not texts:
             return []
-        forced = torch.full((len(texts),), UNKNOWN_TASK, dtype=torch.long)
-        if tasks is not None:
-            names = [tasks] * len(texts) if isinstance(tasks, str) else list(tasks)
-            if len(names) != len(texts):
-                raise TaskDataError(f"{len(names)} task names for {len(texts)} texts")
-            unknown = sorted(
-                {name for name in names if name is not None} - set(self.tasks), key=repr
-            )
-            if unknown:
-                raise TaskDataError(
-                    f"unknown task(s) {some_names(unknown)}; {pool_has(self.tasks)}"
-                )
-            positions = {name: index for index, name in enumerate(self.tasks)}
-            forced = torch.tensor(
-                [UNKNOWN_TASK if name is None else positions[name] for name in names],
-                dtype=torch.long,
-            )
-        thresholds = _thresholds(min_score, len(texts)) if min_score is not None else None
-        shares = None
-        if refuse is not None:  # rows whose task is given are never refused
-            shares = [
-                None if forced[i] != UNKNOWN_TASK else share
-                for i, share in enumerate(_per_text(refuse, len(texts), "refuse"))
-            ]
-        levels = self._refusal_levels(shares)
-        routed = forced.clone()
-        route_scores = torch.ones(len(texts))
-        routing = _Routing(routed, route_scores, thresholds, levels)
-        labels: list[str | None] = [None] * len(texts)
-        outputs: list[str | None] = [None] * len(texts)
-        scores = [0.0] * len(texts)
-        one_pass = self.placement == "query_layer"
+        forced = forced_tasks(tasks, self.tasks, len(texts))
+        routing = Routing.start(forced, min_score, refuse, self.selector, self.entries)
+        routed = routing.routed
+        one_pass = self.placement.deep
         open_rows = [i for i in range(len(texts)) if forced[i] == UNKNOWN_TASK]
         if open_rows and not one_pass:
-            self._settle(open_rows, self._queries([texts[i] for i in open_rows]), routing)
-        # Similar lengths in one batch waste less compute on padding.
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-        if not one_pass:  # refused rows need no prompted pass
-            order = [i for i in order if routed[i] != UNKNOWN_TASK]
-            writes = [i for i in order if self.entries[int(routed[i])].generation is not None]
-            for start in range(0, len(writes), batch_size):
-                rows = writes[start : start + batch_size]
-                for row, answer in zip(rows, self._generate(rows, texts, routed, sampling, beams)):
-                    outputs[row], scores[row] = answer.text, answer.score
-            order = [i for i in order if self.entries[int(routed[i])].generation is None]
-        for start in range(0, len(order), batch_size):
-            rows = order[start : start + batch_size]
-            batch = self.backbone.tokenize([texts[i] for i in rows])
-            if one_pass:
-                logits = self._one_pass_logits(
-                    rows, batch["input_ids"], batch["attention_mask"], routing
-                )
-            else:
-                index = routed[rows].to(self.backbone.device)
-                logits = self.task_logits(index, batch["input_ids"], batch["attention_mask"])
-            probabilities = logits.softmax(dim=1)  # padded classes have bias -inf: probability 0
-            best, choice = probabilities.max(dim=1)
-            for row, label_index, probability in zip(rows, choice.tolist(), best.tolist()):
-                task_index = int(routed[row])
-                if task_index != UNKNOWN_TASK:
-                    labels[row] = self.entries[task_index].labels[label_index]
-                    scores[row] = probability
+            routing.settle(
+                self.selector,
+                self._states(),
+                open_rows,
+                self._queries([texts[i] for i in open_rows]),
+            )
+        labels, outputs, scores = self._stack().answer(
+            texts,
+            routed,
+            batch_size,
+            one_pass=one_pass,
+            settle=lambda rows, queries: routing.settle(
+                self.selector, self._states(), rows, queries
+            ),
+            sampling=sampling,
+            beams=beams,
+        )
         return [
             Prediction(
                 text=text,
                 task=None if routed[i] == UNKNOWN_TASK else self.tasks[int(routed[i])],
                 label=labels[i],
                 score=scores[i],
-                routing_score=float(route_scores[i]),
+                routing_score=float(routing.scores[i]),
                 output=outputs[i],
             )
             for i, text in enumerate(texts)
         ]
-
-    def _generate(
-        self,
-        rows: list[int],
-        texts: Sequence[str],
-        routed: torch.Tensor,
-        sampling: Sampling | None = None,
-        beams: int = 1,
-    ) -> list[Generated]:
-        """Answers of ``rows``, each routed to a text-to-text task, in one batched generation."""
-        entries = [self.entries[int(routed[row])] for row in rows]
-        settings = [entry.generation for entry in entries]
-        batch = self.backbone.tokenize([texts[row] for row in rows])
-        prompts = self._stack()[0][routed[rows].to(self.backbone.device)]
-        return generate(
-            self.backbone,
-            prompts,
-            batch["input_ids"],
-            batch["attention_mask"],
-            [s.max_new_tokens or 1 for s in settings if s is not None],
-            [s.stop for s in settings if s is not None],
-            sampling,
-            beams,
-        )
-
-    def _settle(self, rows: Sequence[int], queries: torch.Tensor, routing: _Routing) -> None:
-        """Route ``rows`` on their query features (len(rows), F) and write the answers into
-        ``routing``, refusing below a given ``min_score`` or the calibrated threshold."""
-        found, found_scores = self.selector.route(queries, self._states())
-        own = None
-        if routing.refuse is not None and any(routing.refuse[row] is not None for row in rows):
-            own = torch.full((len(rows),), float("inf"))
-            for task_index in set(found.tolist()) - {UNKNOWN_TASK}:
-                at = (found == task_index).nonzero().flatten()
-                state = self.entries[task_index].selector_state
-                own[at] = self.selector.own_scores(queries[at], state).float()
-        for k, (row, task_index, score) in enumerate(
-            zip(rows, found.tolist(), found_scores.tolist())
-        ):
-            threshold = None if routing.thresholds is None else routing.thresholds[row]
-            refused = threshold is not None and score < threshold
-            levels = None if routing.refuse is None else routing.refuse[row]
-            if own is not None and levels is not None and task_index != UNKNOWN_TASK:
-                refused = refused or float(own[k]) < levels[task_index]
-            routing.routed[row] = UNKNOWN_TASK if refused else int(task_index)
-            routing.scores[row] = float(score)
-
-    def _refusal_levels(self, shares: list[Any] | None) -> list[list[float] | None] | None:
-        """Per text, each task's own-score threshold for its ``refuse`` share (or None)."""
-        if shares is None:
-            return None
-        found: dict[float, list[float]] = {}
-        for share in shares:
-            if share is None or (type(share) in (int, float) and share in found):
-                continue
-            found[share] = self.refusal_thresholds(share)  # checks the share first
-        return [None if share is None else found[share] for share in shares]
 
     def refusal_thresholds(self, share: float) -> list[float]:
         """Each task's own-score threshold for calibrated refusal at ``share`` (0.01 to 0.2).
 
         Raises `TaskDataError` for a share out of range or a task without calibration.
         """
-        low, high = CALIBRATION_LEVELS[0], CALIBRATION_LEVELS[-1]
-        if (
-            isinstance(share, bool)
-            or not isinstance(share, (int, float))
-            or not low <= share <= high
-        ):
-            raise TaskDataError(f"refuse must be a share from {low} to {high}, got {share!r}")
-        if self.selector.name == "oracle":
-            raise TaskDataError("the oracle selector does not route, so it refuses nothing")
-        levels = []
-        for entry in self.entries:
-            calibration = entry.stats.get("calibration")
-            if calibration is None:
-                raise TaskDataError(
-                    f"task {entry.name!r} has no routing calibration (it was learned by an "
-                    "older version); learn it again, or use min_score"
-                )
-            levels.append(float(np.interp(share, CALIBRATION_LEVELS, calibration["scores"])))
-        return levels
-
-    def _one_pass_logits(
-        self,
-        rows: list[int],
-        input_ids: torch.Tensor,
-        attention_mask: torch.Tensor,
-        routing: _Routing,
-    ) -> torch.Tensor:
-        """Logits (B, C) of one pass that routes at the query layer and runs the routed prompts.
-
-        Rows whose task is already set in ``routed`` keep it; the others are routed on the
-        query layer's states in the middle of the pass (written back into ``routed`` and
-        ``route_scores``). Refused rows run under the first task's prompt, their answer unused.
-        """
-        prompts, weights, biases = self._stack()
-        length = self.prompt_length
-        chosen: list[torch.Tensor] = []
-
-        def prompts_for(hidden: torch.Tensor) -> torch.Tensor:
-            open_at = [k for k, row in enumerate(rows) if routing.routed[row] == UNKNOWN_TASK]
-            if open_at:
-                queries = self.backbone.pool(hidden[open_at, length:], attention_mask[open_at])
-                self._settle([rows[k] for k in open_at], queries.cpu(), routing)
-            index = routing.routed[rows].clamp(min=0).to(prompts.device)
-            chosen.append(index)
-            return prompts[index]
-
-        features = self.backbone.prompted_hidden(
-            input_ids, attention_mask, length, self.backbone.query_layer, prompts_for
-        )
-        index = chosen[0]
-        return torch.einsum("bh,bch->bc", features, weights[index]) + biases[index]
+        return refusal_thresholds(self.selector, self.entries, share)
 
     @torch.no_grad()
     def task_logits(
@@ -578,26 +328,13 @@ class PromptPool:
         ``tasks`` (B,) holds entry indices; C is the most labels of any task, and a task's
         missing classes get -inf.
         """
-        prompts, weights, biases = self._stack()
-        features = prompted_features(self.backbone, prompts[tasks], input_ids, attention_mask)
-        return torch.einsum("bh,bch->bc", features, weights[tasks]) + biases[tasks]  # (B, C)
+        return self._stack().logits(tasks, input_ids, attention_mask)
 
-    def _stack(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Prompts (T, L, H), head weights (T, C, H) and biases (T, C), padded to C classes."""
-        if self._stacked is not None and self._stacked[0].device != self.backbone.device:
+    def _stack(self) -> StackedEntries:
+        if self._stacked is not None and self._stacked.prompts.device != self.backbone.device:
             self._stacked = None  # the backbone moved to another device since they were stacked
         if self._stacked is None:
-            classes = max(1, *(len(entry.labels) for entry in self.entries))
-            hidden = self.backbone.hidden_size
-            count = len(self.entries)
-            device = self.backbone.device
-            weights = torch.zeros(count, classes, hidden, device=device)
-            biases = torch.full((count, classes), float("-inf"), device=device)
-            for t, entry in enumerate(self.entries):
-                weights[t, : len(entry.labels)] = entry.head_weight
-                biases[t, : len(entry.labels)] = entry.head_bias
-            prompts = torch.stack([entry.prompt for entry in self.entries]).to(device)
-            self._stacked = (prompts, weights, biases)
+            self._stacked = StackedEntries(self.backbone, self.placement, self.entries)
         return self._stacked
 
     def evaluate(
@@ -627,81 +364,34 @@ class PromptPool:
                     f"task {name!r}, example {row}: label {gold!r} is not one of "
                     f"the task's labels {sorted(labels)}"
                 )
-        texts = [text for text, _ in examples]
-        predictions = self.predict(texts, tasks=name if oracle else None)
-        routed = sum(p.task == name for p in predictions)
-        if entry.generation is None:
-            points = [
-                100.0 * (p.task == name and p.label == gold)
-                for p, (_, gold) in zip(predictions, examples)
-            ]
-        else:
-            mine = [i for i, p in enumerate(predictions) if p.task == name]
-            points = [0.0] * len(examples)
-            found = task_metric_scores(
-                entry.generation.metric,
-                [predictions[i].output or "" for i in mine],
-                [examples[i][1] for i in mine],
-            )
-            for i, value in zip(mine, found):
-                points[i] = value
-        return Score(
-            task=name,
-            examples=len(examples),
-            accuracy=sum(points) / len(examples),
-            routing_accuracy=None if oracle else 100.0 * routed / len(examples),
-            routed_to={} if oracle else dict(Counter(p.task for p in predictions)),
-            metric="accuracy" if entry.generation is None else entry.generation.metric,
-        )
+        predictions = self.predict([text for text, _ in examples], tasks=name if oracle else None)
+        return score_predictions(entry, examples, predictions, oracle=oracle)
 
-    # -- size -------------------------------------------------------------------------------------
     def bytes_per_task(self) -> list[int]:
         """Bytes each task's tensors take as stored (selector statistics may be float16)."""
         return [entry.bytes for entry in self.entries]
 
     # -- persistence ------------------------------------------------------------------------------
-    def manifest(self, records: list[dict[str, Any]]) -> dict[str, Any]:
-        """The manifest that names ``records`` (one per entry, from `storage.write_entries`)."""
-        return {
-            "format": FORMAT,
-            "format_version": FORMAT_VERSION,
-            "backbone": self.backbone.fingerprint(),
-            "hidden_size": self.backbone.hidden_size,
-            "prompt_length": self.prompt_length,
-            "placement": self.placement,
-            "selector": self.selector.config(),
-            "training": self.training.to_dict(),
-            "tasks": records,
-        }
+    def config(self) -> PoolConfig:
+        """What a saved manifest records of this pool besides its tasks."""
+        return PoolConfig(
+            backbone=self.backbone.fingerprint(),
+            hidden_size=self.backbone.hidden_size,
+            prompt_length=self.prompt_length,
+            placement=self.placement.name,
+            selector=self.selector.config(),
+            training=self.training.to_dict(),
+        )
 
     def save(self, path: str | os.PathLike, *, lock: bool = True, wait: float = 0.0) -> Path:
         """Save atomically: task files first, then the manifest in one rename.
 
         A crash at any point leaves the previously saved pool loadable. The pool's lock is held
         while saving (`PoolLockedError` if another process holds it longer than ``wait``
-        seconds); pass ``lock=False`` when the caller already holds it.
+        seconds); pass ``lock=False`` when the caller already holds it. Files of entries read
+        from or saved to this folder before are not written again.
         """
-        pool_dir = check_pool_folder(path)  # never a folder that holds what the pool did not make
-        pool_dir.mkdir(parents=True, exist_ok=True)
-        with PoolLock(pool_dir, timeout=wait) if lock else contextlib.nullcontext():
-            check_pool_folder(pool_dir)  # again, now that no other writer can change it
-            folder = _folder_key(pool_dir)
-            records = write_entries(pool_dir, self.entries, lambda e: self._record_in(folder, e))
-            manifest = self.manifest(records)
-            write_manifest(pool_dir, manifest)
-            remove_unreferenced(pool_dir, {record["file"] for record in records})
-            self._remember(folder, manifest, self.entries)
-        return pool_dir
-
-    def _record_in(self, folder: str, entry: TaskEntry) -> dict[str, Any] | None:
-        """The manifest record of ``entry``'s file in ``folder``, if it was read or written there."""
-        saved = self._saved.get(entry)
-        return saved[1] if saved is not None and saved[0] == folder else None
-
-    def _remember(self, folder: str, manifest: dict[str, Any], entries: list[TaskEntry]) -> None:
-        for entry, record in zip(entries, manifest["tasks"], strict=True):
-            self._saved[entry] = (folder, record)
-        self._source = (folder, _settings(manifest))
+        return self._files.save(path, self.config(), self.entries, lock=lock, wait=wait)
 
     @classmethod
     def load(
@@ -722,49 +412,7 @@ class PromptPool:
         a mismatch); a pool built on a GPU loads on a CPU (entries are stored on the CPU).
         """
         pool_dir = Path(path)
-        manifest = read_manifest(pool_dir)
-        saved = manifest["backbone"]
-        where = pool_dir / MANIFEST
-        _check_fingerprint(saved, where)
-        if backbone is None or not isinstance(backbone, Backbone):
-            backbone = _backbone_for(saved, where, backbone, device, dtype)
-        current = backbone.fingerprint()
-        for key in RECORDED_FEATURES:
-            if key in saved and saved[key] != current.get(key):
-                raise PoolFormatError(
-                    f"{where}: the pool was built with {key}={saved[key]!r}, the backbone "
-                    f"has {current.get(key)!r}; load it with Backbone.load(..., {key}="
-                    f"{saved[key]!r})"
-                )
-        for key in IDENTITY + RECORDED:
-            if key in RECORDED and key not in saved:
-                continue
-            if saved.get(key) != current.get(key):
-                raise PoolFormatError(
-                    f"{where}: the pool was built on backbone {saved.get('name')!r} and this is "
-                    f"{current.get('name')!r} ({key} differs: {saved.get(key)!r} vs "
-                    f"{current.get(key)!r}); load the backbone the pool was built on"
-                )
-        for key in FEATURES:
-            if saved.get(key) != current.get(key):
-                raise PoolFormatError(
-                    f"{where}: the pool was built with {key}={saved.get(key)!r}, the backbone "
-                    f"has {current.get(key)!r}; load it with Backbone.load(..., {key}="
-                    f"{saved.get(key)!r})"
-                )
-        if manifest["hidden_size"] != backbone.hidden_size:
-            raise PoolFormatError(
-                f"{where}: hidden_size {manifest['hidden_size']} does not match "
-                f"the backbone's {backbone.hidden_size}"
-            )
-        try:
-            training = TrainingConfig(**manifest.get("training", {}))
-        except (TypeError, ContinualError) as error:
-            raise PoolFormatError(f"{where}: bad field 'training' ({error})") from None
-        try:
-            selector = build_selector(manifest["selector"])
-        except Exception as error:
-            raise PoolFormatError(f"{where}: bad field 'selector' ({error})") from None
+        backbone, manifest, selector, training = open_pool(pool_dir, backbone, device, dtype)
         return cls._filled(backbone, pool_dir, manifest, selector, training)
 
     @classmethod
@@ -777,9 +425,8 @@ class PromptPool:
         training: TrainingConfig,
         known: dict[str, TaskEntry] | None = None,
     ) -> PromptPool:
-        """A pool with the manifest's settings and entries; those in ``known`` (by
-        `_record_key`) are reused, the others read from their files."""
-        try:
+        """A pool with the manifest's settings and entries (those in ``known`` reused)."""
+        with naming_the_manifest(pool_dir):
             pool = cls(
                 backbone,
                 prompt_length=manifest["prompt_length"],
@@ -787,16 +434,9 @@ class PromptPool:
                 selector=selector,
                 training=training,
             )
-            entries = read_entries(
-                pool_dir, manifest, None if known is None else lambda r: known.get(_record_key(r))
-            )
-            for entry in entries:
+            for entry in saved_entries(pool_dir, manifest, known):
                 pool.add(entry)
-        except ContinualError as error:
-            message = str(error)
-            prefix = "" if message.startswith(str(pool_dir)) else f"{pool_dir / MANIFEST}: "
-            raise PoolFormatError(f"{prefix}{message}") from None
-        pool._remember(_folder_key(pool_dir), manifest, entries)
+        pool._files.remember(pool_dir, manifest, pool.entries)
         return pool
 
     # -- managing tasks -----------------------------------------------------------------------
@@ -817,22 +457,11 @@ class PromptPool:
         ``path`` must be a new file outside any pool folder; ``force`` replaces an existing
         regular file (atomically). Devices, FIFOs and symbolic links are always refused.
         """
-        from .storage import write_export_file
-
         if name not in self.tasks:
             raise TaskDataError(_not_in_pool(name, self.tasks))
         entry = self.entries[self.tasks.index(name)]
-        return write_export_file(
-            path,
-            entry.tensors(),
-            name=entry.name,
-            labels=entry.labels,
-            stats=entry.stats,
-            selector=self.selector.config(),
-            backbone=self.backbone.fingerprint(),
-            generation=entry.generation,
-            force=force,
-        )
+        config = self.selector.config()
+        return export_entry(entry, path, config, self.backbone.fingerprint(), force=force)
 
     def import_task(self, path: str | os.PathLike, *, name: str | None = None) -> TaskEntry:
         """Add a task from a file written by `export_task` (in memory; `save` makes it stick).
@@ -841,18 +470,8 @@ class PromptPool:
         or a state this selector cannot use, a prompt of another length, or a name already in
         the pool (pass ``name`` to import it under another one).
         """
-        from .storage import read_export_file
-
-        tensors, info = read_export_file(path)
-        entry = entry_from_export(
-            Path(path),
-            tensors,
-            info,
-            name=name,
-            backbone=self.backbone.fingerprint(),
-            prompt_shape=self.prompt_shape,
-            selector=self.selector,
-            tasks=self.tasks,
+        entry = read_exported(
+            path, name, self.backbone.fingerprint(), self.prompt_shape, self.selector, self.tasks
         )
         self.add(entry)
         return entry
@@ -867,150 +486,14 @@ class PromptPool:
         and removed, not rebuilt. Otherwise the pool is loaded whole, as `load` does.
         """
         pool_dir = Path(path)
-        folder = _folder_key(pool_dir)
         manifest = read_manifest(pool_dir)
-        if self._source != (folder, _settings(manifest)):
+        known = self._files.known(pool_dir, manifest, self.entries)
+        if known is None:
             return type(self).load(path, self.backbone)
-        known = {}
-        for entry in self.entries:
-            record = self._record_in(folder, entry)
-            if record is not None:
-                known[_record_key(record)] = entry
         return type(self)._filled(
             self.backbone, pool_dir, manifest, self.selector, self.training, known
         )
 
 
-def _folder_key(pool_dir: Path) -> str:
-    """One name per pool folder, however the path to it is written."""
-    return str(Path(pool_dir).resolve())
-
-
-def _settings(manifest: dict[str, Any]) -> dict[str, Any]:
-    """A manifest without its tasks, as JSON reads it back: the settings every entry was
-    checked against."""
-    return json.loads(json.dumps({key: value for key, value in manifest.items() if key != "tasks"}))
-
-
-def _record_key(record: dict[str, Any]) -> str:
-    """A task's manifest record as one string: entries with equal records are equal."""
-    return json.dumps(record, sort_keys=True)
-
-
 def _not_in_pool(name: object, tasks: list[str]) -> str:
     return f"task {quote_name(name)} is not in the pool; {pool_has(tasks)}"
-
-
-def _check_fingerprint(fingerprint: dict, where: Path) -> None:
-    """Each backbone field the manifest holds has the right type and range (a missing one is
-    reported by the comparison with the backbone)."""
-
-    def bad(key: str, expected: str) -> PoolFormatError:
-        return PoolFormatError(
-            f"{where}: field 'backbone.{key}' must be {expected}, got {fingerprint[key]!r}"
-        )
-
-    for key in ("name", "model_type"):
-        if key in fingerprint and (
-            not isinstance(fingerprint[key], str) or not fingerprint[key].strip()
-        ):
-            raise bad(key, "a non-empty string")
-    for key in ("hidden_size", "num_layers", "vocab_size", "max_length"):
-        if key in fingerprint and (type(fingerprint[key]) is not int or fingerprint[key] < 1):
-            raise bad(key, "a positive integer")
-    if (
-        "query_layer" in fingerprint
-        and fingerprint["query_layer"] is not None
-        and (type(fingerprint["query_layer"]) is not int or fingerprint["query_layer"] < 1)
-    ):
-        raise bad("query_layer", "a positive integer or null")
-    if "weights_sha256" in fingerprint and not (
-        isinstance(fingerprint["weights_sha256"], str)
-        and re.fullmatch(r"[0-9a-f]{64}", fingerprint["weights_sha256"])
-    ):
-        raise bad("weights_sha256", "64 lowercase hex digits")
-
-
-def _backbone_for(
-    fingerprint: dict,
-    where: Path,
-    given: str | os.PathLike | None = None,
-    device: str | torch.device = "cpu",
-    dtype: str | None = None,
-) -> Backbone:
-    name = fingerprint.get("name")
-    options: dict[str, Any] = {
-        "max_length": fingerprint.get("max_length", 128),
-        "query_layer": fingerprint.get("query_layer"),
-        "device": device,
-        "dtype": dtype or fingerprint.get("dtype", "float32"),
-        "pooling": fingerprint.get("pooling"),
-    }
-    if given is not None:
-        load: str | os.PathLike | None = given
-    elif name == DEFAULT_MODEL_NAME:
-        load = None  # the packaged copy, offline
-    elif (
-        isinstance(name, str)
-        and _HUB_NAME.fullmatch(name)
-        and ".." not in name
-        and not os.path.lexists(name)
-    ):
-        load = name
-    else:
-        raise PoolFormatError(
-            f"{where}: the pool was built on backbone {name!r}, which is not the packaged "
-            "default nor a hub name 'org/name'; a pool does not load a local model by itself: "
-            "give the backbone (continual ... --backbone PATH, or PromptPool.load(path, "
-            "backbone=PATH))"
-        )
-    try:
-        return Backbone.load(load, **options)
-    except ContinualError as error:
-        shown = name if given is None else os.fspath(given)
-        raise PoolFormatError(
-            f"{where}: cannot load the pool's backbone {shown!r}: {error}"
-        ) from None
-
-
-def _calibration_problem(calibration: object) -> str | None:
-    """Why a recorded calibration cannot be used, or None (also when there is none)."""
-    if calibration is None:
-        return None
-    if not isinstance(calibration, dict):
-        return "must be an object"
-    scores = calibration.get("scores")
-    if (
-        not isinstance(scores, list)
-        or len(scores) != len(CALIBRATION_LEVELS)
-        or not all(
-            isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-            for v in scores
-        )
-    ):
-        return f"must hold 'scores': {len(CALIBRATION_LEVELS)} finite numbers"
-    if any(a > b for a, b in itertools.pairwise(scores)):
-        return "must hold 'scores' that rise with the share"
-    return None
-
-
-def _thresholds(min_score: object, count: int) -> list[float | None]:
-    """One routing-score threshold (or None) per text from a number or a per-text list."""
-
-    def check(value: object) -> float | None:
-        if value is None:
-            return None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value:
-            raise TaskDataError(f"min_score must be a number, got {value!r}")
-        return float(value)
-
-    return [check(value) for value in _per_text(min_score, count, "min_score")]
-
-
-def _per_text(value: object, count: int, name: str) -> list[Any]:
-    """``value`` for each of ``count`` texts: a list of that length as given, else repeated."""
-    if isinstance(value, (list, tuple)):
-        if len(value) != count:
-            raise TaskDataError(f"{len(value)} {name} values for {count} texts")
-        return list(value)
-    return [value] * count

@@ -1,19 +1,15 @@
 """Soft prompts: L trainable vectors of the backbone's width, put before the input.
 
 Prompt tuning (Lester et al. 2021): the backbone stays frozen and only these vectors learn.
-Two placements:
-
-- ``input``: L vectors (L, H) before the input embeddings, the paper's form.
-- ``query_layer``: a deep prompt (D, L, H) from the query layer on (one set of L vectors for
-  each of the last D layers, as in P-tuning v2). The layers below carry no prompt, so a mixed
-  batch runs them once, routes on their output and finishes with each row's prompt: a routed
-  prediction costs one pass, and training never back-propagates through the lower layers.
+A prompt sits before the input (L, H) or, deep, in each layer from the query layer on
+(D, L, H): see `continual.placement`.
 
 How they start matters on small data; three initialisations are offered, as in the paper.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Literal
 
 import torch
@@ -21,25 +17,13 @@ from torch import nn
 
 from .backbone import Backbone
 from .errors import ContinualError
+from .placement import DEEP, Placement
 
 PromptInit = Literal["random", "vocab", "text"]
-Placement = Literal["input", "query_layer"]
-PLACEMENTS: tuple[str, ...] = ("input", "query_layer")
 
-
-def prompt_shape(
-    length: int, placement: str, *, hidden: int, num_layers: int, query_layer: int
-) -> tuple[int, ...]:
-    """The shape of one task's prompt: (L, H) at the input, (D, L, H) from the query layer.
-
-    Takes the backbone's sizes as numbers, so that a manifest's recorded fingerprint answers
-    as a loaded `Backbone` does.
-    """
-    if placement == "input":
-        return (length, hidden)
-    if placement == "query_layer":
-        return (num_layers - query_layer, length, hidden)
-    raise ContinualError(f"unknown placement {placement!r}; use 'input' or 'query_layer'")
+# Saved lower-layer states take (tokens x hidden) numbers per text; above this many bytes for
+# a task they are not kept and training runs every layer, as it would without them.
+LOWER_STATES_BYTES = 1 << 30
 
 
 class SoftPrompt(nn.Module):
@@ -57,10 +41,7 @@ class SoftPrompt(nn.Module):
 
     def __init__(self, vectors: torch.Tensor) -> None:
         super().__init__()
-        if vectors.dim() not in (2, 3):
-            raise ContinualError(
-                f"prompt vectors must be (L, H) or (D, L, H), got shape {tuple(vectors.shape)}"
-            )
+        self.placement = Placement.of_prompt(vectors)
         self.vectors = nn.Parameter(vectors.detach().clone().float())
 
     @property
@@ -76,7 +57,7 @@ class SoftPrompt(nn.Module):
         *,
         text: str | None = None,
         generator: torch.Generator | None = None,
-        placement: Placement = "input",
+        placement: str | Placement = "input",
     ) -> SoftPrompt:
         """A new prompt for ``backbone``.
 
@@ -86,13 +67,7 @@ class SoftPrompt(nn.Module):
         (``placement="query_layer"``) each layer's vectors start as those tokens' states at
         that layer (noise: scaled to those states' spread), so every layer starts in range.
         """
-        shape = prompt_shape(
-            length,
-            placement,
-            hidden=backbone.hidden_size,
-            num_layers=backbone.num_layers,
-            query_layer=backbone.query_layer,
-        )
+        placement = Placement.of(placement)
         if length < 1:
             raise ContinualError(f"prompt length must be at least 1, got {length}")
         table = backbone.embedding_matrix.detach()  # (V, H)
@@ -116,66 +91,75 @@ class SoftPrompt(nn.Module):
             vectors = table[torch.tensor(ids)]
         else:
             raise ContinualError(f"unknown prompt init {init!r}; use 'random', 'vocab' or 'text'")
-        if len(shape) == 3:
-            vectors = _states_of(backbone, vectors, init == "random", generator)
-        return cls(vectors)
+        return cls(placement.initial_vectors(backbone, vectors, init == "random", generator))
 
     def forward(self, batch_size: int) -> torch.Tensor:
         """The prompt repeated for a batch: (B, L, H) or (B, D, L, H)."""
         return self.vectors.unsqueeze(0).expand(batch_size, *self.vectors.shape)
 
 
-@torch.no_grad()
-def _states_of(
-    backbone: Backbone,
-    embeds: torch.Tensor,
-    noise: bool,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    """(D, L, H): the states ``embeds`` (L, H) take at the input of each of the last D layers
-    when run through the frozen model as a sequence of their own."""
-    start = backbone.query_layer
-    mask = torch.ones(1, embeds.shape[0], dtype=torch.long, device=embeds.device)
-    with backbone.lock:
-        states = backbone.model(
-            inputs_embeds=embeds.unsqueeze(0).to(backbone.dtype),
-            attention_mask=mask,
-            output_hidden_states=True,
-            **backbone.extra_inputs(mask),
-        ).hidden_states
-    deep = torch.stack([states[layer][0] for layer in range(start, backbone.num_layers)]).float()
-    if noise:
-        drawn = torch.randn(deep.shape, generator=generator).to(deep.device)
-        deep = drawn * deep.std(dim=(1, 2), keepdim=True)
-    return deep
+class LowerStates:
+    """Each text's states at a deep prompt's first layer, computed once for the whole training.
 
-
-def prompted_features(
-    backbone: Backbone,
-    prompts: torch.Tensor,
-    input_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    lower: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Features of inputs with a per-row prompt: prompts (B, L, H) or (B, D, L, H) → (B, H).
-
-    Every row may carry a different prompt, so one forward pass serves a batch that mixes tasks.
-    A 4-d prompt is deep: it enters at the query layer (`Backbone.prompted_hidden`; ``lower``,
-    the inputs' saved states there, skips the layers below). The features average the input's
-    tokens only: the prompt steers them through attention.
+    The layers below a deep prompt see only the text and placeholders that every prompt shares
+    (`Backbone.with_placeholders`), so their output for a text is the same in every epoch;
+    with it saved, a step runs (forward and backward) only the layers the prompt is in.
+    Measured on the packaged MiniLM (query layer 3 of 6): see benchmarks/perf.py.
     """
-    if prompts.dim() == 4:
-        start = backbone.num_layers - prompts.shape[1]
-        return backbone.prompted_hidden(
-            input_ids, attention_mask, prompts.shape[2], start, lambda _hidden: prompts, lower
-        )
-    if lower is not None:
-        raise ContinualError("saved lower-layer states go with a deep prompt only")
-    batch, length, _ = prompts.shape
-    embeds = torch.cat([prompts, backbone.embed(input_ids)], dim=1)  # (B, L + n, H)
-    prompt_mask = torch.ones(
-        batch, length, dtype=attention_mask.dtype, device=attention_mask.device
-    )
-    mask = torch.cat([prompt_mask, attention_mask], dim=1)
-    pool_mask = torch.cat([torch.zeros_like(prompt_mask), attention_mask], dim=1)
-    return backbone.encode(embeds, mask, pool_mask)
+
+    def __init__(self, backbone: Backbone, rows: dict[str, torch.Tensor]) -> None:
+        self.backbone = backbone
+        self.rows = rows
+
+    @classmethod
+    def build(
+        cls, backbone: Backbone, prompt: SoftPrompt, texts: Sequence[str], batch_size: int
+    ) -> LowerStates | None:
+        """The states of ``texts``; None where saving them is not worth it or not exact."""
+        if not prompt.placement.deep or not texts:
+            return None
+        unique = list(dict.fromkeys(texts))
+        tokens = backbone.tokenizer(unique, truncation=True, max_length=backbone.max_length)
+        itemsize = torch.finfo(backbone.dtype).bits // 8
+        size = sum(len(ids) for ids in tokens["input_ids"]) * backbone.hidden_size * itemsize
+        if size > LOWER_STATES_BYTES:
+            return None
+        start = backbone.num_layers - prompt.vectors.shape[0]
+        rows: dict[str, torch.Tensor] = {}
+        for first in range(0, len(unique), batch_size):
+            chunk = unique[first : first + batch_size]
+            batch = backbone.tokenize(chunk)
+            states = backbone.lower_states(
+                batch["input_ids"], batch["attention_mask"], prompt.length, start
+            )
+            for text, row, count in zip(chunk, states, batch["attention_mask"].sum(1).tolist()):
+                rows[text] = row[: int(count)].clone()  # its own storage: padding not kept
+        saved = cls(backbone, rows)
+        return saved if saved._agrees(prompt, unique[:batch_size]) else None
+
+    def batch(self, texts: Sequence[str], attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B, n, H) for a batch tokenized to ``attention_mask`` (B, n); padding rows are
+        zeros (their keys are masked out and their outputs are not pooled)."""
+        first = self.rows[texts[0]]
+        out = first.new_zeros(len(texts), attention_mask.shape[1], first.shape[-1])
+        for i, text in enumerate(texts):
+            row = self.rows[text]
+            out[i, : row.shape[0]] = row
+        return out
+
+    @torch.no_grad()
+    def _agrees(self, prompt: SoftPrompt, texts: Sequence[str]) -> bool:
+        """Whether a pass from the saved states gives the full pass's features. A family whose
+        lower layers hand more than hidden states up (T5's position bias from its first
+        block) would not: its training then runs every layer."""
+        batch = self.backbone.tokenize(texts)
+        ids, mask = batch["input_ids"], batch["attention_mask"]
+        prompts = prompt(len(texts))
+        try:
+            skipped = DEEP.features(self.backbone, prompts, ids, mask, self.batch(texts, mask))
+        except Exception:
+            return False  # the narrowed layer list is not what this model's forward expects
+        full = DEEP.features(self.backbone, prompts, ids, mask)
+        tolerance = 1e-3 if self.backbone.dtype == torch.float32 else 3e-2
+        scale = float(full.abs().max())
+        return bool((skipped - full).abs().max() <= tolerance * max(scale, 1.0))

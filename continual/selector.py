@@ -537,9 +537,10 @@ class OracleSelector(Selector):
 DEFAULT_SELECTOR = "gaussian_views"
 
 
-def default_selector(placement: str) -> dict[str, Any]:
-    """The default selector's settings for a pool whose prompts sit at ``placement``."""
-    return {"name": DEFAULT_SELECTOR, "last_layer": placement != "query_layer"}
+def default_selector(deep: bool) -> dict[str, Any]:
+    """The default selector's settings for a pool whose prompts sit at the input or, ``deep``,
+    at the query layer (whose pass has no last layer before the prompt)."""
+    return {"name": DEFAULT_SELECTOR, "last_layer": not deep}
 
 
 SELECTORS: dict[str, type[Selector]] = {

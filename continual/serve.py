@@ -389,7 +389,7 @@ def parse_predict_request(body: bytes, pool, *, max_texts: int, max_chars: int) 
     from a ``\\ud800`` escape), numbers that are finite floats in range, a valid task name.
     """
     from .format import check_task_name, pool_has, quote_name, some_names
-    from .pool import CALIBRATION_LEVELS
+    from .routing import CALIBRATION_LEVELS
 
     try:
         payload = json.loads(body.decode("utf-8"))

@@ -20,7 +20,6 @@ import hashlib
 import json
 import os
 import re
-import secrets
 import stat
 import time
 from collections.abc import Callable
@@ -35,9 +34,8 @@ from . import files
 from .data import Generation
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, PoolLockedError
+from .format import FORMAT, PoolConfig
 
-FORMAT = "continual-pool"
-FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 TASKS_DIR = "tasks"
 LOCK = ".lock"
@@ -51,37 +49,6 @@ TASK_TEMPORARY = re.compile(_TEMPORARY.format(name=r"task-[0-9a-f]{32}\.safetens
 MANIFEST_TEMPORARY = re.compile(_TEMPORARY.format(name=re.escape(MANIFEST)))
 
 
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a synced temporary file and an atomic rename.
-
-    The temporary is created with ``O_EXCL | O_NOFOLLOW`` and the rename replaces whatever
-    ``path`` was (a symbolic link there is replaced, never followed). An error names ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = f".{path.name}.{secrets.token_hex(8)}.tmp"
-    directory = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        files.write_synced_temporary(directory, temporary, data)
-        try:
-            os.replace(temporary, path.name, src_dir_fd=directory, dst_dir_fd=directory)
-        except BaseException:
-            try:
-                os.unlink(temporary, dir_fd=directory)
-            except OSError:
-                pass
-            raise
-        # The rename is durable only once the directory entry is on disk.
-        os.fsync(directory)
-    except OSError as error:
-        # os.write and fsync errors (a full disk) name no file, os.open only the temporary:
-        # name the file being written.
-        reason = error.strerror or str(error)
-        raise OSError(error.errno, f"cannot write ({reason})", str(path)) from None
-    finally:
-        os.close(directory)
-
-
 def write_task_file(pool_dir: Path, tensors: dict[str, torch.Tensor]) -> tuple[str, str]:
     """Store one task's tensors; returns (relative file name, sha256). Existing files are kept."""
     data = save_safetensors({key: value.contiguous() for key, value in tensors.items()})
@@ -90,7 +57,7 @@ def write_task_file(pool_dir: Path, tensors: dict[str, torch.Tensor]) -> tuple[s
     target = pool_dir / relative
     _own_tasks_dir(pool_dir, create=True)
     if not _same_regular_file(target, digest):
-        atomic_write_bytes(target, data)
+        files.atomic_write_bytes(target, data)
     return relative, digest
 
 
@@ -129,7 +96,7 @@ def _own_tasks_dir(pool_dir: Path, *, create: bool = False) -> Path | None:
 def write_manifest(pool_dir: Path, manifest: dict) -> None:
     """Atomically replace the manifest: the moment a save becomes visible."""
     text = json.dumps(manifest, indent=2, sort_keys=False) + "\n"
-    atomic_write_bytes(pool_dir / MANIFEST, text.encode("utf-8"))
+    files.atomic_write_bytes(pool_dir / MANIFEST, text.encode("utf-8"))
 
 
 def remove_unreferenced(pool_dir: Path, referenced: set[str]) -> None:
@@ -239,36 +206,7 @@ def read_manifest(pool_dir: str | os.PathLike) -> dict:
         raise PoolFormatError(
             f"{path}: not valid JSON ({error}); the manifest is corrupt"
         ) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PoolFormatError(f"{path}: not a continual pool manifest (field 'format')")
-    version = manifest.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
-        raise PoolFormatError(
-            f"{path}: format_version {version!r} is not supported (this version reads "
-            f"{FORMAT_VERSION}); use the continual release that wrote it"
-        )
-    for field, kind in (
-        ("backbone", dict),
-        ("tasks", list),
-        ("prompt_length", int),
-        ("hidden_size", int),
-        ("selector", dict),
-    ):
-        if not isinstance(manifest.get(field), kind):
-            raise PoolFormatError(f"{path}: field {field!r} is missing or not a {kind.__name__}")
-    placement = manifest.get("placement", "input")  # older pools: prompts at the input
-    if placement not in ("input", "query_layer"):
-        raise PoolFormatError(
-            f"{path}: field 'placement' must be 'input' or 'query_layer', got {placement!r}"
-        )
-    if placement == "query_layer":
-        for key in ("num_layers", "query_layer"):
-            value = manifest["backbone"].get(key)
-            if type(value) is not int or value < 1:
-                raise PoolFormatError(
-                    f"{path}: field 'backbone.{key}' must be a positive integer for a pool "
-                    f"whose prompts sit at the query layer, got {value!r}"
-                )
+    PoolConfig.from_manifest(manifest, path)
     return manifest
 
 
@@ -524,59 +462,6 @@ class PoolLock:
             self._release()
 
 
-# -- one task as one self-describing file (continual export / import) ----------------------------
-TASK_FORMAT = "continual-task"
-TASK_FORMAT_VERSION = "1"
-_BACKBONE_KEYS = (
-    "name",
-    "model_type",
-    "hidden_size",
-    "num_layers",
-    "vocab_size",
-    "weights_sha256",
-    "max_length",
-    "query_layer",
-)
-
-
-def write_export_file(
-    path: str | os.PathLike,
-    tensors: dict[str, torch.Tensor],
-    *,
-    name: str,
-    labels: list[str],
-    stats: dict,
-    selector: dict,
-    backbone: dict,
-    generation: Generation | None = None,
-    force: bool = False,
-) -> Path:
-    """Write one task as a single safetensors file whose string metadata describes it.
-
-    The tensors are the task's prompt, head (label tasks) and ``selector.*`` state; the
-    metadata holds its name, labels, stats, the selector's config, the backbone fingerprint
-    and a text-to-text task's ``generation`` settings, so the file can be checked against any
-    pool before it joins it. ``path`` must be a new file outside any pool (with ``force``, an
-    existing regular file, replaced atomically): see `files.write_new_file`.
-    """
-    metadata = {
-        "format": TASK_FORMAT,
-        "format_version": TASK_FORMAT_VERSION,
-        "name": name,
-        "labels": json.dumps(list(labels)),
-        "stats": json.dumps(stats),
-        "selector": str(selector.get("name")),
-        "selector_config": json.dumps(selector),
-        "backbone": json.dumps(backbone),
-    }
-    if generation is not None:
-        metadata["generation"] = json.dumps(generation.to_dict())
-    data = save_safetensors(
-        {key: value.contiguous() for key, value in tensors.items()}, metadata=metadata
-    )
-    return files.write_new_file(path, data, pool_folder_of=pool_folder_of, force=force)
-
-
 def pool_folder_of(folder: Path) -> Path | None:
     """The pool folder ``folder`` is or lies in (links resolved), or None: a folder holding a
     pool's manifest, or a lock beside a ``tasks/`` folder (a first save, interrupted)."""
@@ -596,121 +481,3 @@ def pool_folder_of(folder: Path) -> Path | None:
         except (ContinualError, ValueError, AttributeError, RecursionError):
             continue
     return None
-
-
-def read_export_file(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict]:
-    """Tensors and checked metadata of a file written by `write_export_file`.
-
-    Returns ``(tensors, info)`` where ``info`` has ``name`` (str), ``labels`` (list of str),
-    ``stats`` (dict), ``selector`` (str), ``selector_config`` (dict), ``backbone`` (dict) and
-    ``generation`` (`Generation`, None for a label task).
-    Every field and tensor is validated; errors name the file. Nothing is unpickled.
-    """
-    path = Path(path)
-    data = files.read_regular_file(
-        path, limit=files.MAX_TASK_FILE_BYTES, error=PoolFormatError, what="task file"
-    )
-    metadata = _safetensors_metadata(path, data)
-    if metadata.get("format") != TASK_FORMAT:
-        raise PoolFormatError(
-            f"{path}: not an exported continual task (metadata 'format' is "
-            f"{metadata.get('format')!r}); make one with 'continual export'"
-        )
-    if metadata.get("format_version") != TASK_FORMAT_VERSION:
-        raise PoolFormatError(
-            f"{path}: task format_version {metadata.get('format_version')!r} "
-            f"is not supported (this version reads {TASK_FORMAT_VERSION})"
-        )
-    info: dict = {}
-    name = metadata.get("name")
-    if not isinstance(name, str) or not name.strip() or name != name.strip():
-        raise PoolFormatError(f"{path}: metadata 'name' is missing, empty or padded with spaces")
-    info["name"] = name
-    for field, kind in (
-        ("labels", list),
-        ("stats", dict),
-        ("selector_config", dict),
-        ("backbone", dict),
-    ):
-        raw = metadata.get(field)
-        if not isinstance(raw, str):
-            raise PoolFormatError(f"{path}: metadata {field!r} is missing")
-        try:
-            value = json.loads(raw)
-        except (ValueError, RecursionError):
-            raise PoolFormatError(f"{path}: metadata {field!r} is not valid JSON") from None
-        if not isinstance(value, kind):
-            raise PoolFormatError(f"{path}: metadata {field!r} is not a JSON {kind.__name__}")
-        info[field] = value
-    raw = metadata.get("generation")
-    try:
-        settings = None if raw is None else json.loads(raw)
-    except (ValueError, RecursionError):
-        raise PoolFormatError(f"{path}: metadata 'generation' is not valid JSON") from None
-    generation = info["generation"] = read_generation(settings, f"{path}: metadata")
-    labels = check_labels(info["labels"], generation, f"{path}: metadata")
-    selector = metadata.get("selector")
-    if not isinstance(selector, str) or selector != info["selector_config"].get("name"):
-        raise PoolFormatError(
-            f"{path}: metadata 'selector' {selector!r} does not match "
-            f"'selector_config' {info['selector_config'].get('name')!r}"
-        )
-    info["selector"] = selector
-    backbone = info["backbone"]
-    for key in _BACKBONE_KEYS:
-        if key not in backbone:
-            raise PoolFormatError(f"{path}: metadata 'backbone' lacks {key!r}")
-    hidden = backbone["hidden_size"]
-    if type(hidden) is not int or hidden < 1:
-        raise PoolFormatError(f"{path}: metadata 'backbone' has a bad hidden_size {hidden!r}")
-    try:
-        tensors = load_safetensors(data)
-    except (SafetensorError, ValueError, RuntimeError) as error:
-        raise PoolFormatError(f"{path}: not a valid safetensors file ({error})") from None
-    needed = required_tensors(generation)
-    missing = needed - set(tensors)
-    if missing:
-        raise PoolFormatError(f"{path}: missing tensors {sorted(missing)}")
-    for key, tensor in tensors.items():
-        if key not in needed and not key.startswith("selector."):
-            raise PoolFormatError(f"{path}: unexpected tensor {key!r}")
-        if tensor.dtype not in stored_dtypes(key):
-            allowed = " or ".join(str(dtype) for dtype in stored_dtypes(key))
-            raise PoolFormatError(f"{path}: tensor {key!r} is {tensor.dtype}, expected {allowed}")
-    prompt = tensors["prompt"]
-    if prompt.dim() not in (2, 3) or min(prompt.shape) < 1 or prompt.shape[-1] != hidden:
-        raise PoolFormatError(
-            f"{path}: prompt shape {tuple(prompt.shape)} is not (length, {hidden}) "
-            f"or (layers, length, {hidden})"
-        )
-    if generation is not None:
-        return tensors, info
-    weight, bias = tensors["head.weight"], tensors["head.bias"]
-    if tuple(weight.shape) != (len(labels), hidden) or tuple(bias.shape) != (len(labels),):
-        raise PoolFormatError(
-            f"{path}: head shapes {tuple(weight.shape)}, {tuple(bias.shape)} "
-            f"do not fit {len(labels)} labels of width {hidden}"
-        )
-    return tensors, info
-
-
-def _safetensors_metadata(path: Path, data: bytes) -> dict[str, str]:
-    """The ``__metadata__`` of a safetensors file's header (8-byte length, then JSON)."""
-    if len(data) < 8:
-        raise PoolFormatError(f"{path}: not a valid safetensors file (too short)")
-    size = int.from_bytes(data[:8], "little")
-    if size > len(data) - 8:
-        raise PoolFormatError(f"{path}: not a valid safetensors file (bad header length)")
-    try:
-        header = json.loads(data[8 : 8 + size].decode("utf-8"))
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise PoolFormatError(f"{path}: not a valid safetensors file (bad header)") from None
-    metadata = header.get("__metadata__") if isinstance(header, dict) else None
-    if not isinstance(metadata, dict) or not all(
-        isinstance(key, str) and isinstance(value, str) for key, value in metadata.items()
-    ):
-        raise PoolFormatError(
-            f"{path}: not an exported continual task (no string metadata); "
-            "make one with 'continual export'"
-        )
-    return metadata

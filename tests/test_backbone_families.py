@@ -15,7 +15,7 @@ import torch
 from conftest import tiny_family as _config
 
 from continual import Backbone, ContinualError, PoolFormatError, PromptPool, TrainingConfig
-from continual.prompt import prompted_features
+from continual.placement import prompted_features
 from continual.storage import MANIFEST
 
 TEXTS = ["the red and the blue", "a dog", "the lion and the tiger and the bear were here today"]

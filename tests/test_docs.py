@@ -23,7 +23,7 @@ from conftest import ANIMALS, COLOURS, synthetic_pairs
 import continual
 from continual import PromptPool, Task, TrainingConfig
 from continual.cli import main
-from continual.storage import read_export_file
+from continual.exported import read_export_file
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = REPO / "docs"

@@ -24,9 +24,9 @@ from continual.generate import (
     end_of_text_ids,
     generate,
     target_token_ids,
-    teacher_forced_loss,
 )
 from continual.prompt import SoftPrompt
+from continual.text_training import teacher_forced_loss
 
 FAMILIES = ["gpt2", "llama", "t5"]
 TEXTS = ["say red", "the lion and the tiger and the bear were here today", "a dog ran"]

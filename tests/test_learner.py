@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 
 from continual import TrainingConfig
-from continual.learner import ClassifierSteps, new_classifier, param_groups, train_task
+from continual.classifier import ClassifierSteps
+from continual.learner import new_classifier, param_groups, train_task
 from continual.trainer import Trainer, weighted_loss
 
 

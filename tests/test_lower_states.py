@@ -5,11 +5,12 @@ from __future__ import annotations
 import torch
 from conftest import tiny_bert
 
-from continual import learner
+from continual import prompt as prompt_module
 from continual.backbone import Backbone
 from continual.data import Task
 from continual.learner import TrainingConfig, train_task
-from continual.prompt import SoftPrompt, prompted_features
+from continual.placement import prompted_features
+from continual.prompt import SoftPrompt
 
 
 def four_layer_backbone(tokenizer) -> Backbone:
@@ -69,7 +70,7 @@ def test_training_with_saved_states_matches_training_without(tokenizer, monkeypa
     task = Task("colours", train=pairs[:16], validation=pairs[16:], labels=["blue", "red"])
     config = TrainingConfig(epochs=2, batch_size=8, patience=0)
     saved = train_task(backbone, task, 4, config, progress=False, placement="query_layer")
-    monkeypatch.setattr(learner, "LOWER_STATES_BYTES", 0)  # too big: every layer runs
+    monkeypatch.setattr(prompt_module, "LOWER_STATES_BYTES", 0)  # too big: every layer runs
     full = train_task(backbone, task, 4, config, progress=False, placement="query_layer")
     torch.testing.assert_close(saved.prompt, full.prompt, atol=1e-4, rtol=1e-4)
     torch.testing.assert_close(saved.head_weight, full.head_weight, atol=1e-4, rtol=1e-4)
@@ -80,17 +81,17 @@ def test_saved_states_refused_where_they_would_not_be_exact(tokenizer, monkeypat
     backbone = four_layer_backbone(tokenizer)
     prompt = SoftPrompt.initialise(backbone, 4, "vocab", placement="query_layer")
     texts = ["one text", "another text"]
-    assert learner._LowerStates.build(backbone, prompt, texts, 8) is not None
+    assert prompt_module.LowerStates.build(backbone, prompt, texts, 8) is not None
     # A model whose layers hand more than hidden states up (T5's position bias) would give
     # other features from saved states: the check finds that and training runs every layer.
     monkeypatch.setattr(
-        learner._LowerStates,
+        prompt_module.LowerStates,
         "batch",
         lambda self, texts, mask: torch.randn(len(texts), mask.shape[1], backbone.hidden_size),
     )
-    assert learner._LowerStates.build(backbone, prompt, texts, 8) is None
+    assert prompt_module.LowerStates.build(backbone, prompt, texts, 8) is None
     flat = SoftPrompt.initialise(backbone, 4, "vocab")  # an input prompt has nothing below it
-    assert learner._LowerStates.build(backbone, flat, texts, 8) is None
+    assert prompt_module.LowerStates.build(backbone, flat, texts, 8) is None
 
 
 def test_a_deep_prompt_pass_and_a_plain_pass_in_two_threads_do_not_mix(tokenizer):

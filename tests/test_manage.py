@@ -19,7 +19,8 @@ from conftest import ANIMALS, COLOURS, synthetic_pairs
 from continual import Backbone, PromptPool, Task, TrainingConfig
 from continual.cli import main
 from continual.errors import PoolFormatError, TaskDataError
-from continual.storage import MANIFEST, read_export_file, write_export_file
+from continual.exported import read_export_file, write_export_file
+from continual.storage import MANIFEST
 
 TEXTS = [
     "the red and the blue here",

@@ -15,7 +15,8 @@ import torch
 from test_backbone_families import FAMILIES, make_backbone
 
 from continual import Backbone, ContinualError, PoolFormatError, PromptPool, TrainingConfig
-from continual.prompt import SoftPrompt, prompted_features
+from continual.placement import prompted_features
+from continual.prompt import SoftPrompt
 from continual.storage import MANIFEST
 
 TEXTS = ["the red and the blue", "a dog", "the lion and the tiger and the bear were here today"]
@@ -123,7 +124,7 @@ def test_placement_survives_save_load_export_and_import(tiny_backbone, synthetic
     manifest = json.loads((tmp_path / "pool" / MANIFEST).read_text())
     assert manifest["placement"] == "query_layer"
     loaded = PromptPool.load(tmp_path / "pool", tiny_backbone)
-    assert loaded.placement == "query_layer"
+    assert loaded.placement.name == "query_layer"
     assert [p.label for p in loaded.predict(TEXTS)] == [p.label for p in pool.predict(TEXTS)]
 
     exported = pool.export_task("colours", tmp_path / "colours.safetensors")

@@ -21,7 +21,8 @@ from continual import (
     TaskEntry,
     TrainingConfig,
 )
-from continual.storage import FORMAT_VERSION, MANIFEST
+from continual.format import FORMAT_VERSION
+from continual.storage import MANIFEST
 
 
 def snapshot(entry: TaskEntry) -> dict[str, torch.Tensor]:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from continual import ContinualError, SoftPrompt
-from continual.prompt import prompted_features
+from continual.placement import prompted_features
 
 TEXTS = ["the red and the blue", "a dog", "the lion and the tiger and the bear were here today"]
 

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from continual import PoolFormatError, PromptPool, Task, TaskDataError, TaskEntry
-from continual.pool import CALIBRATION_LEVELS
 from continual.prompt import SoftPrompt
+from continual.routing import CALIBRATION_LEVELS
 
 
 def untrained(pool: PromptPool, task: Task) -> TaskEntry:

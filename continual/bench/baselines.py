@@ -29,8 +29,9 @@ from torch import nn
 from ..backbone import Backbone
 from ..data import Task
 from ..metrics import Score
+from ..placement import INPUT
 from ..progress import Progress
-from ..prompt import SoftPrompt, prompted_features
+from ..prompt import SoftPrompt
 from .results import Cost
 
 
@@ -90,7 +91,7 @@ class ClassIncremental:
         batch = self.backbone.tokenize(texts)
         ids, mask = batch["input_ids"], batch["attention_mask"]
         if self.prompt is not None:
-            return prompted_features(self.backbone, self.prompt(len(texts)), ids, mask)
+            return INPUT.features(self.backbone, self.prompt(len(texts)), ids, mask)
         if self.encoder is not None:
             hidden = self.encoder(
                 input_ids=ids, attention_mask=mask, **self.backbone.extra_inputs(mask)

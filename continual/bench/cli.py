@@ -9,7 +9,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from ..extras import require
-from ..prompt import PLACEMENTS
+from ..options import add_device_options, add_placement_option, add_run_options
 from .config import QUICK_METHODS, BenchmarkConfig, quick
 from .methods import METHODS
 
@@ -27,7 +27,6 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"any of: {' '.join(METHODS)} (default: all; with --quick, {' '.join(QUICK_METHODS)})",
     )
     parser.add_argument("--out", type=Path, help="result folder (default results/<sequence>)")
-    parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--orders", type=int, help="task orders to average over (default 1)")
     parser.add_argument("--train-per-label", type=int, help="(gen3: examples per task)")
     parser.add_argument("--test-per-label", type=int, help="(gen3: examples per task)")
@@ -44,21 +43,8 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         "MiniLM, the middle layer of another --backbone)",
     )
     parser.add_argument("--max-length", type=int, help="tokens per input (default 64)")
-    parser.add_argument(
-        "--placement",
-        choices=list(PLACEMENTS),
-        help="where the pool's prompts go: before the input, or deep from the query layer on "
-        "(routed in the same pass)",
-    )
-    parser.add_argument(
-        "--device", default="cpu", help="cpu, cuda, cuda:1... or auto (the GPU if there is one)"
-    )
-    parser.add_argument(
-        "--dtype",
-        default="float32",
-        choices=["float32", "bfloat16", "float16"],
-        help="precision of the frozen backbone (prompts and heads stay float32)",
-    )
+    add_placement_option(parser, default=None, what="the benchmark's pools")
+    add_device_options(parser, dtype_default="float32")
     parser.add_argument(
         "--quick", action="store_true", help="small data, one order: a few minutes on a laptop CPU"
     )
@@ -67,12 +53,12 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="continue an interrupted run in --out with the same options",
     )
-    parser.add_argument("--no-progress", action="store_true")
+    add_run_options(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> BenchmarkConfig:
     from ..errors import ContinualError
-    from ..learner import check_seed
+    from ..trainer import check_seed
 
     check_seed(args.seed, "--seed")
     for key in ("orders", "train_per_label", "test_per_label", "epochs", "finetune_epochs"):

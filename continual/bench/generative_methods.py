@@ -14,18 +14,20 @@ import copy
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
-from typing import TypeVar
+from dataclasses import asdict, dataclass, field
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
 
 from ..backbone import Backbone
-from ..generate import generate, target_token_ids, teacher_forced_loss
+from ..entry import TaskEntry
+from ..generate import generate, target_token_ids
 from ..metrics import task_metric_scores
 from ..progress import Progress
 from ..prompt import SoftPrompt
-from .generative_corpora import EXACT_MATCH, GenerativeTask, Pair
+from ..text_training import teacher_forced_loss
+from .generative_corpora import EXACT_MATCH, GenerativeTask, Pair, Sizes
 from .results import Cost
 
 T = TypeVar("T")
@@ -56,6 +58,44 @@ class GenerativeSettings:
     shots: int = 3
     eval_batch_size: int = 16
     seed: int = 0
+
+
+@dataclass
+class GenerativeConfig:
+    """Everything that defines a generative run; recorded in every run file.
+
+    Attributes:
+        sequence: a key of `GENERATIVE_SEQUENCES`.
+        methods: names from `GENERATIVE_METHODS`, run in this order.
+        sizes: examples per task in each split.
+        settings: training and decoding settings shared by all methods.
+        backbone: a causal LM (hub name, folder or ``.gguf``); None: SmolLM2-135M-Instruct
+            from its pinned wheel.
+    """
+
+    sequence: str = "gen3"
+    methods: tuple[str, ...] = ()
+    sizes: Sizes = field(default_factory=Sizes)
+    settings: GenerativeSettings = field(default_factory=GenerativeSettings)
+    backbone: str | None = None
+
+    def shaping(self) -> dict[str, Any]:
+        """What shapes results (not which methods run)."""
+        data = asdict(self)
+        data.pop("methods")
+        return data
+
+
+@dataclass
+class GenerativeContext:
+    """What every method of a run shares: the backbone and settings, and the pool's trained
+    entries and answers per (task, text), which both pool methods reuse."""
+
+    backbone: Backbone
+    config: GenerativeConfig
+    progress: bool
+    pool_entries: dict[str, TaskEntry] = field(default_factory=dict)
+    pool_answers: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass

@@ -9,19 +9,15 @@ recomputed as a pool grows.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from ..learner import TrainingConfig, train_task
 from ..pool import PromptPool
 from .generative_corpora import GenerativeTask
-from .generative_methods import Answers, GenerativeMethod
+from .generative_methods import Answers, GenerativeContext, GenerativeMethod
 from .methods import routed_tasks
 from .results import Cost
-
-if TYPE_CHECKING:
-    from .generative_runner import GenerativeContext
 
 
 class PoolMethod(GenerativeMethod):

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -20,48 +20,21 @@ import numpy as np
 
 from .. import metrics
 from ..backbone import Backbone
-from ..entry import TaskEntry
 from ..errors import ContinualError
-from ..files import sha256_file
+from ..files import atomic_write_bytes, sha256_file
 from ..progress import say
-from ..storage import atomic_write_bytes
 from .generative_corpora import GenerativeTask, Sizes, load_generative_sequence
 from .generative_methods import (
     FineTuned,
+    GenerativeConfig,
+    GenerativeContext,
     GenerativeMethod,
-    GenerativeSettings,
     SharedPrompt,
     WrittenPrompt,
 )
 from .memory import PeakMemory
 from .results import empty_matrix
 from .runner import _versions
-
-
-@dataclass
-class GenerativeConfig:
-    """Everything that defines a generative run; recorded in every run file.
-
-    Attributes:
-        sequence: a key of `GENERATIVE_SEQUENCES`.
-        methods: names from `GENERATIVE_METHODS`, run in this order.
-        sizes: examples per task in each split.
-        settings: training and decoding settings shared by all methods.
-        backbone: a causal LM (hub name, folder or ``.gguf``); None: SmolLM2-135M-Instruct
-            from its pinned wheel.
-    """
-
-    sequence: str = "gen3"
-    methods: tuple[str, ...] = ()
-    sizes: Sizes = field(default_factory=Sizes)
-    settings: GenerativeSettings = field(default_factory=GenerativeSettings)
-    backbone: str | None = None
-
-    def shaping(self) -> dict[str, Any]:
-        """What shapes results (not which methods run)."""
-        data = asdict(self)
-        data.pop("methods")
-        return data
 
 
 def quick_generative(config: GenerativeConfig) -> GenerativeConfig:
@@ -71,18 +44,6 @@ def quick_generative(config: GenerativeConfig) -> GenerativeConfig:
         sizes=Sizes(train=24, validation=4, test=8),
         settings=replace(config.settings, epochs=1, max_input_tokens=24, shots=1),
     )
-
-
-@dataclass
-class GenerativeContext:
-    """What every method of a run shares: the backbone and settings, and the pool's trained
-    entries and answers per (task, text), which both pool methods reuse."""
-
-    backbone: Backbone
-    config: GenerativeConfig
-    progress: bool
-    pool_entries: dict[str, TaskEntry] = field(default_factory=dict)
-    pool_answers: dict[tuple[str, str], str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

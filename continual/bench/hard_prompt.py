@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import torch
 
-from ..backbone import Backbone, _last_pool
+from ..backbone import Backbone, last_pool
 from ..data import Task
 from ..metrics import Score
 from ..verbalizer import label_word_weight, output_embeddings
@@ -74,7 +74,7 @@ class HardPrompt:
             hidden = backbone.model(
                 input_ids=batch["input_ids"], attention_mask=mask, **backbone.extra_inputs(mask)
             ).last_hidden_state
-            out.append(_last_pool(hidden.float(), mask) @ weight.T)
+            out.append(last_pool(hidden.float(), mask) @ weight.T)
         return torch.cat(out)
 
     def evaluate(self, task: Task) -> Score:

@@ -20,11 +20,12 @@ import numpy as np
 from ..backbone import Backbone
 from ..data import Task
 from ..entry import TaskEntry
+from ..files import atomic_write_bytes
 from ..learner import TrainingConfig, train_task
 from ..metrics import Score
 from ..pool import PromptPool
 from ..selector import DEFAULT_SELECTOR
-from ..storage import atomic_write_bytes, read_entries, write_entries
+from ..storage import read_entries, write_entries
 from .config import BenchmarkConfig
 from .results import Cost
 
@@ -110,7 +111,7 @@ class TrainedPrompts:
                 self.training,
                 seed=self.config.seed,
                 progress=self.progress,
-                placement=self.config.placement,  # type: ignore[arg-type]
+                placement=self.config.placement,
             )
             if self.cache is not None:
                 records = write_entries(self.cache, list(self.entries.values()))
@@ -153,7 +154,7 @@ class PoolMethod:
         self.pool = PromptPool(
             context.backbone,
             prompt_length=context.config.prompt_length,
-            placement=context.config.placement,  # type: ignore[arg-type]
+            placement=context.config.placement,
             selector=selector,
             training=context.prompts.training,
         )

@@ -24,8 +24,8 @@ from .. import metrics
 from ..backbone import Backbone
 from ..data import Task
 from ..errors import ContinualError
+from ..files import atomic_write_bytes
 from ..progress import say
-from ..storage import atomic_write_bytes
 from .config import BenchmarkConfig, shaping_of
 from .memory import PeakMemory
 from .methods import METHODS, Context, MethodSpec, TrainedPrompts

@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 from test_boundaries import COOL, WARM, invoke, one_line, sentences, snapshot, write_csv
 
+from continual.exported import read_export_file
 from continual.format import MAX_TASK_NAME
-from continual.storage import MANIFEST, pool_folder_of, read_export_file, read_manifest
+from continual.storage import MANIFEST, pool_folder_of, read_manifest
 
 LEARN = ("--epochs", "1", "--prompt-length", "4", "--max-length", "32", "--no-progress")
 

@@ -326,10 +326,11 @@ def test_stacked_prompts_follow_the_backbone_to_another_device(setup, tiny_model
 
     pool = PromptPool.load(setup[0], Backbone.load(tiny_model_dir, max_length=32))
     pool.predict(TEXTS[:2], tasks="colours")  # stacks the prompts and heads on the CPU
-    assert pool._stack()[0].device.type == "cpu"
+    assert pool._stack().prompts.device.type == "cpu"
     pool.backbone.model.to("meta")  # another device, as .to("cuda") would be
-    prompts, weights, biases = pool._stack()
-    assert {prompts.device.type, weights.device.type, biases.device.type} == {"meta"}
+    stacked = pool._stack()
+    devices = {stacked.prompts.device.type, stacked.weights.device.type, stacked.biases.device.type}
+    assert devices == {"meta"}
 
 
 def test_task_names_are_checked_by_the_api(setup):  # noqa: F811

@@ -18,8 +18,7 @@ from typing import Any
 from torch import nn
 
 from ...errors import PoolFormatError
-from ...files import read_regular_file
-from ...storage import atomic_write_bytes
+from ...files import atomic_write_bytes, read_regular_file
 
 CHECKPOINT_FILE = "avalanche_strategy.json"
 CLOCK_KEYS = (

@@ -13,8 +13,8 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ...backbone import Backbone
+from ...classifier import ClassifierBatch, ClassifierSteps
 from ...errors import TaskDataError
-from ...learner import ClassifierBatch, ClassifierSteps
 from .convert import decode_ids, token_ids
 from .model import PromptPoolModel
 

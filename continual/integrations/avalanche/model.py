@@ -18,10 +18,10 @@ from typing import Literal
 import torch
 from torch import nn
 
+from ...classifier import PromptedClassifier
 from ...errors import ContinualError, TaskDataError
-from ...learner import PromptedClassifier
+from ...placement import INPUT
 from ...pool import PromptPool
-from ...prompt import prompted_features
 from ...selector import UNKNOWN_TASK, OracleSelector
 from .convert import attention_mask, pad_token_id
 
@@ -216,7 +216,7 @@ class PromptPoolModel(nn.Module):
         rows = (~refused).nonzero().squeeze(1)
         if len(rows):
             index = routed[rows]
-            features = prompted_features(self.pool.backbone, prompts[index], ids[rows], mask[rows])
+            features = INPUT.features(self.pool.backbone, prompts[index], ids[rows], mask[rows])
             for task in index.unique().tolist():
                 chosen = index == task
                 _, weight, bias = entries[task]

@@ -20,14 +20,10 @@ from avalanche.training.templates import SupervisedTemplate
 from torch import nn
 from torch.utils.data import DataLoader
 
+from ...classifier import ClassifierBatch
 from ...data import Task
 from ...errors import ContinualError, TaskDataError
-from ...learner import (
-    ClassifierBatch,
-    classifier_entry,
-    entry_stats,
-    new_classifier,
-)
+from ...learner import classifier_entry, entry_stats, new_classifier
 from ...pool import PromptPool
 from ...selector import OracleSelector
 from ...trainer import Trainer, TrainingResult
@@ -167,7 +163,7 @@ class PromptPoolStrategy(SupervisedTemplate):
         refuse_plugins(plugins or ())
         if isinstance(pool.selector, OracleSelector) and task_labels is False:
             raise ContinualError("the oracle selector needs task labels; pass task_labels=True")
-        if pool.placement != "input":
+        if pool.placement.deep:
             raise ContinualError(
                 f"PromptPoolStrategy trains prompts at the input; this pool's placement is "
                 f"{pool.placement!r} (use PromptPool.learn for deep prompts)"
