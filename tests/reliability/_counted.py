@@ -1,7 +1,7 @@
 """Hypothesis properties that count the examples they ran, and where counts are recorded.
 
 When a module finishes, its counts are compared with each property's ``max_examples``, so the
-figures the README quotes (how many generated inputs a run checks) are measured, not assumed.
+figures the guarantees page quotes (how many generated inputs a run checks) are measured, not assumed.
 With ``$CONTINUAL_COUNTS`` set to a file, every count is appended there as one JSON line;
 ``benchmarks/guarantees.py`` runs the suites several times that way and writes the figures.
 """
