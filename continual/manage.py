@@ -25,7 +25,7 @@ from .storage import (
     PoolLock,
     check_labels,
     check_pool_folder,
-    read_entries,
+    check_records,
     read_generation,
     read_manifest,
     read_task_file,
@@ -54,7 +54,7 @@ def remove_task(pool_dir: str | os.PathLike, name: str, *, wait: float = 0.0) ->
     with PoolLock(pool_dir, timeout=wait):
         manifest = read_manifest(pool_dir)
         record = _record(manifest, pool_dir, name)
-        read_entries(pool_dir, manifest)  # the rest must be intact before the pool is rewritten
+        check_records(pool_dir, manifest)  # the manifest is rewritten: its records must hold
         manifest["tasks"] = [r for r in manifest["tasks"] if r is not record]
         write_manifest(pool_dir, manifest)
         remove_unreferenced(pool_dir, {r["file"] for r in manifest["tasks"]})
@@ -108,7 +108,7 @@ def import_task(
         records: list[Any] = []
         if (pool_dir / MANIFEST).exists():
             manifest = read_manifest(pool_dir)
-            read_entries(pool_dir, manifest)  # the pool must be intact before it is rewritten
+            check_records(pool_dir, manifest)  # the manifest is rewritten: its records must hold
             config = PoolConfig.from_manifest(manifest, pool_dir / MANIFEST)
             records = manifest["tasks"]
         else:

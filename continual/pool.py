@@ -437,6 +437,9 @@ class PromptPool:
             for entry in saved_entries(pool_dir, manifest, known):
                 pool.add(entry)
         pool._files.remember(pool_dir, manifest, pool.entries)
+        if pool.entries:
+            # Routing's pooled statistics are built here, not by the first routed batch.
+            pool.selector.prepare(pool._states())
         return pool
 
     # -- managing tasks -----------------------------------------------------------------------

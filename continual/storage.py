@@ -210,8 +210,9 @@ def read_manifest(pool_dir: str | os.PathLike) -> dict:
     return manifest
 
 
-def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torch.Tensor]:
-    """One task's tensors, after checking the file's sha256 against the manifest."""
+def task_file_path(pool_dir: Path, relative: object) -> Path:
+    """Where a manifest's task file lies, after checking that its name stays inside the pool's
+    own tasks/ folder (a hand-edited manifest must not point a read anywhere else)."""
     if (
         not isinstance(relative, str)
         or not relative.startswith(f"{TASKS_DIR}/")
@@ -235,6 +236,12 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
         raise PoolFormatError(f"{error}; cannot read the task file {relative!r}") from None
     if tasks is None:
         raise PoolFormatError(f"{path}: task file missing; the pool is incomplete")
+    return path
+
+
+def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torch.Tensor]:
+    """One task's tensors, after checking the file's sha256 against the manifest."""
+    path = task_file_path(pool_dir, relative)
     try:
         data = files.read_regular_file(
             path,
@@ -371,7 +378,33 @@ def read_entries(
     return entries
 
 
+def check_records(pool_dir: Path, manifest: dict) -> None:
+    """Every task record of ``manifest`` well-formed and its file present, without reading the
+    files: what a disk verb that rewrites the manifest alone needs (adding one task to a pool of
+    1,000 reads none of the others; `PromptPool.load` still checks every checksum)."""
+    for number, record in enumerate(manifest["tasks"]):
+        _record_fields(pool_dir, record, number)
+        path = task_file_path(pool_dir, record["file"])
+        if not _is_regular_file(path):
+            raise PoolFormatError(
+                f"{path}: task file missing or not a regular file; the pool is incomplete"
+            )
+
+
 def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry:
+    generation, labels, stats = _record_fields(pool_dir, record, number)
+    assert isinstance(record, dict)  # checked by _record_fields
+    tensors = read_task_file(pool_dir, record["file"], record["sha256"])
+    missing = required_tensors(generation) - set(tensors)
+    if missing:
+        raise PoolFormatError(f"{pool_dir / record['file']}: missing tensors {sorted(missing)}")
+    return TaskEntry.from_tensors(record["name"], labels, tensors, stats, generation)
+
+
+def _record_fields(
+    pool_dir: Path, record: object, number: int
+) -> tuple[Generation | None, list[str], dict]:
+    """A manifest task record's generation settings, labels and stats, each checked."""
     where = f"{pool_dir / MANIFEST}, task {number}"
     if not isinstance(record, dict):
         raise PoolFormatError(f"{where}: expected an object")
@@ -385,11 +418,7 @@ def _entry_from_record(pool_dir: Path, record: object, number: int) -> TaskEntry
     stats = record.get("stats") or {}
     if not isinstance(stats, dict):
         raise PoolFormatError(f"{where}: field 'stats' must be an object")
-    tensors = read_task_file(pool_dir, record["file"], record["sha256"])
-    missing = required_tensors(generation) - set(tensors)
-    if missing:
-        raise PoolFormatError(f"{pool_dir / record['file']}: missing tensors {sorted(missing)}")
-    return TaskEntry.from_tensors(record["name"], labels, tensors, stats, generation)
+    return generation, labels, stats
 
 
 class PoolLock:

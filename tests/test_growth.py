@@ -101,6 +101,31 @@ def test_reload_reads_only_added_tasks_and_drops_removed_ones(
     assert [p.label for p in reloaded.predict(texts)] == [p.label for p in fresh.predict(texts)]
 
 
+def test_load_builds_the_pooled_statistics_and_reload_updates_them(
+    copy, saved, tiny_backbone, monkeypatch
+):
+    import continual.gaussian_selector as gaussian
+
+    summed: list[int] = []
+    original = gaussian.summed_scatter
+
+    def counted(states, **options):
+        summed.append(len(states))
+        return original(states, **options)
+
+    monkeypatch.setattr(gaussian, "summed_scatter", counted)
+    pool = PromptPool.load(copy, tiny_backbone)
+    assert summed == [4]  # at load: the first routed batch costs what the next ones do
+    pool.predict(["red and green"])
+    assert summed == [4]
+    import_task(copy, saved[1], name="colours-4")
+    remove_task(copy, "colours-2")
+    reloaded = pool.reload(copy)
+    assert summed == [4, 1, 1]  # the added task's factors added, the removed one's subtracted
+    reloaded.predict(["red and green"])
+    assert summed == [4, 1, 1]
+
+
 def test_reload_of_a_folder_with_other_settings_loads_it_whole(copy, tiny_backbone, monkeypatch):
     pool = PromptPool.load(copy, tiny_backbone)
     manifest = json.loads((copy / MANIFEST).read_text())

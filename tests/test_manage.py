@@ -207,6 +207,39 @@ def test_cli_export_import_round_trip_into_a_fresh_pool(pool_dir, backbone, tmp_
     assert PromptPool.load(fresh_dir, backbone).tasks == ["animals-2"]
 
 
+def test_import_and_remove_read_no_other_task_file(pool_dir, backbone, tmp_path, monkeypatch):
+    """Adding or removing one task rewrites the manifest and reads none of the other tasks'
+    files (a pool of 1,000 tasks would pay 1,000 checksums); load still checks every one, so
+    a file damaged before is reported then, and a missing one refuses the change at once."""
+    import continual.storage as storage
+    from continual.manage import export_task, import_task, remove_task
+
+    exported = export_task(pool_dir, "animals", tmp_path / "animals.safetensors")
+    manifest = json.loads((pool_dir / MANIFEST).read_text())
+    colours = pool_dir / next(r["file"] for r in manifest["tasks"] if r["name"] == "colours")
+    data = bytearray(colours.read_bytes())
+    data[-1] ^= 1  # damaged behind the pool's back
+    colours.write_bytes(bytes(data))
+    reads: list[str] = []
+    real = storage.read_task_file
+    monkeypatch.setattr(storage, "read_task_file", lambda *a: reads.append(a[1]) or real(*a))
+    import_task(pool_dir, exported, name="animals-2")
+    remove_task(pool_dir, "animals")
+    assert reads == []
+    monkeypatch.undo()
+    names = [r["name"] for r in json.loads((pool_dir / MANIFEST).read_text())["tasks"]]
+    assert names == ["colours", "animals-2"]
+    with pytest.raises(PoolFormatError, match=f"{colours.name}: checksum mismatch"):
+        PromptPool.load(pool_dir, backbone)
+    colours.unlink()
+    before = files(pool_dir)
+    with pytest.raises(PoolFormatError, match="task file missing"):
+        import_task(pool_dir, exported, name="animals-3")
+    with pytest.raises(PoolFormatError, match="task file missing"):
+        remove_task(pool_dir, "animals-2")
+    assert files(pool_dir) == before
+
+
 def test_cli_predict_min_score(pool_dir, backbone):
     given = ("--backbone", backbone.name)  # a local model folder: named by the user
     code, out, err = invoke("predict", pool_dir, *TEXTS[:2], *given)

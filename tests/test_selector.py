@@ -113,17 +113,30 @@ def test_gaussian_terms_are_cached_per_set_of_tasks_and_never_stale():
     assert torch.allclose(selector.task_scores(test[0], states[:2]), first)
 
 
-def test_gaussian_own_scores_are_cached_per_task_and_dropped_with_the_task():
+def test_gaussian_own_scores_judge_each_task_alone_and_keep_nothing_per_task():
+    data = wide_clusters()
+    queries = torch.cat(data)
+    selector = GaussianSelector(rank=8)
+    states = [selector.fit_task(points, []) for points in data]
+    for state in states:
+        own = selector.own_scores(queries, state)
+        # The same as a selector holding no other task, which inverts the (H, H) matrix.
+        alone = GaussianSelector(rank=8).task_scores(queries, [state])[:, 0]
+        assert torch.allclose(own, alone, rtol=1e-5, atol=1e-3)
+    assert len(selector._own) == 0  # low-rank states are scored from their factors
+    assert selector._pooled is None  # and never touch the pooled statistics
+
+
+def test_gaussian_own_scores_of_dense_states_are_cached_and_dropped_with_the_task():
     import copy
     import gc
     import pickle
 
     _, train, test = gaussian_clusters()
-    selector = GaussianSelector()
+    selector = GaussianSelector(rank=None)
     states = [selector.fit_task(points, []) for points in train]
     own = [selector.own_scores(test[0], state) for state in states]
     for state, scores in zip(states, own):
-        # Judged by its state alone: the same as a selector that holds no other task.
         assert torch.allclose(scores, GaussianSelector().task_scores(test[0], [state])[:, 0])
         assert torch.equal(selector.own_scores(test[0], state), scores)  # from the cache
     assert len(selector._own) == 3
