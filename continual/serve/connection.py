@@ -1,8 +1,8 @@
-"""The server's connections, bounded: a listening socket, and a uvicorn server whose
-connections answer 431 to request headers over 16 KiB, and 408 (then close) to headers not
-complete within 10 s or a body not complete within 30 s.
+"""Bounded connections: the listening socket, and a uvicorn server with the limits it lacks.
 
-uvicorn is imported only when a server is built.
+Request headers over 16 KiB get 431; headers not complete within 10 s, or a body not complete
+within 30 s, get 408, and the connection is closed. uvicorn is imported only when a server is
+built.
 """
 
 import asyncio
