@@ -30,7 +30,8 @@ from test_serve import (  # noqa: F401 (setup: a fixture)
 from continual import PromptPool
 from continual.errors import TaskDataError
 from continual.format import MAX_TASK_NAME, pool_has
-from continual.serve import MicroBatcher, PoolHolder, _Job, create_app
+from continual.serve import MicroBatcher, PoolHolder, create_app
+from continual.serve.batching import _Job
 from continual.storage import MANIFEST
 
 TIMEOUT = 1.0  # the test server's header and body read timeouts, seconds
