@@ -15,8 +15,8 @@ import torch
 from sklearn.linear_model import LogisticRegression
 
 from continual import Backbone
-from continual.backbone import last_pool, mean_pool
 from continual.bench.sequences import load_sequence
+from continual.pooling import last_pool, mean_pool
 from continual.selector import build_selector
 
 torch.set_num_threads(2)

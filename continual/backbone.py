@@ -19,7 +19,7 @@ import inspect
 import os
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,9 +42,12 @@ from .families import (
     truncated,
     weights_sha256,
 )
+from .pooling import POOLINGS, Pooling, last_pool, mean_pool
 from .query_cache import QueryCache
+from .tokens import CHARACTERS_PER_TOKEN, tokenize
 
 __all__ = [
+    "CHARACTERS_PER_TOKEN",
     "DEFAULT_MODEL_NAME",
     "DEFAULT_MODEL_PACKAGE",
     "DTYPES",
@@ -56,12 +59,6 @@ __all__ = [
     "resolve_device",
     "resolve_dtype",
 ]
-
-Pooling = Literal["mean", "last"]
-POOLINGS: tuple[str, ...] = ("mean", "last")
-# A text is cut at a space before this many characters a token of max_length before it is
-# tokenized: a fast tokenizer encodes the whole string before it truncates.
-CHARACTERS_PER_TOKEN = 16
 
 
 def _exclusive(method: Callable[..., Any]) -> Callable[..., Any]:
@@ -260,45 +257,14 @@ class Backbone(nn.Module):
     # -- tokens and embeddings -------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         """Token ids and attention mask, padded on the right to the longest text, truncated to
-        max_length.
-
-        A text longer than `CHARACTERS_PER_TOKEN` characters a token is cut at a space before
-        that bound first (words after the cut cannot change the words before it); where the
-        cut text falls short of max_length tokens (very long words), the whole text is used,
-        so the tokens are always those of the whole text.
-        """
-        texts = list(texts)
-        heads = [self._head(text) for text in texts]
-        batch = self._encode_texts(heads)
-        lengths = batch["attention_mask"].sum(dim=1).tolist()
-        short = [n for n, (head, text) in enumerate(zip(heads, texts)) if head is not text]
-        short = [n for n in short if lengths[n] < self.max_length]
-        if short:
-            for number in short:
-                heads[number] = texts[number]
-            batch = self._encode_texts(heads)
+        max_length: those of the whole texts, though a very long text is cut at a space before
+        it is tokenized (`continual.tokens`)."""
+        batch = tokenize(self.tokenizer, texts, self.max_length)
         device = self.device
         return {
             "input_ids": batch["input_ids"].to(device),
             "attention_mask": batch["attention_mask"].to(device),
         }
-
-    def _head(self, text: str) -> str:
-        """``text`` up to the last space before the character bound, or all of it."""
-        bound = CHARACTERS_PER_TOKEN * self.max_length
-        if len(text) <= bound or self.tokenizer.truncation_side != "right":
-            return text
-        space = text.rfind(" ", 0, bound)
-        return text[:space] if space > 0 else text
-
-    def _encode_texts(self, texts: list[str]) -> Any:
-        return self.tokenizer(
-            texts,
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Input embeddings of token ids: (B, n) → (B, n, H), in float32."""
@@ -511,16 +477,3 @@ class Backbone(nn.Module):
     def __setstate__(self, state: dict[str, Any]) -> None:
         super().__setstate__(state)
         self.lock = threading.RLock()
-
-
-def mean_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The mean of the hidden states (B, n, H) at the positions in ``mask`` (B, n): (B, H)."""
-    weights = mask.unsqueeze(-1).to(hidden.dtype)  # (B, n, 1)
-    return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1.0)
-
-
-def last_pool(hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """The hidden state of each row's last attended position (right padding)."""
-    positions = torch.arange(mask.shape[1], device=mask.device)
-    last = (positions * (mask > 0)).argmax(dim=1)  # (B,)
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]

@@ -61,12 +61,17 @@ def write_task_file(pool_dir: Path, tensors: dict[str, torch.Tensor]) -> tuple[s
     return relative, digest
 
 
+def _read_pool_file(path: Path, limit: int, what: str) -> bytes:
+    """A pool's file, never through a link (the pool's files are its own), as `PoolFormatError`."""
+    return files.read_regular_file(
+        path, limit=limit, error=PoolFormatError, what=what, follow_symlinks=False
+    )
+
+
 def _same_regular_file(path: Path, digest: str) -> bool:
     """Whether ``path`` is a regular file (not a link) holding bytes with this sha256."""
     try:
-        data = files.read_regular_file(
-            path, limit=files.MAX_TASK_FILE_BYTES, error=PoolFormatError, follow_symlinks=False
-        )
+        data = _read_pool_file(path, files.MAX_TASK_FILE_BYTES, "file")
     except PoolFormatError:
         return False
     return hashlib.sha256(data).hexdigest() == digest
@@ -192,13 +197,7 @@ def read_manifest(pool_dir: str | os.PathLike) -> dict:
             f"{pool_dir}: not a pool (no {MANIFEST}); give a folder made by PromptPool.save "
             "or 'continual learn'"
         )
-    raw = files.read_regular_file(
-        path,
-        limit=files.MAX_MANIFEST_BYTES,
-        error=PoolFormatError,
-        what="manifest",
-        follow_symlinks=False,
-    )
+    raw = _read_pool_file(path, files.MAX_MANIFEST_BYTES, "manifest")
     try:
         manifest = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as error:
@@ -243,13 +242,7 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
     """One task's tensors, after checking the file's sha256 against the manifest."""
     path = task_file_path(pool_dir, relative)
     try:
-        data = files.read_regular_file(
-            path,
-            limit=files.MAX_TASK_FILE_BYTES,
-            error=PoolFormatError,
-            what="task file",
-            follow_symlinks=False,
-        )
+        data = _read_pool_file(path, files.MAX_TASK_FILE_BYTES, "task file")
     except PoolFormatError as error:
         if "task file not found" in str(error):
             raise PoolFormatError(f"{path}: task file missing; the pool is incomplete") from None

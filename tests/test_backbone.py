@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from continual import Backbone, ContinualError
-from continual.backbone import CHARACTERS_PER_TOKEN
+from continual.tokens import CHARACTERS_PER_TOKEN, cut_at_space, tokenize
 
 TEXTS = ["the red and the blue", "a dog", "the lion and the tiger and the bear were here today"]
 
@@ -142,7 +142,18 @@ def test_long_texts_tokenize_as_the_whole_text_would(tiny_backbone):
     batch = tiny_backbone.tokenize(texts)
     assert batch["input_ids"].tolist() == whole["input_ids"]
     assert batch["attention_mask"].tolist() == whole["attention_mask"]
-    assert tiny_backbone._head(texts[0]) != texts[0]  # the first text was really cut
+    # The first text was really cut.
+    assert cut_at_space(texts[0], tiny_backbone.max_length) != texts[0]
+
+
+def test_a_left_truncating_tokenizer_gets_the_end_of_a_long_text(tiny_backbone):
+    tokenizer = copy.deepcopy(tiny_backbone.tokenizer)
+    tokenizer.truncation_side = "left"
+    texts = ["the quick brown fox jumps. " * 200 + "the lion and the tiger", "a dog"]
+    whole = tokenizer(texts, padding=True, truncation=True, max_length=32)
+    batch = tokenize(tokenizer, texts, 32)
+    assert batch["input_ids"].tolist() == whole["input_ids"]
+    assert batch["attention_mask"].tolist() == whole["attention_mask"]
 
 
 def test_fingerprint_changes_when_embedding_weights_change(tiny_backbone):

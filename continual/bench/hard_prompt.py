@@ -15,9 +15,10 @@ from collections.abc import Sequence
 
 import torch
 
-from ..backbone import Backbone, last_pool
+from ..backbone import Backbone
 from ..data import Task
 from ..metrics import Score
+from ..pooling import last_pool
 from ..verbalizer import label_word_weight, output_embeddings
 from .results import Cost
 

@@ -13,7 +13,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
@@ -203,21 +203,24 @@ class PoolMethod:
         )
 
 
+def _run_settings(context: Context) -> dict[str, Any]:
+    """What every trained baseline takes from the run: batch size, seed and progress."""
+    return {
+        "batch_size": context.config.batch_size,
+        "seed": context.config.seed,
+        "progress": context.progress,
+    }
+
+
 def _finetune(name: str) -> Callable[[Context], ClassIncremental]:
     """Full fine-tuning of a backbone copy: task after task, or (``joint``) all tasks at once."""
 
     def build(context: Context) -> ClassIncremental:
         from .baselines import ClassIncremental
 
-        config = context.config
+        epochs = context.config.finetune_epochs
         return ClassIncremental(
-            name,
-            context.backbone,
-            finetune=True,
-            epochs=config.finetune_epochs,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            progress=context.progress,
+            name, context.backbone, finetune=True, epochs=epochs, **_run_settings(context)
         )
 
     return build
@@ -233,23 +236,16 @@ def _seq_prompt(context: Context) -> ContinualMethod:
         prompt_length=config.prompt_length,
         epochs=config.epochs,
         lr=0.03,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        progress=context.progress,
+        **_run_settings(context),
     )
 
 
 def _linear_probe(context: Context) -> ContinualMethod:
     from .baselines import ClassIncremental
 
-    config = context.config
+    epochs = context.config.epochs * 4
     return ClassIncremental(
-        "linear-probe",
-        context.backbone,
-        epochs=config.epochs * 4,
-        batch_size=config.batch_size,
-        seed=config.seed,
-        progress=context.progress,
+        "linear-probe", context.backbone, epochs=epochs, **_run_settings(context)
     )
 
 
@@ -263,15 +259,12 @@ def _avalanche(strategy: str) -> Callable[[Context], ContinualMethod]:
     def build(context: Context) -> ContinualMethod:
         from .avalanche_baselines import AvalancheMethod
 
-        config = context.config
         return AvalancheMethod(
             strategy,
             context.backbone,
-            epochs=config.finetune_epochs,
-            batch_size=config.batch_size,
-            seed=config.seed,
-            progress=context.progress,
+            epochs=context.config.finetune_epochs,
             device=context.backbone.device,
+            **_run_settings(context),
         )
 
     return build

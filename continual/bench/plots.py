@@ -98,6 +98,11 @@ def _matrix(method: str, R: Any, tasks: int) -> np.ndarray:
     return matrix
 
 
+def _matrices(matrices: Mapping[str, Any], tasks: int) -> dict[str, np.ndarray]:
+    """Each method's T x T matrix R as floats (`_matrix`), the methods given None left out."""
+    return {name: _matrix(name, R, tasks) for name, R in _present(matrices).items()}
+
+
 def _present(mapping: Mapping[str, Any] | None) -> dict[str, Any]:
     """The entries of ``mapping`` whose value is not None, in order."""
     return {name: value for name, value in (mapping or {}).items() if value is not None}
@@ -150,9 +155,8 @@ def plot_forgetting(
     ``measure`` names what R holds (e.g. a generative task's metric) in titles and labels.
     """
     task_names = [str(name) for name in task_names]
-    methods = _present(matrices)
     tasks = len(task_names)
-    prepared = {name: _matrix(name, R, tasks) for name, R in methods.items()}
+    prepared = _matrices(matrices, tasks)
 
     rows, columns = _grid(max(1, len(prepared)))
     figure = Figure(figsize=(3.8 * columns, 3.0 * rows + 0.6), layout="constrained")
@@ -202,9 +206,8 @@ def plot_accuracy_heatmaps(
     stay blank. The colour scale runs from 0 to ``y_max`` and is shared by all panels.
     """
     task_names = [str(name) for name in task_names]
-    methods = _present(matrices)
     tasks = len(task_names)
-    prepared = {name: _matrix(name, R, tasks) for name, R in methods.items()}
+    prepared = _matrices(matrices, tasks)
 
     rows, columns = _grid(max(1, len(prepared)))
     side = max(3.2, 0.5 * tasks + 1.4)

