@@ -44,18 +44,15 @@ from .families import (
 )
 from .pooling import POOLINGS, Pooling, last_pool, mean_pool
 from .query_cache import QueryCache
-from .tokens import CHARACTERS_PER_TOKEN, tokenize
+from .tokens import tokenize
 
 __all__ = [
-    "CHARACTERS_PER_TOKEN",
     "DEFAULT_MODEL_NAME",
     "DEFAULT_MODEL_PACKAGE",
     "DTYPES",
     "POOLINGS",
     "Backbone",
     "default_model_path",
-    "last_pool",
-    "mean_pool",
     "resolve_device",
     "resolve_dtype",
 ]

@@ -366,7 +366,8 @@ def _learn_task(args: argparse.Namespace) -> int:
     from .data import Task
     from .learner import TrainingConfig
     from .pool import PromptPool
-    from .storage import MANIFEST, PoolLock, check_pool_folder
+    from .pool_lock import PoolLock
+    from .storage import MANIFEST, check_pool_folder
 
     check_pool_folder(args.pool)  # before reading data: refuse a folder that is not a pool's
     task = Task.from_files(

@@ -31,7 +31,7 @@ def scatter_of(state: State) -> torch.Tensor:
     return summed_scatter([state])
 
 
-def summed_scatter(states: Sequence[State], chunk: int = 64) -> torch.Tensor:
+def summed_scatter(states: Sequence[State], chunk: int = 32) -> torch.Tensor:
     """The sum of the tasks' covariances (H, H), in float64.
 
     Low-rank factors are multiplied ``chunk`` tasks at a time in one float32 product (one
@@ -52,9 +52,14 @@ def summed_scatter(states: Sequence[State], chunk: int = 64) -> torch.Tensor:
             low_rank.append(state)
     for start in range(0, len(low_rank), chunk):
         part = low_rank[start : start + chunk]
-        factors = torch.cat(
-            [state["basis"].float() * state["variances"].float().sqrt()[:, None] for state in part]
-        )  # (chunk r, H)
+        width = part[0]["basis"].shape[1]
+        factors = torch.empty(sum(len(state["basis"]) for state in part), width)  # (chunk r, H)
+        at = 0
+        for state in part:
+            rows = len(state["basis"])
+            scale = state["variances"].float().sqrt()[:, None]
+            torch.mul(state["basis"].float(), scale, out=factors[at : at + rows])
+            at += rows
         residual = sum(float(state["residual"]) for state in part)
         scatter = (factors.T @ factors).double()
         scatter.diagonal().add_(residual)

@@ -19,10 +19,10 @@ from .errors import ContinualError, PoolFormatError, TaskDataError
 from .exported import read_export_file, write_export_file
 from .format import PoolConfig, entry_from_export, pool_has, quote_name
 from .placement import Placement
+from .pool_lock import PoolLock
 from .selector import build_selector
 from .storage import (
     MANIFEST,
-    PoolLock,
     check_labels,
     check_pool_folder,
     check_records,

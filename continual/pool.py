@@ -102,7 +102,6 @@ class PromptPool:
         self.placement.check_selector(self.selector)
         self.training = training or TrainingConfig()
         self.entries: list[TaskEntry] = []
-        self._stacked: StackedEntries | None = None
         self._files = PoolFiles()  # which entries' files are in which folder already
         check_prompt_length(prompt_length, backbone)
 
@@ -203,7 +202,6 @@ class PromptPool:
         if problem:
             raise PoolFormatError(f"task {entry.name!r}: field 'stats.calibration' {problem}")
         self.entries.append(entry)
-        self._stacked = None
 
     # -- predicting -----------------------------------------------------------------------------
     def _states(self) -> list[State]:
@@ -325,17 +323,13 @@ class PromptPool:
     ) -> torch.Tensor:
         """Logits (B, C) of each row under its own task's prompt and head, in one forward pass.
 
-        ``tasks`` (B,) holds entry indices; C is the most labels of any task, and a task's
-        missing classes get -inf.
+        ``tasks`` (B,) holds entry indices; C is the most labels among the rows' tasks, and a
+        task's missing classes get -inf.
         """
         return self._stack().logits(tasks, input_ids, attention_mask)
 
     def _stack(self) -> StackedEntries:
-        if self._stacked is not None and self._stacked.prompts.device != self.backbone.device:
-            self._stacked = None  # the backbone moved to another device since they were stacked
-        if self._stacked is None:
-            self._stacked = StackedEntries(self.backbone, self.placement, self.entries)
-        return self._stacked
+        return StackedEntries(self.backbone, self.placement, self.entries)
 
     def evaluate(
         self, task: Task | str, examples: Sequence[Example] | None = None, *, oracle: bool = False
@@ -451,7 +445,6 @@ class PromptPool:
         if name not in self.tasks:
             raise TaskDataError(_not_in_pool(name, self.tasks))
         entry = self.entries.pop(self.tasks.index(name))
-        self._stacked = None
         return entry
 
     def export_task(self, name: str, path: str | os.PathLike, *, force: bool = False) -> Path:

@@ -25,10 +25,10 @@ from .format import (
     load_backbone,
 )
 from .learner import TrainingConfig
+from .pool_lock import PoolLock
 from .selector import Selector, build_selector
 from .storage import (
     MANIFEST,
-    PoolLock,
     check_pool_folder,
     read_entries,
     read_manifest,

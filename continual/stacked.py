@@ -1,5 +1,6 @@
-"""Every entry's prompt and head stacked on the backbone's device: what lets one forward pass
-serve a batch whose rows belong to different tasks."""
+"""A pool's entries batched on the backbone's device: each row's own prompt and head, gathered
+for the rows at hand, so that one forward pass serves a batch whose rows belong to different
+tasks."""
 
 from __future__ import annotations
 
@@ -15,21 +16,39 @@ from .selector import UNKNOWN_TASK
 
 
 class StackedEntries:
-    """Prompts (T, L, H) or (T, D, L, H), head weights (T, C, H) and biases (T, C) of a pool's
-    T entries, padded to the most labels C (a task's missing classes get bias -inf)."""
+    """Prompts (B, L, H) or (B, D, L, H), head weights (B, C, H) and biases (B, C) of the entries
+    that a batch's B rows use, padded to the most labels C among them (a task's missing classes
+    get bias -inf).
+
+    Gathered per batch, not kept for every entry: a pool of 1,000 tasks holds no second copy of
+    its prompts and heads, and a backbone moved to another device is followed at the next batch.
+    """
 
     def __init__(self, backbone: Backbone, placement: Placement, entries: Sequence[TaskEntry]):
         self.backbone = backbone
         self.placement = placement
         self.entries = list(entries)
-        classes = max(1, *(len(entry.labels) for entry in entries))
-        device = backbone.device
-        self.weights = torch.zeros(len(entries), classes, backbone.hidden_size, device=device)
-        self.biases = torch.full((len(entries), classes), float("-inf"), device=device)
-        for t, entry in enumerate(entries):
-            self.weights[t, : len(entry.labels)] = entry.head_weight
-            self.biases[t, : len(entry.labels)] = entry.head_bias
-        self.prompts = torch.stack([entry.prompt for entry in entries]).to(device)
+
+    def prompts(self, tasks: torch.Tensor) -> torch.Tensor:
+        """The prompts of the entries ``tasks`` (B,) names, stacked on the backbone's device."""
+        chosen = [self.entries[t].prompt for t in tasks.tolist()]
+        return torch.stack(chosen).to(self.backbone.device)
+
+    def heads(self, tasks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head weights (B, C, H) and biases (B, C) of the entries ``tasks`` (B,) names."""
+        chosen = [self.entries[t] for t in tasks.tolist()]
+        classes = max([1, *(len(entry.labels) for entry in chosen)])
+        weights = torch.zeros(len(chosen), classes, self.backbone.hidden_size)
+        biases = torch.full((len(chosen), classes), float("-inf"))
+        for row, entry in enumerate(chosen):
+            weights[row, : len(entry.labels)] = entry.head_weight
+            biases[row, : len(entry.labels)] = entry.head_bias
+        device = self.backbone.device
+        return weights.to(device), biases.to(device)
+
+    def _classify(self, features: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        weights, biases = self.heads(tasks)
+        return torch.einsum("bh,bch->bc", features, weights) + biases
 
     @torch.no_grad()
     def logits(
@@ -38,9 +57,9 @@ class StackedEntries:
         """Logits (B, C) of each row under its own task's prompt and head (``tasks`` (B,)
         holds entry indices), in one forward pass."""
         features = self.placement.features(
-            self.backbone, self.prompts[tasks], input_ids, attention_mask
+            self.backbone, self.prompts(tasks), input_ids, attention_mask
         )
-        return torch.einsum("bh,bch->bc", features, self.weights[tasks]) + self.biases[tasks]
+        return self._classify(features, tasks)
 
     @torch.no_grad()
     def one_pass_logits(
@@ -57,7 +76,7 @@ class StackedEntries:
         query layer's states in the middle of the pass by ``settle(rows, queries)``, which
         writes ``routed``. Refused rows run under the first task's prompt, their answer unused.
         """
-        length = self.prompts.shape[-2]
+        length = self.entries[0].prompt.shape[-2]
         chosen: list[torch.Tensor] = []
 
         def prompts_for(hidden: torch.Tensor) -> torch.Tensor:
@@ -65,15 +84,14 @@ class StackedEntries:
             if open_at:
                 queries = self.backbone.pool(hidden[open_at, length:], attention_mask[open_at])
                 settle([rows[k] for k in open_at], queries.cpu())
-            index = routed[rows].clamp(min=0).to(self.prompts.device)
+            index = routed[rows].clamp(min=0)
             chosen.append(index)
-            return self.prompts[index]
+            return self.prompts(index)
 
         features = deep_pass(
             self.backbone, input_ids, attention_mask, length, self.backbone.query_layer, prompts_for
         )
-        index = chosen[0]
-        return torch.einsum("bh,bch->bc", features, self.weights[index]) + self.biases[index]
+        return self._classify(features, chosen[0])
 
     def answers(
         self,
@@ -88,7 +106,7 @@ class StackedEntries:
         batch = self.backbone.tokenize([texts[row] for row in rows])
         return generate(
             self.backbone,
-            self.prompts[routed[rows].to(self.backbone.device)],
+            self.prompts(routed[rows]),
             batch["input_ids"],
             batch["attention_mask"],
             [s.max_new_tokens or 1 for s in settings if s is not None],
@@ -134,8 +152,7 @@ class StackedEntries:
                     rows, batch["input_ids"], batch["attention_mask"], routed, settle
                 )
             else:
-                index = routed[rows].to(self.backbone.device)
-                logits = self.logits(index, batch["input_ids"], batch["attention_mask"])
+                logits = self.logits(routed[rows], batch["input_ids"], batch["attention_mask"])
             probabilities = logits.softmax(dim=1)  # padded classes have bias -inf: probability 0
             best, choice = probabilities.max(dim=1)
             for row, label_index, probability in zip(rows, choice.tolist(), best.tolist()):

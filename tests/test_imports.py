@@ -1,5 +1,5 @@
-"""The package's imports: light at ``import continual``, no cycle between modules, and a
-missing extra named in one line."""
+"""The package's imports and rooms: light at ``import continual``, no cycle between modules, no
+module over 500 lines, and a missing extra named in one line."""
 
 from __future__ import annotations
 
@@ -102,6 +102,15 @@ def test_no_module_of_the_package_imports_itself_back():
     assert "continual.pool" in graph and "continual.trainer" in graph["continual.learner"]
     cycle = find_cycle(graph)
     assert cycle is None, " -> ".join(cycle or [])
+
+
+def test_every_module_of_the_package_stays_under_500_lines():
+    sizes = {
+        str(path.relative_to(PACKAGE)): len(path.read_text(encoding="utf-8").splitlines())
+        for path in PACKAGE.rglob("*.py")
+    }
+    assert len(sizes) > 40
+    assert {name: lines for name, lines in sizes.items() if lines > 500} == {}
 
 
 def test_a_cycle_is_found_where_there_is_one():

@@ -357,7 +357,7 @@ def test_real_minilm_save_load_round_trip(real_pool, real_tasks, minilm, tmp_pat
 
 def test_save_is_refused_while_another_writer_holds_the_lock(grown, tmp_path):
     from continual import PoolLockedError
-    from continual.storage import PoolLock
+    from continual.pool_lock import PoolLock
 
     target = tmp_path / "pool"
     shutil.copytree(grown.dir, target)

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import ContinualError
+from ..tokens import CHARACTERS_PER_TOKEN
 
 
 @dataclass(eq=False)
@@ -46,8 +47,6 @@ def token_counts(tokenizer, texts: list[str], max_length: int) -> list[int]:
     would cost as much as a 20,000-character text's whole tokenization): it counts as
     ``max_length``, a bound.
     """
-    from ..backbone import CHARACTERS_PER_TOKEN
-
     counts = [max_length] * len(texts)
     bound = CHARACTERS_PER_TOKEN * max_length
     short = [number for number, text in enumerate(texts) if len(text) <= bound]

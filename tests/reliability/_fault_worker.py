@@ -131,7 +131,8 @@ def learn(pool_dir: str, count: int, saves: int, predict: bool = False) -> int:
     import torch
 
     from continual import PromptPool, TrainingConfig
-    from continual.storage import MANIFEST, PoolLock
+    from continual.pool_lock import PoolLock
+    from continual.storage import MANIFEST
 
     torch.set_num_threads(1)  # the same arithmetic in every process: bit-identical results
     backbone = tiny_backbone()
@@ -160,7 +161,7 @@ def learn(pool_dir: str, count: int, saves: int, predict: bool = False) -> int:
 
 
 def hold_lock(pool_dir: str, hold: float) -> int:
-    from continual.storage import PoolLock
+    from continual.pool_lock import PoolLock
 
     with PoolLock(pool_dir, timeout=0):
         say("locked")

@@ -34,7 +34,8 @@ from safetensors.torch import save as save_safetensors
 from continual import Backbone, ContinualError, PoolFormatError, PromptPool, Task, TaskDataError
 from continual import files as files_module
 from continual.cli import main
-from continual.storage import MANIFEST, PoolLock, remove_unreferenced
+from continual.pool_lock import PoolLock
+from continual.storage import MANIFEST, remove_unreferenced
 
 SETTINGS = dict(
     deadline=None,

@@ -31,7 +31,8 @@ import torch
 from _counted import record_counts
 
 from continual import PoolLockedError, PromptPool
-from continual.storage import MANIFEST, PoolLock, read_manifest, read_task_file
+from continual.pool_lock import PoolLock
+from continual.storage import MANIFEST, read_manifest, read_task_file
 
 pytestmark = pytest.mark.slow  # child processes and SIGKILLs: seconds per test
 

@@ -322,16 +322,18 @@ def test_health_recovers_when_a_bad_manifest_is_restored(setup, tmp_path):  # no
     assert holder.pool.tasks == ["colours", "animals"]
 
 
-def test_stacked_prompts_follow_the_backbone_to_another_device(setup, tiny_model_dir):  # noqa: F811
+def test_gathered_prompts_follow_the_backbone_to_another_device(setup, tiny_model_dir):  # noqa: F811
     from continual import Backbone
 
     pool = PromptPool.load(setup[0], Backbone.load(tiny_model_dir, max_length=32))
-    pool.predict(TEXTS[:2], tasks="colours")  # stacks the prompts and heads on the CPU
-    assert pool._stack().prompts.device.type == "cpu"
+    pool.predict(TEXTS[:2], tasks="colours")
+    rows = torch.tensor([1, 0, 1])
+    assert pool._stack().prompts(rows).device.type == "cpu"
     pool.backbone.model.to("meta")  # another device, as .to("cuda") would be
-    stacked = pool._stack()
-    devices = {stacked.prompts.device.type, stacked.weights.device.type, stacked.biases.device.type}
-    assert devices == {"meta"}
+    weights, biases = pool._stack().heads(rows)
+    prompts = pool._stack().prompts(rows)
+    assert {prompts.device.type, weights.device.type, biases.device.type} == {"meta"}
+    assert prompts.shape[0] == weights.shape[0] == biases.shape[0] == 3
 
 
 def test_task_names_are_checked_by_the_api(setup):  # noqa: F811

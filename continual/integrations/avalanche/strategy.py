@@ -170,7 +170,6 @@ class PromptPoolStrategy(SupervisedTemplate):
             )
         if device is not None:
             pool.backbone.to(device)
-            pool._stacked = None  # stacked prompts and heads were built on the old device
         model_ = PromptPoolModel.for_pool(pool, class_ids, STATS_KEY)
         model_.use_task_labels = task_labels
         self._class_ids = ClassIds(self._taken_class_ids)
