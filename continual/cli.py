@@ -100,7 +100,9 @@ def _load_pool(args: argparse.Namespace) -> PromptPool:
 
 def _learn(args: argparse.Namespace) -> int:
     """``continual learn``; under torchrun or ``accelerate launch`` every process trains the
-    task data-parallel and rank 0 alone writes the pool (see `continual.manage.learn_into_folder`)."""
+    task data-parallel and rank 0 alone writes the pool (see `manage.learn_into_folder`)."""
+    import dataclasses
+
     from . import distributed
     from .data import Task
     from .format import check_task_name
@@ -125,14 +127,9 @@ def _learn(args: argparse.Namespace) -> int:
         stop=args.stop,
         seed=args.seed,
     )
-    new_pool = NewPoolSettings(
-        prompt_length=args.prompt_length,
-        placement=args.placement,
-        selector=args.selector,
-        head=args.head,
-        max_length=args.max_length,
-        pooling=args.pooling,
-    )
+    # The options for a new pool are named as the settings' fields.
+    fields = dataclasses.fields(NewPoolSettings)
+    new_pool = NewPoolSettings(**{field.name: getattr(args, field.name) for field in fields})
     learned = learn_into_folder(
         args.pool,
         task,
