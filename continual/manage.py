@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import distributed
-from .backbone import Backbone, Pooling
+from .backbone import Backbone
 from .data import Task, read_examples
 from .entry import TaskEntry
 from .errors import ContinualError, PoolFormatError, TaskDataError
@@ -29,6 +29,7 @@ from .learner import TrainingConfig
 from .metrics import Score
 from .placement import Placement
 from .pool import PromptPool
+from .pooling import Pooling
 from .selector import build_selector
 from .storage import (
     MANIFEST,
