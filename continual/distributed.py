@@ -9,9 +9,10 @@ for a single process when there is no group: a plain ``python`` run needs none a
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.distributed as dist
@@ -81,6 +82,23 @@ def init(device: str | torch.device = "cpu") -> bool:
     else:
         dist.init_process_group("gloo")
     return active()
+
+
+@contextlib.contextmanager
+def process_group(device: str) -> Iterator[str]:
+    """Inside: this process in the launcher's process group, if it was launched as one of
+    several (`init`), and the device it works on (`rank_device`). A group made here is left
+    on the way out; one that existed before is kept."""
+    if not launched():
+        yield device
+        return
+    device = str(rank_device(device))
+    made = not active() and init(device)
+    try:
+        yield device
+    finally:
+        if made:
+            teardown()
 
 
 def active() -> bool:

@@ -23,9 +23,9 @@ REPORT = re.compile(r"<!-- report: (results/[\w./-]+) -->")
 # -- the command line ------------------------------------------------------------------------------
 def cli_reference() -> str:
     """Markdown for every ``continual`` subcommand: usage, arguments, options, defaults."""
-    from continual.cli import _parser
+    from continual.cli_parser import build_parser
 
-    parser = _parser()
+    parser = build_parser()
     parts = [_parser_section(parser, "continual", parser.description or "")]
     for name, (sub, summary) in subcommands(parser).items():
         parts.append(_parser_section(sub, f"continual {name}", summary))

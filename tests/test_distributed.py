@@ -72,6 +72,8 @@ def test_a_plain_process_makes_no_group(monkeypatch):
     distributed.check_same([torch.ones(2)], "prompts")  # nothing to compare with
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not distributed.launched()
+    with distributed.process_group("cpu") as device:  # joins nothing, keeps the device
+        assert device == "cpu" and not distributed.active()
 
 
 def test_a_launch_without_a_rendezvous_is_refused(monkeypatch):

@@ -18,8 +18,14 @@ from conftest import ANIMALS, COLOURS, synthetic_pairs
 
 from continual import Backbone, PromptPool, Task, TrainingConfig
 from continual.cli import main
-from continual.errors import PoolFormatError, TaskDataError
+from continual.errors import ContinualError, PoolFormatError, TaskDataError
 from continual.exported import read_export_file, write_export_file
+from continual.manage import (
+    NewPoolSettings,
+    evaluate_file,
+    learn_into_folder,
+    pool_info,
+)
 from continual.storage import MANIFEST
 
 TEXTS = [
@@ -149,6 +155,126 @@ def test_predict_mixes_forced_and_routed_rows_and_refuses_below_min_score(saved,
         pool.predict(TEXTS, min_score="high")
     with pytest.raises(TaskDataError, match="unknown task"):
         pool.predict(TEXTS, tasks=[None, "nope", None, None, None])
+
+
+# -- the verbs on a folder ------------------------------------------------------------------------
+NEW_POOL = NewPoolSettings(prompt_length=4, selector="prototypes", max_length=32)
+
+
+def learn_quietly(pool_dir: Path, task: Task, backbone_dir: Path, **options):
+    return learn_into_folder(
+        pool_dir,
+        task,
+        backbone=str(backbone_dir),
+        new_pool=NEW_POOL,
+        epochs=1,
+        progress=False,
+        **options,
+    )
+
+
+def test_learn_into_folder_makes_a_pool_then_adds_to_it(tiny_model_dir, tasks, tmp_path):
+    folder = tmp_path / "made"
+    learned = learn_quietly(folder, tasks[0], tiny_model_dir)
+    assert learned.entry is not None and learned.entry.name == "colours"
+    assert (learned.rank, learned.world_size) == (0, 1)
+    assert learned.score is not None and learned.score.task == "colours"
+    assert learned.score.examples == len(tasks[0].test)
+    pool = PromptPool.load(folder, str(tiny_model_dir))
+    assert pool.tasks == ["colours"] and pool.prompt_length == 4
+    assert pool.selector.config()["name"] == "prototypes"
+    assert pool.backbone.max_length == 32
+    for key, tensor in learned.entry.tensors().items():
+        assert torch.equal(pool.entries[0].tensors()[key], tensor)
+    # A second task joins the pool; the first one's file is not rewritten.
+    first = files(folder)
+    added = learn_quietly(folder, tasks[1], tiny_model_dir, seed=3)
+    assert added.entry is not None and added.entry.stats["seed"] == 3
+    assert PromptPool.load(folder, str(tiny_model_dir)).tasks == ["colours", "animals"]
+    after = files(folder)
+    assert all(after[name] == data for name, data in first.items() if name.startswith("tasks"))
+
+
+def test_learn_into_folder_refuses_a_taken_name_unless_resuming(pool_dir, tiny_model_dir, tasks):
+    state = files(pool_dir)
+    with pytest.raises(ContinualError) as refused:
+        learn_quietly(pool_dir, tasks[0], tiny_model_dir)
+    assert str(refused.value) == (
+        f"task 'colours' is already in {pool_dir}; choose another --task name"
+    )
+    assert learn_quietly(pool_dir, tasks[0], tiny_model_dir, resume=True).entry is None
+    assert files(pool_dir) == state
+
+
+def test_learn_into_folder_refuses_a_pool_of_another_backbone(
+    pool_dir, tasks, make_tiny_model, tokenizer, tmp_path
+):
+    other = tmp_path / "other-model"
+    make_tiny_model(1).save_pretrained(other)
+    tokenizer.save_pretrained(other)
+    state = files(pool_dir)
+    with pytest.raises(PoolFormatError) as loading:
+        PromptPool.load(pool_dir, str(other))
+    with pytest.raises(PoolFormatError) as learning:
+        learn_quietly(pool_dir, tasks[2], other)
+    assert "weights_sha256 differs" in str(learning.value)
+    assert str(learning.value) == str(loading.value)  # the message loading gives
+    assert files(pool_dir) == state
+    # A file where the pool's folder should be is refused before anything is loaded.
+    (tmp_path / "a-file").write_text("x")
+    with pytest.raises(PoolFormatError, match="not a folder"):
+        learn_quietly(tmp_path / "a-file", tasks[2], other)
+
+
+def test_pool_info_reports_settings_and_tasks_without_a_backbone(saved, backbone):
+    info = pool_info(saved)
+    loaded = PromptPool.load(saved, backbone)
+    assert info.pool == saved and info.backbone == backbone.fingerprint()["name"]
+    assert (info.hidden_size, info.prompt_length, info.placement) == (32, 4, "input")
+    assert info.selector == loaded.selector.config()
+    assert [task.name for task in info.tasks] == ["colours", "animals"]
+    manifest = json.loads((saved / MANIFEST).read_text())
+    for task, entry, record in zip(info.tasks, loaded.entries, manifest["tasks"]):
+        assert task.labels == entry.labels and task.generation is None
+        assert task.stats == entry.stats
+        assert task.bytes == (saved / record["file"]).stat().st_size
+    summary = info.to_dict()
+    assert list(summary) == [
+        "pool",
+        "backbone",
+        "hidden_size",
+        "prompt_length",
+        "placement",
+        "selector",
+        "tasks",
+    ]
+    assert summary["pool"] == str(saved)
+    assert list(summary["tasks"][0]) == ["name", "labels", "generation", "bytes", "stats"]
+    json.dumps(summary, allow_nan=False)
+
+
+def test_pool_info_refuses_a_damaged_task_file(pool_dir):
+    record = json.loads((pool_dir / MANIFEST).read_text())["tasks"][1]
+    (pool_dir / record["file"]).write_bytes(b"not the task")
+    with pytest.raises(PoolFormatError, match="checksum mismatch"):
+        pool_info(pool_dir)
+
+
+def test_evaluate_file_reads_the_task_kind_and_names_unknown_tasks(
+    saved, backbone, tasks, tmp_path
+):
+    pool = PromptPool.load(saved, backbone)
+    examples = tasks[0].test
+    # Both an answer column per kind: read as the task's (labels), not refused as ambiguous.
+    path = tmp_path / "colours.csv"
+    path.write_text(
+        "text,label,target\n" + "".join(f"{text},{label},x\n" for text, label in examples)
+    )
+    score = evaluate_file(pool, "colours", path, oracle=True)
+    assert score == pool.evaluate("colours", examples, oracle=True)
+    assert score.examples == len(examples)
+    with pytest.raises(TaskDataError, match="'sizes' is not in the pool; the pool has 2 task"):
+        evaluate_file(pool, "sizes", tmp_path / "missing.csv")
 
 
 # -- the command line ------------------------------------------------------------------------------

@@ -567,12 +567,12 @@ def test_manifest_values_of_the_wrong_type_or_range_are_named(pool_copy, model_d
 def test_an_unexpected_failure_is_one_line_with_exit_1_and_a_traceback_only_on_debug(
     built, monkeypatch
 ):
-    import continual.cli
+    import continual.manage
 
-    def broken(args):
+    def broken(pool_dir):
         raise RuntimeError("something\nnobody expected")
 
-    monkeypatch.setattr(continual.cli, "_info", broken)
+    monkeypatch.setattr(continual.manage, "pool_info", broken)
     line = one_line(
         *invoke("info", built),
         "RuntimeError",
