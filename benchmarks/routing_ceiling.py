@@ -211,8 +211,8 @@ def render(result: dict, run: dict | None) -> str:
         "",
         "Routing % = share of each task's test inputs sent to that task, mean over the tasks "
         "learned so far. `before` is the default selector as it was (each task's dense "
-        "covariance, shrinkage 0.3), `default` the default now (rank 90 plus identity, "
-        "shrinkage 0.4), a number the default at that rank; `whole` / "
+        "covariance, shrinkage 0.3), `default` the default now (rank 190 int8 directions plus "
+        "identity, shrinkage 0.34), a number the default at that rank; `whole` / "
         "`first_sentence` is the input given. `ceiling` is a logistic regression fitted on all "
         "tasks seen so far at once on the same features (not continual).",
         "",

@@ -128,9 +128,10 @@ class GaussianSelector(Selector):
     """Nearest task mean by Mahalanobis distance under a covariance shared by all tasks.
 
     Each task stores the mean of its (unit-normalised) query features and its covariance as
-    the top ``rank`` eigenvectors and their variances, plus the variance left outside them
-    spread evenly over the dimensions (low rank plus a multiple of the identity, so a task's
-    bytes grow with the width, not its square). At routing
+    the top ``rank`` eigenvectors (int8, a byte an entry) and their variances, plus the
+    variance left outside them spread evenly over the dimensions (low rank plus a multiple of
+    the identity, so a task's bytes grow with the width, not its square; pools saved with
+    float16 directions load alike). At routing
     time the tasks' covariances are averaged and shrunk towards a scaled identity, which makes
     this the Bayes rule for Gaussian tasks with a common covariance (linear discriminant
     analysis). It is derived from the stored statistics alone, so adding a task changes no
@@ -184,12 +185,18 @@ class GaussianSelector(Selector):
             return {"mean": mean.float().contiguous(), "covariance": covariance.half().contiguous()}
         # centred = U S V': the covariance is V S^2 V', its eigenvectors the rows of V'.
         _, singular, directions = torch.linalg.svd(centred, full_matrices=False)
-        basis = directions[: self.rank].half()  # unit vectors: float16 keeps them to 1e-3
-        variances = singular[: self.rank] ** 2
+        # Each eigenvector in int8, its largest entry at 127 and its step folded into its
+        # variance (the covariance is still basis' diag(v) basis): a byte an entry, so twice
+        # the directions of float16 fit in the same bytes. Rounding changed about two of
+        # long12's routing decisions at rank 189; the directions kept mattered far more.
+        top = directions[: self.rank]
+        step = top.abs().amax(1).clamp(min=1e-12) / 127
+        basis = torch.round(top / step[:, None]).to(torch.int8)
+        variances = (singular[: self.rank] * step) ** 2
         # What the kept directions (as stored) leave of the total variance, spread evenly over
         # the dimensions, so the stored covariance has the task's exact trace. (Spread evenly
-        # rather than per dimension: at rank 90 with shrinkage 0.4 it routed closer to the
-        # dense covariance on text4 and long12 in a one-off comparison on cached features.)
+        # rather than per dimension or outside the kept directions: it routed closer to the
+        # dense covariance on text4 and long12, compared on cached features.)
         kept = ((basis.double() ** 2).sum(1) * variances).sum()
         residual = ((centred**2).sum() - kept).clamp(min=0) / centred.shape[1]
         return {
@@ -314,12 +321,12 @@ class ViewGaussianSelector(GaussianSelector):
     Cost: the query pass runs all layers instead of 1..3; through `PromptPool.predict` (batch
     32 x 64 tokens, 16 prompt tokens) a routed prediction measured 1.31x the layer-3
     selector's (``results/step_cost.json``).
-    State per task: a 2H mean and a rank-90 plus identity covariance (for MiniLM, 768 wide:
-    142 KB, where the dense 768 x 768 covariance saved before took 1.18 MB), with shrinkage
-    0.4 (0.3 with the dense covariance). Routing against the dense covariance: text4 94.0 /
-    88.8 against 94.2 / 89.0 (whole / first sentence, ``results/scale/routing_shift_*.md``);
-    long12 after every task within 0.4 points on whole inputs, 0.5 on first sentences
-    (``results/long12/routing/report.md``).
+    State per task: a 2H mean and a rank-190 (int8) plus identity covariance (for MiniLM, 768
+    wide: 150 KB, where the dense 768 x 768 covariance saved before took 1.18 MB), with
+    shrinkage 0.34 (0.3 with the dense covariance). Chosen on cached features of text4 and
+    long12 at two data seeds: of the float16 and int8 bases at ranks 90 to 255 and shrinkages
+    0.30 to 0.46 within 150 KB, it routed the fewest inputs unlike the dense covariance
+    (``results/long12/routing/report.md``, ``results/scale/selector_text4/report.md``).
 
     ``last_layer=False`` routes on the query layer alone (H wide): what a pool whose prompts
     enter at the query layer has before the prompt (``placement="query_layer"``).
@@ -329,10 +336,10 @@ class ViewGaussianSelector(GaussianSelector):
 
     def __init__(
         self,
-        shrinkage: float = 0.4,
+        shrinkage: float = 0.34,
         min_score: float | None = None,
         last_layer: bool = True,
-        rank: int | None = 90,
+        rank: int | None = 190,
     ) -> None:
         super().__init__(shrinkage=shrinkage, min_score=min_score, rank=rank)
         if not isinstance(last_layer, bool):

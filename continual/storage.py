@@ -267,8 +267,10 @@ def read_task_file(pool_dir: Path, relative: str, sha256: str) -> dict[str, torc
 
 
 def stored_dtypes(name: str) -> tuple[torch.dtype, ...]:
-    """The dtypes a task file may hold tensor ``name`` in: float32, and for selector
-    statistics also float16 (covariance factors stored in half the bytes route the same)."""
+    """The dtypes a task file may hold tensor ``name`` in: float32, for selector statistics
+    also float16, and for the covariance's directions also int8 (each row scaled to 127)."""
+    if name == "selector.basis":
+        return (torch.float32, torch.float16, torch.int8)
     if name.startswith("selector."):
         return (torch.float32, torch.float16)
     return (torch.float32,)

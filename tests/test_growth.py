@@ -165,3 +165,20 @@ def test_a_pool_saved_with_dense_covariances_still_loads_and_routes_as_before(
     loaded.learn(renamed, seed=0, progress=False)
     assert "basis" in loaded.entries[-1].selector_state
     assert loaded.task_scores(texts).shape == (len(texts), 3)
+
+
+def test_a_pool_saved_with_float16_directions_still_loads_and_routes_alike(
+    copy, tiny_backbone, synthetic_tasks
+):
+    pool = PromptPool.load(copy, tiny_backbone)
+    texts = [text for task in synthetic_tasks for text, _ in task.test]
+    scores = pool.task_scores(texts)
+    for entry in pool.entries:  # unit float16 rows, as written before int8 directions
+        state = entry.selector_state
+        norms = state["basis"].float().norm(dim=1)
+        state["variances"] = (state["variances"] * norms**2).contiguous()
+        state["basis"] = (state["basis"].float() / norms[:, None]).half().contiguous()
+    pool.save(copy.parent / "float16")
+    loaded = PromptPool.load(copy.parent / "float16", tiny_backbone)
+    assert loaded.entries[0].selector_state["basis"].dtype == torch.float16
+    assert torch.allclose(loaded.task_scores(texts), scores, rtol=1e-3, atol=1e-2)
