@@ -22,7 +22,8 @@ one loaded backbone:
 * peak resident memory, sampled every 20 ms, over import, save, load, predict and adding a
   task, and over serving on its own, against the backbone's: the process's resident memory
   once the backbone was loaded and ran a batch (at rest), and the same work's peak on the
-  1-task pool (the backbone as it works, when the pool holds next to nothing).
+  1-task pool (the backbone as it works, when the pool holds next to nothing); then import,
+  save, load, predict and adding a task once more for each size, in a fresh process each.
 
 Writes results.json, report.md and scale.png to --out (default results/scale).
 
@@ -206,6 +207,37 @@ def measure(
     return row
 
 
+def pool_memory(size: int, cache: Path, work: Path) -> dict:
+    """Peak resident memory of import, save, load, predict and adding one task at ``size``
+    tasks, in a process that does nothing else (run as a child: no earlier size's freed memory
+    or server threads are in it), against its resident memory once the backbone ran a batch."""
+    bases = sorted(cache.glob("*.safetensors"))
+    texts = json.loads((cache / "texts.json").read_text())[: 2 * BATCH]
+    backbone = Backbone.load()
+    backbone.query_cache_size = 0
+    exports = work / "exports"
+    exports.mkdir(parents=True)
+    files = [
+        nudged_export(bases[i % len(bases)], f"task-{i:04d}", i, exports) for i in range(size + 1)
+    ]
+    backbone.query(texts[:BATCH], with_last=True)
+    release()
+    rest = PeakMemory.resident()
+    with PeakMemory() as memory:
+        pool = PromptPool(backbone, prompt_length=16)
+        for file in files[:size]:
+            pool.import_task(file)
+        pool.save(work / "pool")
+        del pool
+        release()
+        pool = PromptPool.load(work / "pool", backbone)
+        pool.predict(texts[:BATCH])
+        pool.predict(texts[BATCH:], tasks=pool.tasks[0])
+        pool.import_task(files[size])
+        pool.save(work / "pool")
+    return {"rest_mb": round(rest / 1e6, 1), "peak_mb": round(memory.peak / 1e6, 1)}
+
+
 def serve_new_task(
     pool_dir: Path, backbone: Backbone, file: Path, texts: list[str]
 ) -> tuple[float, float]:
@@ -240,10 +272,15 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed batches per size")
     parser.add_argument("--out", type=Path, default=Path("results/scale"))
     parser.add_argument("--prepare", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--memory", type=int, help=argparse.SUPPRESS)  # a child: one size
     args = parser.parse_args()
     torch.set_num_threads(1)
     if args.prepare:
         prepare(args.prepare, args.quick)
+        return 0
+    if args.memory:
+        with tempfile.TemporaryDirectory(prefix="scale-memory-") as work:
+            print(json.dumps(pool_memory(args.memory, args.out / "cache", Path(work))))
         return 0
     sizes = args.sizes or ([1, 10, 100] if args.quick else [1, 10, 100, 1000])
     cache = args.out / "cache"
@@ -285,6 +322,13 @@ def main() -> int:
             shutil.rmtree(work / str(size) / "exports")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    for row in rows:  # each size again in a fresh process, for memory alone
+        command = [sys.executable, __file__, "--memory", str(row["tasks"]), "--out", str(args.out)]
+        child = subprocess.run(command, check=True, capture_output=True, text=True)
+        fresh = json.loads(child.stdout.strip().splitlines()[-1])
+        row["fresh_rest_mb"], row["fresh_peak_mb"] = fresh["rest_mb"], fresh["peak_mb"]
+        row["fresh_peak_above_smallest_mb"] = round(fresh["peak_mb"] - rows[0]["fresh_peak_mb"], 1)
+        print(json.dumps({"tasks": row["tasks"], **fresh}), flush=True)
     result = {
         "command": "python " + " ".join(shlex.quote(part) for part in sys.argv),
         "wall_seconds": round(time.perf_counter() - started, 1),
@@ -321,8 +365,9 @@ def render(result: dict) -> str:
         "first routed batch s | routed batch s (ratio to 1 task) | forced batch s (ratio) | "
         "add one s | server lists new task s | server answers it s | peak RSS MB | "
         f"above backbone at rest MB | above the {first['tasks']}-task pool's peak MB | "
-        "serving's peak RSS MB |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "serving's peak RSS MB | fresh process: peak MB (above its backbone at rest) | fresh "
+        f"process: above the {first['tasks']}-task pool's peak MB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
@@ -336,7 +381,9 @@ def render(result: dict) -> str:
             f"{row['add_one_s']:.2f} | {row['serve_listed_s']:.2f} | "
             f"{row['serve_new_task_s']:.2f} | {row['peak_rss_mb']:.0f} | "
             f"{row['peak_above_backbone_mb']:.0f} | {row['peak_above_smallest_mb']:.0f} | "
-            f"{row['serve_peak_rss_mb']:.0f} |"
+            f"{row['serve_peak_rss_mb']:.0f} | {row['fresh_peak_mb']:.0f} "
+            f"({row['fresh_peak_mb'] - row['fresh_rest_mb']:.0f}) | "
+            f"{row['fresh_peak_above_smallest_mb']:.0f} |"
         )
     lines += [
         "",
@@ -358,7 +405,10 @@ def render(result: dict) -> str:
         "rest' subtracts the process's resident memory once the backbone ran one batch (see "
         f"above); 'above the {first['tasks']}-task pool's peak' subtracts the same work's peak "
         "on the smallest pool, whose own tensors are a few hundred KB: the backbone's working "
-        "memory as it predicts is in both. The machine is shared: compare sizes within "
+        "memory as it predicts is in both. The 'fresh process' columns run import, save, load, "
+        "predict and adding a task again for each size in a process of its own, which holds no "
+        "earlier size's freed memory, server threads or reference pool. The machine is shared: "
+        "compare sizes within "
         "this run.",
         "",
     ]
@@ -390,6 +440,7 @@ def plot(result: dict, path: Path) -> None:
             {
                 "backbone at rest": series("peak_above_backbone_mb"),
                 "smallest pool's peak": series("peak_above_smallest_mb"),
+                "smallest pool's peak, fresh process": series("fresh_peak_above_smallest_mb"),
             },
         ),
         (

@@ -195,7 +195,7 @@ def test_bad_requests_get_a_one_line_4xx_and_the_server_keeps_serving(
     assert server.post("/predict", json={"texts": ["still here"]}).status_code == 200
 
 
-def test_holder_swaps_one_reference_and_keeps_the_old_pool_usable(setup, tmp_path):
+def test_holder_swaps_one_reference_and_keeps_the_old_pool_usable(setup, tmp_path, caplog):
     pool_dir, exported, reference = setup
     copy = tmp_path / "pool"
     PromptPool.load(pool_dir, reference).save(copy)
@@ -203,7 +203,10 @@ def test_holder_swaps_one_reference_and_keeps_the_old_pool_usable(setup, tmp_pat
     old = holder.pool
     assert holder.check() is False  # nothing changed on disk
     import_task(copy, exported)
-    assert holder.check() is True
+    with caplog.at_level("WARNING", logger="continual.serve"):
+        assert holder.check() is True
+    # One short line, however many tasks the pool holds: the count and what changed.
+    assert f"reloaded {copy}: 3 task(s); added 'sizes'; removed none" in caplog.text
     assert holder.pool is not old and holder.pool.backbone is old.backbone
     assert holder.pool.tasks == ["colours", "animals", "sizes"]
     assert old.tasks == ["colours", "animals"]  # a request holding it finishes on it

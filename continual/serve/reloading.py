@@ -15,6 +15,7 @@ from typing import Any
 
 from ..errors import ContinualError, PoolFormatError
 from ..files import MAX_MANIFEST_BYTES, read_regular_file
+from ..format import some_names
 from ..storage import MANIFEST
 
 log = logging.getLogger("continual.serve")
@@ -87,12 +88,15 @@ class PoolHolder:
             self._signature, self._digest = signature, digest
             self.reload_error = None
             self.reloads += 1
+            added = sorted(set(pool.tasks) - before)
+            removed = sorted(before - set(pool.tasks))
+            # Names listed at most five at a time: a pool of 1,000 tasks logs one short line.
             log.warning(
-                "reloaded %s: tasks %s (added %s, removed %s)",
+                "reloaded %s: %d task(s); added %s; removed %s",
                 self.path,
-                pool.tasks,
-                sorted(set(pool.tasks) - before),
-                sorted(before - set(pool.tasks)),
+                len(pool.tasks),
+                some_names(added) or "none",
+                some_names(removed) or "none",
             )
             return True
 
