@@ -100,6 +100,12 @@ def nudged_export(base: Path, name: str, seed: int, out: Path) -> Path:
     )
 
 
+def nudged_exports(bases: list[Path], count: int, out: Path) -> list[Path]:
+    """``count`` export files task-0000, task-0001, ...: the bases in turn, each nudged by its
+    own seed."""
+    return [nudged_export(bases[i % len(bases)], f"task-{i:04d}", i, out) for i in range(count)]
+
+
 def files_of(folder: Path) -> dict[str, tuple[int, int]]:
     """Every file under ``folder``: relative name → (inode, modification time)."""
     found = {}
@@ -142,9 +148,7 @@ def measure(
 ) -> dict:
     exports = work / "exports"
     exports.mkdir(parents=True)
-    files = [
-        nudged_export(bases[i % len(bases)], f"task-{i:04d}", i, exports) for i in range(size + 2)
-    ]
+    files = nudged_exports(bases, size + 2, exports)
     added, served = files[size], files[size + 1]
     pool_dir = work / "pool"
     batches = [texts[k : k + BATCH] for k in range(0, len(texts) - BATCH + 1, BATCH)]
@@ -217,9 +221,7 @@ def pool_memory(size: int, cache: Path, work: Path) -> dict:
     backbone.query_cache_size = 0
     exports = work / "exports"
     exports.mkdir(parents=True)
-    files = [
-        nudged_export(bases[i % len(bases)], f"task-{i:04d}", i, exports) for i in range(size + 1)
-    ]
+    files = nudged_exports(bases, size + 1, exports)
     backbone.query(texts[:BATCH], with_last=True)
     release()
     rest = PeakMemory.resident()

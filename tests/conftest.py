@@ -259,3 +259,18 @@ def assert_mixed_batch_equals_each_row_alone(pool, texts, tasks) -> None:
         alone = backbone.tokenize([text])
         logits = pool.task_logits(tasks[row : row + 1], alone["input_ids"], alone["attention_mask"])
         assert torch.allclose(mixed[row], logits[0], atol=1e-5), row
+
+
+def count_task_file_reads(monkeypatch) -> list[str]:
+    """The task files read from now on (their names in the manifest), appended as they are."""
+    from continual import storage
+
+    reads: list[str] = []
+    original = storage.read_task_file
+
+    def counted(pool_dir, relative, sha256):
+        reads.append(relative)
+        return original(pool_dir, relative, sha256)
+
+    monkeypatch.setattr(storage, "read_task_file", counted)
+    return reads

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import count_task_file_reads
 
 from continual import PromptPool, TrainingConfig
-from continual import storage as storage_module
 from continual.manage import import_task, remove_task
 from continual.storage import MANIFEST
 
@@ -44,18 +44,6 @@ def copy(saved, tiny_backbone, tmp_path):
     return folder
 
 
-def count_reads(monkeypatch) -> list[str]:
-    reads: list[str] = []
-    original = storage_module.read_task_file
-
-    def counted(pool_dir, relative, sha256):
-        reads.append(relative)
-        return original(pool_dir, relative, sha256)
-
-    monkeypatch.setattr(storage_module, "read_task_file", counted)
-    return reads
-
-
 def test_saving_after_adding_one_task_writes_its_file_and_the_manifest_only(
     copy, tiny_backbone, synthetic_tasks
 ):
@@ -87,7 +75,7 @@ def test_reload_reads_only_added_tasks_and_drops_removed_ones(
     pool.predict(texts)  # the selector now holds pooled statistics of four tasks
     import_task(copy, saved[1], name="colours-4")  # as another process would
     remove_task(copy, "colours-2")
-    reads = count_reads(monkeypatch)
+    reads = count_task_file_reads(monkeypatch)
     reloaded = pool.reload(copy)
     assert len(reads) == 1  # the added task's file alone
     assert reloaded.tasks == ["colours", "animals", "colours-3", "colours-4"]
@@ -131,7 +119,7 @@ def test_reload_of_a_folder_with_other_settings_loads_it_whole(copy, tiny_backbo
     manifest = json.loads((copy / MANIFEST).read_text())
     manifest["selector"]["shrinkage"] = 0.5
     (copy / MANIFEST).write_text(json.dumps(manifest))
-    reads = count_reads(monkeypatch)
+    reads = count_task_file_reads(monkeypatch)
     reloaded = pool.reload(copy)
     assert len(reads) == len(pool.tasks)
     assert reloaded.selector.config()["shrinkage"] == 0.5

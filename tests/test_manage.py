@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ANIMALS, COLOURS, synthetic_pairs
+from conftest import ANIMALS, COLOURS, count_task_file_reads, synthetic_pairs
 
 from continual import Backbone, PromptPool, Task, TrainingConfig
 from continual.cli import main
@@ -337,7 +337,6 @@ def test_import_and_remove_read_no_other_task_file(pool_dir, backbone, tmp_path,
     """Adding or removing one task rewrites the manifest and reads none of the other tasks'
     files (a pool of 1,000 tasks would pay 1,000 checksums); load still checks every one, so
     a file damaged before is reported then, and a missing one refuses the change at once."""
-    import continual.storage as storage
     from continual.manage import export_task, import_task, remove_task
 
     exported = export_task(pool_dir, "animals", tmp_path / "animals.safetensors")
@@ -346,9 +345,7 @@ def test_import_and_remove_read_no_other_task_file(pool_dir, backbone, tmp_path,
     data = bytearray(colours.read_bytes())
     data[-1] ^= 1  # damaged behind the pool's back
     colours.write_bytes(bytes(data))
-    reads: list[str] = []
-    real = storage.read_task_file
-    monkeypatch.setattr(storage, "read_task_file", lambda *a: reads.append(a[1]) or real(*a))
+    reads = count_task_file_reads(monkeypatch)
     import_task(pool_dir, exported, name="animals-2")
     remove_task(pool_dir, "animals")
     assert reads == []
